@@ -1,0 +1,5 @@
+import sys
+
+from erf.cli import main
+
+sys.exit(main())

@@ -1,0 +1,39 @@
+"""Argument parsing shared by the subcommands: sizes, units, model specs."""
+
+from __future__ import annotations
+
+import argparse
+
+from erf.errors import ErfError
+
+
+def parse_ints(text: str, what: str, *, positive: bool = True, nonneg: bool = False) -> tuple[int, ...]:
+    """Parse ``"224"`` or ``"224,160"`` into a tuple of ints, with a one-line error."""
+    try:
+        values = tuple(int(v) for v in str(text).replace("x", ",").split(","))
+    except ValueError:
+        raise ErfError(f"{what} must be integers separated by commas, e.g. 224 or 224,160; got {text!r}") from None
+    if positive and any(v <= 0 for v in values):
+        raise ErfError(f"{what} must be positive; got {text!r}")
+    if nonneg and any(v < 0 for v in values):
+        raise ErfError(f"{what} must not be negative; got {text!r}")
+    return values
+
+
+def input_size(text: str, ndim: int = 2) -> tuple[int, ...]:
+    """``--input H[,W]``: one number is used for every spatial axis."""
+    values = parse_ints(text, "--input")
+    if len(values) == 1:
+        values = values * ndim
+    return values
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """MODEL, --model-arg, --input, --in-channels: the way every subcommand names a model."""
+    p.add_argument("model", metavar="MODEL",
+                   help="registry name (see 'erf rf --list'), path/to/file.py:factory, timm:NAME or torchvision:NAME")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="argument passed to the model factory (repeatable), e.g. --model-arg width=0.25")
+    p.add_argument("--input", default="224", metavar="H[,W]", help="input size in pixels (default 224)")
+    p.add_argument("--in-channels", type=int, default=None, metavar="C",
+                   help="input channels (default: read from the model's first conv, else 3)")
