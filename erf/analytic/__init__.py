@@ -1,0 +1,99 @@
+"""The theoretical receptive field (TRF) of any network, exactly.
+
+``receptive_field(model, input_size)`` traces a forward pass and returns an
+``RFReport`` with one ``LayerRF`` row per traced op: output size, RF size (largest
+and smallest over positions), jump, effective padding, centre of unit 0, and each
+unit's input box. It also takes the classic layer-list form. ``linear_erf`` gives
+the exact ERF of a linear chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from erf.analytic.layers import Layer, layer_rows
+from erf.analytic.linear import LinearERF, linear_erf
+from erf.analytic.report import LayerRF, RFReport, center_unit
+from erf.analytic.trace import infer_in_channels, run_traced, trace
+from erf.errors import ErfError
+
+__all__ = ["receptive_field", "RFReport", "LayerRF", "Layer", "linear_erf", "LinearERF", "center_unit",
+           "capture", "infer_in_channels"]
+
+
+def _spatial_ndim(model: nn.Module) -> int:
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
+            return 1
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+            return 3
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return 2
+    return 2
+
+
+def _input_size(input_size, ndim: int) -> tuple[int, ...]:
+    if isinstance(input_size, int):
+        input_size = (input_size,) * ndim
+    try:
+        size = tuple(int(s) for s in input_size)
+    except (TypeError, ValueError):
+        raise ErfError(f"input size must be an int or a tuple of ints, got {input_size!r}") from None
+    if not size or any(s < 1 for s in size):
+        raise ErfError(f"input size must be positive, got {list(size)}")
+    return size
+
+
+def receptive_field(model_or_layers, input_size, layer: str | None = None, in_channels: int | None = None,
+                    treat_as: dict[str, str] | None = None, allow_unaligned: bool = False) -> RFReport:
+    """Theoretical receptive field of every layer of a network on an input of ``input_size``.
+
+    ``model_or_layers`` is an ``nn.Module`` (its forward pass is traced) or a list of
+    layers (``Layer``, dicts or ``(kernel, stride, padding[, dilation])`` tuples).
+    ``layer`` picks the target row (default: the model output). ``treat_as`` maps an
+    op name (or a module class name) to ``"pointwise"``, ``"global"`` or ``"identity"``
+    for ops erf has no rule for. Multi-path nodes whose paths disagree on jump or
+    centre raise ``AlignmentError`` unless ``allow_unaligned``.
+    """
+    if isinstance(model_or_layers, nn.Module):
+        size = _input_size(input_size, _spatial_ndim(model_or_layers))
+        nodes, final = trace(model_or_layers, size, in_channels, treat_as=treat_as,
+                             allow_unaligned=allow_unaligned)
+        rows = [_row(n, size) for n in nodes]
+        target = rows[nodes.index(final)]
+    elif isinstance(model_or_layers, Sequence) and not isinstance(model_or_layers, str):
+        size = _input_size(input_size, 2 if isinstance(input_size, int) else len(tuple(input_size)))
+        rows = layer_rows(model_or_layers, size)
+        target = rows[-1]
+    else:
+        raise ErfError(f"receptive_field takes an nn.Module or a list of layers, got {type(model_or_layers).__name__}")
+    report = RFReport(size, rows, target)
+    if layer is not None:
+        report.target = report.layer(layer)
+    return report
+
+
+def _row(node, input_size) -> LayerRF:
+    info = node.info
+    sizes = info.axis_sizes()
+    axis_dims = info.axis_dims()
+    return LayerRF(node.name, node.op, sizes, info.axes, input_size, aliases=list(node.aliases),
+                   module=node.module, call_index=node.call_index,
+                   spatial_dims=tuple(axis_dims.get(a) for a in range(len(info.axes))),
+                   shape=node.shape, crop_note=info.crop_note)
+
+
+def capture(model: nn.Module, x: torch.Tensor, names) -> dict[str, torch.Tensor]:
+    """Run ``model(x)`` for real and return the tensors of the named nodes (graph intact).
+
+    Names are the primary node names of ``receptive_field`` rows (``layer.name``).
+    """
+    names = set(names)
+    rec, _ = run_traced(model, x, keep=names, meta=False)
+    missing = names - set(rec.kept)
+    if missing:
+        raise ErfError(f"layer(s) {sorted(missing)} were not computed in this forward pass")
+    return rec.kept

@@ -1,0 +1,277 @@
+"""Record a forward pass and follow the input's receptive field through it.
+
+A ``TorchFunctionMode`` sees every torch function, ``Tensor`` method and
+``torch.nn.functional`` call that the model makes (functional calls, ``x + y``,
+``torch.cat``, Python control flow, modules from anywhere), and forward hooks name
+the results after the modules that return them. The pass runs on the meta device
+(no arithmetic, any input size) and falls back to a real pass on a random input
+when the model needs real values (data-dependent control flow).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from erf.analytic import rules
+from erf.analytic.axis import AxisMap
+from erf.analytic.layout import Info, plain_dim
+from erf.errors import ErfError, TraceError, UnsupportedOpError
+
+
+@dataclass
+class Node:
+    """One traced result: the output of an op, named after the module that returned it."""
+
+    name: str
+    op: str
+    info: Info
+    shape: tuple[int, ...]
+    module: str | None = None
+    call_index: int = 0
+    aliases: list[str] = field(default_factory=list)
+    scope: str = ""
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, treat_as: dict[str, str], allow_unaligned: bool, keep: set[str] | None = None):
+        super().__init__()
+        self.treat_as = treat_as
+        self.allow_unaligned = allow_unaligned
+        self.infos: dict[int, tuple[torch.Tensor, Info, Node]] = {}
+        self.nodes: list[Node] = []
+        self.names: dict[str, int] = {}
+        self.scope: list[str] = []
+        self.opaque = 0  # >0 inside a module handled by a module-level rule
+        self.keep = keep  # node names whose tensors to keep (capture)
+        self.kept: dict[str, torch.Tensor] = {}
+
+    # -- bookkeeping ----------------------------------------------------
+    def lookup(self, t) -> Info | None:
+        e = self.infos.get(id(t))
+        return e[1] if e is not None and e[0] is t else None
+
+    def node_of(self, t) -> Node | None:
+        e = self.infos.get(id(t))
+        return e[2] if e is not None and e[0] is t else None
+
+    def describe(self, t) -> str:
+        n = self.node_of(t)
+        return n.name if n else "?"
+
+    def unique(self, base: str) -> str:
+        k = self.names.get(base, 0)
+        self.names[base] = k + 1
+        return base if k == 0 else f"{base}#{k + 1}"
+
+    def record(self, t: torch.Tensor, info: Info, op: str) -> Node:
+        scope = self.scope[-1] if self.scope else ""
+        name = self.unique(f"{scope}:{op}" if scope else op)
+        node = Node(name, op, info, tuple(t.shape), scope=scope)
+        self.nodes.append(node)
+        self.infos[id(t)] = (t, info, node)
+        if self.keep is not None and name in self.keep:
+            self.kept[name] = t
+        return node
+
+    def set_input(self, x: torch.Tensor, nd: int) -> None:
+        dims = (None,) * (x.dim() - nd) + tuple(plain_dim(a, x.shape[x.dim() - nd + a]) for a in range(nd))
+        info = Info(tuple(AxisMap.identity() for _ in range(nd)), dims)
+        node = Node("input", "input", info, tuple(x.shape))
+        self.nodes.append(node)
+        self.infos[id(x)] = (x, info, node)
+        if self.keep is not None and "input" in self.keep:
+            self.kept["input"] = x
+
+    # -- the mode -------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.opaque:
+            return out
+        name = getattr(func, "__name__", str(func))
+        if name == "__get__":
+            name = getattr(getattr(func, "__self__", None), "__name__", name)
+        name = rules.canonical(name)
+        if name in rules.IGNORED or not _has_tensor(out):
+            return out
+        traced = [t for t in rules._tensors((args, kwargs)) if self.lookup(t) is not None]
+        if not traced:
+            return out
+        if name in rules.LEAKS:
+            raise UnsupportedOpError(f"'{name}' takes values out of torch at '{self._where()}'; erf cannot follow "
+                                     "the data through it")
+        rule = rules.find_rule(name, self.treat_as)
+        if rule is None:
+            raise UnsupportedOpError(
+                f"unknown op '{name}' at '{self._where()}': erf has no receptive-field rule for it; if it acts "
+                f"on each position alone pass treat_as={{'{name}': 'pointwise'}} (CLI: --treat-as {name}=pointwise), "
+                f"or 'global' if it mixes all positions")
+        call = rules.Call(name, args, kwargs, out, self.lookup, self.describe, self.allow_unaligned)
+        result = rule(call)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        infos = result if isinstance(result, list) else [result]
+        tensors = [o for o in outs if isinstance(o, torch.Tensor)]
+        for t, info in zip(tensors, infos):
+            self.record(t, info, name)
+        return out
+
+    def _where(self) -> str:
+        return self.scope[-1] if self.scope else "<model>"
+
+
+def _has_tensor(obj) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if isinstance(obj, (list, tuple)):
+        return any(isinstance(o, torch.Tensor) for o in obj)
+    return False
+
+
+def _out_tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _out_tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _out_tensors(o)]
+    return []
+
+
+@contextlib.contextmanager
+def _hooks(model: nn.Module, rec: _Recorder, module_rules: dict):
+    handles = []
+    calls: dict[str, int] = {}
+
+    def pre(name):
+        def hook(mod, args):
+            rec.scope.append(name)
+            if _module_rule(mod, module_rules) is not None:
+                rec.opaque += 1
+        return hook
+
+    def post(name):
+        def hook(mod, args, out):
+            rule = _module_rule(mod, module_rules)
+            k = calls.get(name, 0)
+            calls[name] = k + 1
+            label = name if k == 0 else f"{name}#{k + 1}"
+            if rule is not None:
+                rec.opaque -= 1
+                _apply_module_rule(rec, mod, name, rule, args, out)
+            rec.scope.pop()
+            for t in _out_tensors(out):
+                node = rec.node_of(t)
+                if node is None:
+                    if any(rec.lookup(a) is not None for a in _out_tensors(args)):
+                        raise TraceError(f"module '{name}' ({type(mod).__name__}) returned a tensor that erf could "
+                                         "not follow from its input (values left torch, or an op erf cannot see); "
+                                         f"pass treat_as={{'{type(mod).__name__}': 'pointwise'}} or 'global'")
+                    continue
+                if node.module is None and node.name != "input":
+                    node.module, node.call_index = name, k
+                    rec.names.setdefault(label, 1)
+                    node.name = label
+                elif label not in node.aliases and label != node.name:
+                    node.aliases.append(label)
+        return hook
+
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+        handles.append(mod.register_forward_pre_hook(pre(name)))
+        handles.append(mod.register_forward_hook(post(name), always_call=True))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _module_rule(mod, module_rules):
+    return module_rules.get(type(mod).__name__)
+
+
+def _apply_module_rule(rec: _Recorder, mod, name, rule, args, out):
+    ins = [a for a in _out_tensors(args) if rec.lookup(a) is not None]
+    outs = _out_tensors(out)
+    if not ins or not outs:
+        return
+    call = rules.Call(type(mod).__name__, tuple(args), {}, out if len(outs) > 1 else outs[0], rec.lookup,
+                      rec.describe, rec.allow_unaligned)
+    fn = rules.TREAT_AS[rule] if isinstance(rule, str) else rule
+    result = fn(call)
+    infos = result if isinstance(result, list) else [result]
+    for t, info in zip(outs, infos):
+        rec.scope.append(name)
+        rec.record(t, info, type(mod).__name__)
+        rec.scope.pop()
+
+
+def infer_in_channels(model: nn.Module) -> int:
+    """Input channels from the first conv (or linear) layer, else 3."""
+    for m in model.modules():
+        if isinstance(m, (nn.modules.conv._ConvNd,)):
+            return int(m.in_channels)
+    return 3
+
+
+def run_traced(model: nn.Module, x: torch.Tensor, *, treat_as=None, allow_unaligned=False,
+               keep: set[str] | None = None, meta: bool = True):
+    """Run ``model(x)`` under the recorder; return (recorder, output)."""
+    treat_as = dict(treat_as or {})
+    module_rules = {k: v for k, v in treat_as.items() if k[:1].isupper()}
+    rec = _Recorder(treat_as, allow_unaligned, keep)
+    nd = x.dim() - 2
+    if meta:
+        params = {k: torch.empty_like(v, device="meta") for k, v in model.named_parameters()}
+        buffers = {k: torch.empty_like(v, device="meta") for k, v in model.named_buffers()}
+        rec.set_input(x, nd)
+        with _hooks(model, rec, module_rules), rec:
+            out = torch.func.functional_call(model, {**params, **buffers}, (x,), tie_weights=False,
+                                             strict=False)
+    else:
+        rec.set_input(x, nd)
+        with _hooks(model, rec, module_rules), rec:
+            out = model(x)
+    return rec, out
+
+
+def trace(model: nn.Module, input_size, in_channels=None, *, treat_as=None, allow_unaligned=False):
+    """Trace ``model`` on an input of spatial size ``input_size``; return (nodes, output node)."""
+    in_channels = in_channels or infer_in_channels(model)
+    shape = (1, in_channels, *input_size)
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        try:
+            rec, out = run_traced(model, torch.empty(shape, device="meta"), treat_as=treat_as,
+                                  allow_unaligned=allow_unaligned, meta=True)
+        except ErfError:
+            raise
+        except Exception as meta_exc:  # needs real values: run for real
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            x = torch.randn(shape, generator=gen).to(device)
+            try:
+                with torch.no_grad():
+                    rec, out = run_traced(model, x, treat_as=treat_as, allow_unaligned=allow_unaligned, meta=False)
+            except ErfError:
+                raise
+            except Exception as exc:
+                raise TraceError(f"the model's forward pass failed on an input of shape {list(shape)}: "
+                                 f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
+            del meta_exc
+    finally:
+        for m, t in was_training.items():
+            m.train(t)
+    outs = _out_tensors(out)
+    final = next((rec.node_of(t) for t in outs if rec.node_of(t) is not None), None)
+    if final is None:
+        raise TraceError("the model's output does not depend on its input as far as erf can follow it; "
+                         "check for ops that leave torch (numpy) or pass treat_as")
+    return rec.nodes, final
