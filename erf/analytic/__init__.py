@@ -17,14 +17,15 @@ from torch import nn
 from erf.analytic.layers import Layer, layer_rows
 from erf.analytic.linear import LinearERF, linear_erf
 from erf.analytic.report import LayerRF, RFReport, center_unit
-from erf.analytic.trace import infer_in_channels, run_traced, trace
+from erf.analytic.tracer import infer_in_channels, run_traced, trace
 from erf.errors import ErfError
 
 __all__ = ["receptive_field", "RFReport", "LayerRF", "Layer", "linear_erf", "LinearERF", "center_unit",
-           "capture", "infer_in_channels"]
+           "capture", "infer_in_channels", "spatial_ndim"]
 
 
-def _spatial_ndim(model: nn.Module) -> int:
+def spatial_ndim(model: nn.Module) -> int:
+    """Number of spatial axes the model's convs slide over (2 when it has none)."""
     for m in model.modules():
         if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
             return 1
@@ -59,7 +60,7 @@ def receptive_field(model_or_layers, input_size, layer: str | None = None, in_ch
     centre raise ``AlignmentError`` unless ``allow_unaligned``.
     """
     if isinstance(model_or_layers, nn.Module):
-        size = _input_size(input_size, _spatial_ndim(model_or_layers))
+        size = _input_size(input_size, spatial_ndim(model_or_layers))
         nodes, final = trace(model_or_layers, size, in_channels, treat_as=treat_as,
                              allow_unaligned=allow_unaligned)
         rows = [_row(n, size) for n in nodes]

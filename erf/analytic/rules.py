@@ -457,6 +457,10 @@ def reduce_dims(call: Call):
     """Reductions and normalisations along dims (mean, sum, softmax, norm...)."""
     x, info = call.args[0], call.info(call.args[0])
     name = call.name
+    if name in ("max", "min") and isinstance(call.arg(1, "other"), torch.Tensor):
+        return pointwise(call)  # the elementwise form
+    if info is None:
+        return pointwise(call)
     dim = call.arg(1, "dim")
     if name in ("softmax", "log_softmax", "softmin", "cumsum", "cumprod", "logcumsumexp", "normalize"):
         dim = call.arg(1, "dim", -1 if name == "normalize" else None)
@@ -484,13 +488,7 @@ def layer_norm(call: Call):
     x, info = call.args[0], call.info(call.args[0])
     shape = call.arg(1, "normalized_shape")
     k = len(shape) if isinstance(shape, (list, tuple, torch.Size)) else 1
-    res = globalise(info, list(range(x.dim() - k, x.dim())), "'layer_norm' normalises over image positions")
-    return merge_params(call, res)
-
-
-def merge_params(call: Call, res: Info) -> Info:
-    """Fold in any other traced tensors among the arguments (rare: traced weights)."""
-    return res
+    return globalise(info, list(range(x.dim() - k, x.dim())), "'layer_norm' normalises over image positions")
 
 
 def group_norm(call: Call):
@@ -546,8 +544,6 @@ def matmul(call: Call):
         for c in role or ():
             if c[0] is not None:
                 axes_seen[c[0]] = axes_seen.get(c[0], 0) + 1
-    lookup = {id(t): i.with_(dims=tuple(dims[len(dims) - len(i.dims):]) if len(i.dims) <= len(dims)
-                              else i.dims) for t, i in infos}
     n_axes = len(infos[0][1].axes)
     axes = []
     for k in range(n_axes):
@@ -559,7 +555,6 @@ def matmul(call: Call):
     if twice:  # an outer product of positions: each entry sees two places; take all
         res = globalise(res, [d for d, role in enumerate(dims) if role and any(c[0] in twice for c in role)],
                         f"'{call.name}' pairs image positions")
-    del lookup
     return res
 
 

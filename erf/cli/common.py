@@ -28,12 +28,14 @@ def input_size(text: str, ndim: int = 2) -> tuple[int, ...]:
     return values
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """MODEL, --model-arg, --input, --in-channels: the way every subcommand names a model."""
-    p.add_argument("model", metavar="MODEL",
+def add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    """MODEL, --model-arg, --checkpoint, --input, --in-channels: how every subcommand names a model."""
+    p.add_argument("model", metavar="MODEL", nargs="?" if optional else None,
                    help="registry name (see 'erf rf --list'), path/to/file.py:factory, timm:NAME or torchvision:NAME")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="argument passed to the model factory (repeatable), e.g. --model-arg width=0.25")
+    p.add_argument("--checkpoint", metavar="FILE", default=None,
+                   help="weights to load (a state_dict saved with torch.save; loaded with weights_only=True)")
     p.add_argument("--input", default="224", metavar="H[,W]", help="input size in pixels (default 224)")
     p.add_argument("--in-channels", type=int, default=None, metavar="C",
                    help="input channels (default: read from the model's first conv, else 3)")

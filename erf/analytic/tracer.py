@@ -11,6 +11,7 @@ when the model needs real values (data-dependent control flow).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -90,7 +91,10 @@ class _Recorder(TorchFunctionMode):
     # -- the mode -------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        if _is_meta_norm(func, args):
+            out = torch.empty_like(args[0])  # same shape; skips a slow first-time meta decomposition
+        else:
+            out = func(*args, **kwargs)
         if self.opaque:
             return out
         name = getattr(func, "__name__", str(func))
@@ -122,6 +126,11 @@ class _Recorder(TorchFunctionMode):
 
     def _where(self) -> str:
         return self.scope[-1] if self.scope else "<model>"
+
+
+def _is_meta_norm(func, args) -> bool:
+    return (getattr(func, "__name__", "") in ("batch_norm", "instance_norm", "group_norm", "layer_norm")
+            and bool(args) and isinstance(args[0], torch.Tensor) and args[0].is_meta)
 
 
 def _has_tensor(obj) -> bool:
@@ -212,6 +221,23 @@ def _apply_module_rule(rec: _Recorder, mod, name, rule, args, out):
         rec.scope.pop()
 
 
+@contextlib.contextmanager
+def _on_meta(model: nn.Module):
+    """Swap every parameter and buffer for an empty meta tensor of its shape, and back."""
+    saved = []
+    for mod in model.modules():
+        for store in (mod._parameters, mod._buffers):
+            for key, val in store.items():
+                if val is not None:
+                    saved.append((store, key, val))
+                    store[key] = torch.empty_like(val, device="meta")
+    try:
+        yield
+    finally:
+        for store, key, val in saved:
+            store[key] = val
+
+
 def infer_in_channels(model: nn.Module) -> int:
     """Input channels from the first conv (or linear) layer, else 3."""
     for m in model.modules():
@@ -227,45 +253,49 @@ def run_traced(model: nn.Module, x: torch.Tensor, *, treat_as=None, allow_unalig
     module_rules = {k: v for k, v in treat_as.items() if k[:1].isupper()}
     rec = _Recorder(treat_as, allow_unaligned, keep)
     nd = x.dim() - 2
-    if meta:
-        params = {k: torch.empty_like(v, device="meta") for k, v in model.named_parameters()}
-        buffers = {k: torch.empty_like(v, device="meta") for k, v in model.named_buffers()}
-        rec.set_input(x, nd)
-        with _hooks(model, rec, module_rules), rec:
-            out = torch.func.functional_call(model, {**params, **buffers}, (x,), tie_weights=False,
-                                             strict=False)
-    else:
-        rec.set_input(x, nd)
-        with _hooks(model, rec, module_rules), rec:
-            out = model(x)
+    rec.set_input(x, nd)
+    with (_on_meta(model) if meta else contextlib.nullcontext()), _hooks(model, rec, module_rules), rec:
+        out = model(x)
     return rec, out
 
 
+# Up to this many input values, a real forward pass is cheaper than the meta device
+# (whose shape checks import sympy, about 1.5 s, on first use in a process).
+REAL_PASS_MAX_VALUES = 3 * 512 * 512
+
+
 def trace(model: nn.Module, input_size, in_channels=None, *, treat_as=None, allow_unaligned=False):
-    """Trace ``model`` on an input of spatial size ``input_size``; return (nodes, output node)."""
+    """Trace ``model`` on an input of spatial size ``input_size``; return (nodes, output node).
+
+    Small inputs run for real (no grad, seeded random input, eval mode); large ones on
+    the meta device, falling back to a real pass when the model needs real values.
+    """
     in_channels = in_channels or infer_in_channels(model)
     shape = (1, in_channels, *input_size)
+    kw = dict(treat_as=treat_as, allow_unaligned=allow_unaligned)
     was_training = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        try:
-            rec, out = run_traced(model, torch.empty(shape, device="meta"), treat_as=treat_as,
-                                  allow_unaligned=allow_unaligned, meta=True)
-        except ErfError:
-            raise
-        except Exception as meta_exc:  # needs real values: run for real
+        rec = out = None
+        if math.prod(shape) > REAL_PASS_MAX_VALUES:
+            try:
+                rec, out = run_traced(model, torch.empty(shape, device="meta"), meta=True, **kw)
+            except ErfError:
+                raise
+            except Exception:  # needs real values (data-dependent control flow): run for real
+                rec = None
+        if rec is None:
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
-            gen = torch.Generator(device="cpu").manual_seed(0)
-            x = torch.randn(shape, generator=gen).to(device)
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
             try:
                 with torch.no_grad():
-                    rec, out = run_traced(model, x, treat_as=treat_as, allow_unaligned=allow_unaligned, meta=False)
+                    rec, out = run_traced(model, x, meta=False, **kw)
             except ErfError:
                 raise
             except Exception as exc:
                 raise TraceError(f"the model's forward pass failed on an input of shape {list(shape)}: "
-                                 f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
-            del meta_exc
+                                 f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]} (is the input large enough "
+                                 "for this model, and in_channels right?)") from exc
     finally:
         for m, t in was_training.items():
             m.train(t)

@@ -1,0 +1,65 @@
+"""``erf rf MODEL``: the theoretical receptive field, per layer."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from erf.cli.common import add_model_args, input_size, parse_ints
+
+
+def register(sub) -> None:
+    p = sub.add_parser("rf", help="theoretical receptive field of every layer",
+                       description="Trace a forward pass and print the theoretical receptive field of every layer.")
+    add_model_args(p, optional=True)
+    p.add_argument("--layer", metavar="NAME", help="target layer (default: the model output)")
+    p.add_argument("--unit", metavar="I,J", help="also give the input box of this unit of the target layer")
+    p.add_argument("--treat-as", action="append", default=[], metavar="OP=KIND",
+                   help="rule for an op or module class erf does not know: pointwise, global or identity")
+    p.add_argument("--allow-unaligned", action="store_true",
+                   help="take the union where paths into a node disagree, instead of refusing")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--list", action="store_true", help="list the registered model names and exit")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from erf import models
+    from erf.analytic import receptive_field, spatial_ndim
+    from erf.errors import ErfError
+
+    if args.list:
+        print("\n".join(models.list_models()))
+        return 0
+    if args.model is None:
+        raise ErfError("give a MODEL (a registry name, path/to/file.py:factory, timm:NAME or torchvision:NAME); "
+                       "'erf rf --list' lists the registry")
+    treat_as = {}
+    for item in args.treat_as:
+        op, sep, kind = item.partition("=")
+        if not sep or kind not in ("pointwise", "global", "identity"):
+            raise ErfError(f"--treat-as takes OP=pointwise|global|identity, got {item!r}")
+        treat_as[op] = kind
+    model = models.load_model(args.model, models.parse_model_args(args.model_arg), args.checkpoint)
+    start = time.perf_counter()
+    report = receptive_field(model, input_size(args.input, spatial_ndim(model)), layer=args.layer,
+                             in_channels=args.in_channels, treat_as=treat_as, allow_unaligned=args.allow_unaligned)
+    unit = None
+    if args.unit is not None:
+        unit = parse_ints(args.unit, "--unit", positive=False, nonneg=True)
+        report.box(unit)  # validates the unit
+    if args.json:
+        out = report.to_dict(unit)
+        out["seconds"] = round(time.perf_counter() - start, 4)
+        print(json.dumps(out))
+        return 0
+    print(report.table())
+    if unit is not None:
+        box, clipped = report.box(unit), report.box(unit, clip=True)
+        print(f"unit {list(unit)} of {report.target.name}: input box {_box(box)} (clipped to the image: "
+              f"{_box(clipped)})")
+    return 0
+
+
+def _box(box) -> str:
+    return " x ".join("empty" if b is None else f"[{b[0]}, {b[1]}]" for b in box)
