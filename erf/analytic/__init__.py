@@ -84,7 +84,7 @@ def _row(node, input_size) -> LayerRF:
     return LayerRF(node.name, node.op, sizes, info.axes, input_size, aliases=list(node.aliases),
                    module=node.module, call_index=node.call_index,
                    spatial_dims=tuple(axis_dims.get(a) for a in range(len(info.axes))),
-                   shape=node.shape, crop_note=info.crop_note)
+                   shape=node.shape, crop_note=info.crop_note, dims=info.dims)
 
 
 def capture(model: nn.Module, x: torch.Tensor, names) -> dict[str, torch.Tensor]:

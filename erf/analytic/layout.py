@@ -7,6 +7,8 @@ A tensor derived from the network input carries an ``Info``:
   (``axis`` is an input axis or ``None`` for a non-spatial factor). A conv map has
   ``dims = (None, None, ((0, H),), ((1, W),))``; a ViT's token tensor after
   ``flatten(2).transpose(1, 2)`` has ``(None, ((0, H), (1, W)), None)``.
+  A dim that starts with non-image tokens (a class token joined by ``torch.cat``)
+  holds one ``Tokens`` component: ``prefix`` such tokens, then the grid.
 - ``crop_note``: None while every op so far is local and size-independent (so the
   engine may run on a crop); otherwise why not.
 """
@@ -18,8 +20,32 @@ from math import prod
 
 from erf.analytic.axis import AxisMap
 
-Component = tuple[int | None, int]
+@dataclass(frozen=True)
+class Tokens:
+    """A token dim: ``prefix`` non-image tokens (class, distillation...), then a grid."""
+
+    prefix: int
+    grid: tuple  # components (axis, size) of the grid, row-major
+
+
+Component = tuple  # (axis: int | None | Tokens, size: int)
 Dim = tuple[Component, ...] | None
+
+
+def spatial_components(role: Dim):
+    """The (axis, size) pairs of image axes a dim indexes, looking inside token dims."""
+    for key, size in role or ():
+        if isinstance(key, Tokens):
+            yield from ((a, s) for a, s in key.grid if a is not None)
+        elif key is not None:
+            yield key, size
+
+
+def single_axis(role: Dim) -> int | None:
+    """The image axis a dim indexes alone (a plain conv-map dim), else None."""
+    if role and len(role) == 1 and isinstance(role[0][0], int):
+        return role[0][0]
+    return None
 
 
 @dataclass(frozen=True)
@@ -35,24 +61,18 @@ class Info:
         """Input axis -> tensor dim, for dims that index exactly one axis."""
         out = {}
         for d, role in enumerate(self.dims):
-            if role is None:
-                continue
-            spatial = [c for c in role if c[0] is not None and c[1] > 1]
-            if len(role) == 1 and spatial:
-                out[role[0][0]] = d
+            a = single_axis(role)
+            if a is not None:
+                out[a] = d
         return out
 
     def axis_sizes(self) -> tuple[int, ...]:
         """How many positions of each axis this tensor still indexes (1 if none)."""
         sizes = [1] * len(self.axes)
         for role in self.dims:
-            for axis, size in role or ():
-                if axis is not None:
-                    sizes[axis] = size
+            for axis, size in spatial_components(role):
+                sizes[axis] = size
         return tuple(sizes)
-
-    def dims_of_axis(self, axis: int) -> list[int]:
-        return [d for d, role in enumerate(self.dims) if role and any(c[0] == axis for c in role)]
 
 
 def plain_dim(axis: int, size: int) -> Dim:

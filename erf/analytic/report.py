@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from erf.analytic.axis import AxisMap
+from erf.analytic.layout import Tokens
 from erf.errors import ModelError
 
 
@@ -41,6 +42,7 @@ class LayerRF:
     call_index: int = 0
     spatial_dims: tuple[int | None, ...] = ()
     shape: tuple[int, ...] = ()
+    dims: tuple = ()  # per tensor dim: None or components (see erf.analytic.layout)
     crop_note: str | None = None
 
     def _sizes(self, a: int) -> list[int]:
@@ -108,6 +110,37 @@ class LayerRF:
                 b = b if b[0] <= b[1] else None
             out.append(b)
         return tuple(out)
+
+    def index_of(self, unit=None) -> dict[int, int]:
+        """Tensor dim -> index that holds ``unit`` (default: the centre unit).
+
+        Handles conv maps ``(N, C, H, W)``, channels-last ``(N, H, W, C)`` and token
+        tensors ``(N, L, C)`` with prefix tokens (class token) before the grid.
+        """
+        unit = center_unit(self.output) if unit is None else tuple(unit)
+        self.box(unit)  # validates the unit
+        out = {}
+        for d, role in enumerate(self.dims):
+            if role is None:
+                continue
+            index = 0
+            for key, size in role:
+                if isinstance(key, Tokens):
+                    index = index * size + key.prefix + _flat(key.grid, unit)
+                elif key is None:
+                    if size != 1:
+                        raise ModelError(f"layer '{self.name}' mixes channels and positions in one dim; "
+                                         "pick a layer whose output keeps a grid")
+                    index *= size
+                else:
+                    index = index * size + unit[key]
+            out[d] = index
+        return out
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Number of non-image tokens in front of the grid (0 for conv maps)."""
+        return next((key.prefix for role in self.dims for key, _ in (role or ()) if isinstance(key, Tokens)), 0)
 
     def to_dict(self) -> dict:
         return {
@@ -205,6 +238,13 @@ class RFReport:
             summary += f", rf_min {_pair(t.rf_min)} (not shift-invariant: the RF depends on the position)"
         lines += ["", summary, *self.notes]
         return "\n".join(lines)
+
+
+def _flat(grid, unit) -> int:
+    index = 0
+    for axis, size in grid:
+        index = index * size + (unit[axis] if axis is not None else 0)
+    return index
 
 
 def _pair(v) -> str:

@@ -17,7 +17,7 @@ import torch
 
 from erf.analytic import axis as ax
 from erf.analytic.axis import AxisMap
-from erf.analytic.layout import Info, drop_unit_components, reshape_roles
+from erf.analytic.layout import Info, Tokens, drop_unit_components, reshape_roles, single_axis, spatial_components
 from erf.errors import AlignmentError, UnsupportedOpError
 
 
@@ -90,7 +90,7 @@ def merge(call: Call, tensors: list[torch.Tensor], out_shape) -> Info:
             if size_in == size_out:
                 if dims[d + offset] is None:
                     dims[d + offset] = role
-                indexed.update(c[0] for c in role if c[0] is not None)
+                indexed.update(a for a, _ in spatial_components(role))
         for a in range(n_axes):
             m = info.axes[a]
             if a not in indexed and m.shift != 0:
@@ -99,9 +99,8 @@ def merge(call: Call, tensors: list[torch.Tensor], out_shape) -> Info:
             per_axis[a].append((t, m))
     sizes = [1] * n_axes
     for role in dims:
-        for a, s in role or ():
-            if a is not None:
-                sizes[a] = s
+        for a, s in spatial_components(role):
+            sizes[a] = s
     axes = []
     for a in range(n_axes):
         maps = per_axis[a]
@@ -133,23 +132,22 @@ def _union(maps, n: int) -> AxisMap:
     return AxisMap.build(period, shift, lo, hi)
 
 
-def globalise(info: Info, dims_mixed, why: str, t_shape=None) -> Info:
-    """Every position of the axes indexed by ``dims_mixed`` now sees all of them."""
+def globalise(info: Info, dims_mixed, why: str, drop: bool = False) -> Info:
+    """Every position of the axes indexed by ``dims_mixed`` now sees all of them.
+
+    ``drop`` when the op removes those dims or turns them into features (reductions,
+    linear layers); otherwise each index still stands for its position.
+    """
     axes = list(info.axes)
     sizes = info.axis_sizes()
     dims = list(info.dims)
     hit = False
     for d in dims_mixed:
-        for a, _ in dims[d] or ():
-            if a is not None:
-                axes[a] = axes[a].globalised(sizes[a])
-                hit = True
-        dims[d] = None
-    # an axis no longer indexed by any dim must not be indexed elsewhere either
-    for d, role in enumerate(dims):
-        if role and any(c[0] is not None and axes[c[0]].shift == 0 for c in role):
-            dims[d] = drop_unit_components(tuple((None if a is not None and axes[a].shift == 0 else a, s)
-                                                for a, s in role))
+        for a, _ in spatial_components(dims[d]):
+            axes[a] = axes[a].globalised(sizes[a])
+            hit = True
+        if drop:
+            dims[d] = None
     out = Info(tuple(axes), tuple(dims), info.crop_note)
     return _note(out, why) if hit else out
 
@@ -180,10 +178,10 @@ def _spatial_window(call: Call, x, info: Info, nd: int, per_axis) -> Info:
         role = dims[d]
         if role is None:
             continue
-        if len(role) != 1:
+        a = single_axis(role)
+        if a is None:
             raise UnsupportedOpError(f"'{call.name}' slides over a dim that holds several flattened image axes; "
                                      "reshape the tokens back to a grid first, or pass treat_as for this op")
-        a, _ = role[0]
         axes[a] = per_axis(k, axes[a])
         dims[d] = ((a, call.out.shape[d] if isinstance(call.out, torch.Tensor) else call.out[0].shape[d]),)
     return Info(tuple(axes), tuple(dims), info.crop_note)
@@ -205,7 +203,8 @@ def conv(call: Call):
         left = _pairs(p, nd)
     res = _spatial_window(call, x, info, nd, lambda j, m: ax.window(m, k[j], s[j], d[j], left[j]))
     if info.dims[-nd - 1] is not None:  # channel dim mixes whatever it indexes
-        res = globalise(res, [len(res.dims) - nd - 1], f"'{call.name}' mixes a dim that indexes the image")
+        res = globalise(res, [len(res.dims) - nd - 1], f"'{call.name}' mixes a dim that indexes the image",
+                        drop=True)
     return res
 
 
@@ -337,9 +336,9 @@ def pad(call: Call):
         role = dims[d]
         if role is None:
             continue
-        if len(role) != 1:
+        a = single_axis(role)
+        if a is None:
             raise UnsupportedOpError(f"'{call.name}' pads a dim of flattened image axes; pass treat_as for it")
-        a = role[0][0]
         axes[a] = ax.window(axes[a], 1, 1, 1, left)
         dims[d] = ((a, call.out.shape[d]),)
     res = Info(tuple(axes), tuple(dims), info.crop_note)
@@ -375,24 +374,46 @@ def getitem(call: Call):
         if isinstance(i, slice):
             start, stop, step = i.indices(n)
             size = len(range(start, stop, step))
-            if role is not None:
-                if len(role) != 1:
-                    raise UnsupportedOpError(f"slicing a dim of flattened image axes in '{call.name}' "
-                                             "is not supported; pass treat_as for it")
-                a = role[0][0]
-                axes[a] = ax.window(axes[a], 1, step, 1, -start)
-                role = ((a, size),)
+            if role is not None and isinstance(role[0][0], Tokens) and len(role) == 1:
+                role, axes = _slice_tokens(call, role[0][0], start, stop, step, axes)
+            elif role is not None:
+                a = single_axis(role)
+                if a is None:
+                    if (start, stop, step) != (0, n, 1):
+                        raise UnsupportedOpError(f"slicing a dim of flattened image axes in '{call.name}' "
+                                                 "is not supported; pass treat_as for it")
+                else:
+                    axes[a] = ax.window(axes[a], 1, step, 1, -start)
+                    role = ((a, size),)
             dims.append(role)
         else:  # an integer drops the dim
             if role is not None:
-                if len(role) != 1:
+                if isinstance(role[0][0], Tokens) and int(i) % n < role[0][0].prefix:
+                    # a prefix token (class token): conservatively, all it could have seen
+                    for a, _ in spatial_components(role):
+                        axes[a] = axes[a].globalised(info.axis_sizes()[a])
+                    d += 1
+                    continue
+                a = single_axis(role)
+                if a is None:
                     raise UnsupportedOpError(f"indexing a dim of flattened image axes in '{call.name}' "
                                              "is not supported; pass treat_as for it")
-                a = role[0][0]
                 b = axes[a].box(int(i) % n)
                 axes[a] = AxisMap.constant(*b) if b else AxisMap(1, 0, (None,), (None,))
         d += 1
     return Info(tuple(axes), tuple(dims), info.crop_note)
+
+
+def _slice_tokens(call, tok: Tokens, start, stop, step, axes):
+    """Slicing a token dim: dropping the prefix tokens leaves the grid."""
+    grid_size = 1
+    for _, size in tok.grid:
+        grid_size *= size
+    if step == 1 and stop == tok.prefix + grid_size and start <= tok.prefix:
+        new_prefix = tok.prefix - start
+        return (((Tokens(new_prefix, tok.grid), new_prefix + grid_size),) if new_prefix else tok.grid), axes
+    raise UnsupportedOpError(f"slicing tokens [{start}:{stop}:{step}] in '{call.name}' is not supported "
+                             "(only dropping the prefix tokens is); pass treat_as for it")
 
 
 def _advanced_index(call, x, info, idx):
@@ -467,7 +488,8 @@ def reduce_dims(call: Call):
         if name == "normalize":
             dim = call.arg(2, "dim", 1)
     mixed = _norm_dims(dim, x.dim())
-    res = globalise(info, mixed, f"'{name}' mixes image positions")
+    keeps_dim = name in ("softmax", "log_softmax", "softmin", "cumsum", "cumprod", "logcumsumexp", "normalize")
+    res = globalise(info, mixed, f"'{name}' mixes image positions", drop=not keeps_dim)
     outs = call.out if isinstance(call.out, (tuple, list)) else (call.out,)
     results = []
     for o in outs:
@@ -509,58 +531,48 @@ def linear(call: Call):
     x, info = call.args[0], call.info(call.args[0])
     if info is None:
         return pointwise(call)
-    res = globalise(info, [x.dim() - 1], "'linear' mixes the features of a dim that indexes the image")
+    res = globalise(info, [x.dim() - 1], "'linear' mixes the features of a dim that indexes the image", drop=True)
     return res
 
 
 def matmul(call: Call):
+    """``a @ b``: rows keep a's positions, columns b's; the contracted dim is mixed."""
     a, b = call.args[0], call.args[1]
-    ia, ib = call.info(a), call.info(b)
     out = call.out
-    infos = []
-    if ia is not None:
-        ia = globalise(ia, [a.dim() - 1], f"'{call.name}' contracts image positions")
-        dims = list(ia.dims)
+    parts = []  # (tensor, info with dims already placed as in the output)
+    for t, contracted, replaced in ((a, -1, -1), (b, -2 if b.dim() >= 2 else -1, -2)):
+        info = call.info(t)
+        if info is None:
+            continue
+        info = globalise(info, [t.dim() + contracted], f"'{call.name}' contracts image positions", drop=True)
+        dims = list(info.dims)
         if a.dim() >= 2 and b.dim() >= 2:
-            dims[-1] = None  # becomes b's column dim
-        infos.append((a, ia.with_(dims=tuple(dims))))
-    if ib is not None:
-        contracted = [b.dim() - 2] if b.dim() >= 2 else [0]
-        ib = globalise(ib, contracted, f"'{call.name}' contracts image positions")
-        if b.dim() >= 2:
-            dims = list(ib.dims)
-            dims[-2] = None
-            ib = ib.with_(dims=tuple(dims))
-        infos.append((b, ib))
-    # combine: dims of a for rows, dims of b for columns
-    axes_seen: dict[int, int] = {}
+            dims[replaced] = None  # that slot holds the other operand's positions
+        parts.append((t, dims, info))
     dims = [None] * out.dim()
-    for t, i in infos:
-        off = out.dim() - len(i.dims)
-        for d, role in enumerate(i.dims):
-            if role is not None and 0 <= d + off < out.dim() and out.shape[d + off] == t.shape[d]:
+    for t, tdims, _ in parts:
+        off = out.dim() - len(tdims)
+        for d, role in enumerate(tdims):
+            if role is not None and 0 <= d + off < out.dim():
                 dims[d + off] = role
-    for d, role in enumerate(dims):
-        for c in role or ():
-            if c[0] is not None:
-                axes_seen[c[0]] = axes_seen.get(c[0], 0) + 1
-    n_axes = len(infos[0][1].axes)
-    axes = []
-    for k in range(n_axes):
-        maps = [i.axes[k] for _, i in infos]
-        axes.append(_union([(None, m) for m in maps], _size_of_axis(dims, k)))
-    note = next((i.crop_note for _, i in infos if i.crop_note), None)
-    res = Info(tuple(axes), tuple(dims), note)
-    twice = [k for k, c in axes_seen.items() if c > 1]
+    seen: dict[int, int] = {}
+    for role in dims:
+        for axis, _ in spatial_components(role):
+            seen[axis] = seen.get(axis, 0) + 1
+    n_axes = len(parts[0][2].axes)
+    axes = tuple(_union([(None, i.axes[k]) for _, _, i in parts], _size_of_axis(dims, k)) for k in range(n_axes))
+    note = next((i.crop_note for _, _, i in parts if i.crop_note), None)
+    res = Info(axes, tuple(dims), note)
+    twice = {k for k, c in seen.items() if c > 1}
     if twice:  # an outer product of positions: each entry sees two places; take all
-        res = globalise(res, [d for d, role in enumerate(dims) if role and any(c[0] in twice for c in role)],
-                        f"'{call.name}' pairs image positions")
+        mixed = [d for d, role in enumerate(dims) if any(a in twice for a, _ in spatial_components(role))]
+        res = globalise(res, mixed, f"'{call.name}' pairs image positions")
     return res
 
 
 def _size_of_axis(dims, k) -> int:
     for role in dims:
-        for a, s in role or ():
+        for a, s in spatial_components(role):
             if a == k:
                 return s
     return 1
@@ -597,14 +609,24 @@ def cat(call: Call):
     dim = int(call.arg(1, "dim", 0))
     ref = next(t for t in tensors if call.info(t) is not None)
     dim %= ref.dim()
-    for t in tensors:
-        i = call.info(t)
-        if i is not None and i.dims[dim] is not None:
-            raise UnsupportedOpError(f"'{call.name}' joins tensors along a dim that indexes the image "
-                                     "(e.g. prefix tokens); pass treat_as for it")
     traced = [t for t in tensors if call.info(t) is not None]
-    shape = list(call.out.shape)
-    return merge(call, traced, shape)
+    if all(call.info(t).dims[dim] is None for t in traced):
+        return merge(call, traced, list(call.out.shape))
+    # joining tokens along a token dim: constant tokens in front of one traced grid
+    last = tensors[-1]
+    if len(traced) != 1 or last is not traced[0]:
+        raise UnsupportedOpError(f"'{call.name}' joins tensors along a dim that indexes the image; erf follows "
+                                 "only constant tokens put in front of the image tokens; pass treat_as for it")
+    info = call.info(last)
+    prefix = sum(t.shape[dim] for t in tensors[:-1])
+    role = info.dims[dim]
+    if len(role) == 1 and isinstance(role[0][0], Tokens):
+        tok = Tokens(role[0][0].prefix + prefix, role[0][0].grid)
+    else:
+        tok = Tokens(prefix, role)
+    dims = list(info.dims)
+    dims[dim] = ((tok, call.out.shape[dim]),)
+    return info.with_(dims=tuple(dims))
 
 
 def stack(call: Call):
@@ -640,9 +662,9 @@ def split(call: Call):
         if role is None:
             res.append(info)
         else:
-            if len(role) != 1:
+            a = single_axis(role)
+            if a is None:
                 raise UnsupportedOpError(f"'{name}' along a dim of flattened image axes is not supported")
-            a = role[0][0]
             axes = list(info.axes)
             axes[a] = ax.window(axes[a], 1, 1, 1, -start)
             dims = list(info.dims)
@@ -688,6 +710,33 @@ def global_op(call: Call):
     axes = tuple(_union([(None, i.axes[a]) for i in infos], 1) for a in range(n_axes))
     res = [Info(axes, (None,) * o.dim(), infos[0].crop_note) for o in outs if isinstance(o, torch.Tensor)]
     return res if isinstance(call.out, (list, tuple)) else res[0]
+
+
+def windowed_attention(call: Call, window, shift):
+    """Swin-style attention inside windows of ``window`` tokens, shifted by ``shift``.
+
+    A token sees the tokens of its window; shifted windows are masked at the border, so
+    a window never wraps around. Everything inside the module (MLP, norms) is local.
+    """
+    x, info = call.first()
+    sizes = info.axis_sizes()
+    axes = list(info.axes)
+    grid = [a for role in info.dims for a, _ in spatial_components(role)]
+    for k, a in enumerate(grid):
+        n = sizes[a]
+        ws = window[k] if k < len(window) else window[-1]
+        sh = shift[k] if k < len(shift) else shift[-1]
+        if n <= ws:
+            ws, sh = n, 0
+
+        def taps(o, ws=ws, sh=sh):
+            start = ((o - sh) // ws) * ws + sh
+            return range(start, start + ws)
+
+        axes[a] = ax.rational_index(axes[a], ws, ws, taps)
+    out = call.out if isinstance(call.out, torch.Tensor) else call.out[0]
+    dims = info.dims if tuple(out.shape) == tuple(x.shape) else (None,) * out.dim()
+    return _note(Info(tuple(axes), dims, info.crop_note), "windowed attention depends on the grid size")
 
 
 # ---------------------------------------------------------------- the table

@@ -11,6 +11,7 @@ when the model needs real values (data-dependent control flow).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -202,7 +203,21 @@ def _hooks(model: nn.Module, rec: _Recorder, module_rules: dict):
 
 
 def _module_rule(mod, module_rules):
-    return module_rules.get(type(mod).__name__)
+    """A rule for a whole module: a ``treat_as`` entry for its class, or windowed attention."""
+    rule = module_rules.get(type(mod).__name__)
+    if rule is None and hasattr(mod, "window_size") and hasattr(mod, "shift_size"):
+        window, shift = _as_tuple(mod.window_size), _as_tuple(mod.shift_size)
+        if window and all(isinstance(v, int) for v in window + shift):
+            rule = functools.partial(rules.windowed_attention, window=window, shift=shift or (0,))
+    return rule
+
+
+def _as_tuple(v) -> tuple:
+    if isinstance(v, torch.Tensor):
+        v = v.tolist()
+    if isinstance(v, (list, tuple)):
+        return tuple(int(x) for x in v)
+    return (int(v),) if isinstance(v, int) else ()
 
 
 def _apply_module_rule(rec: _Recorder, mod, name, rule, args, out):
