@@ -232,7 +232,8 @@ class RFReport:
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
         t = self.target
-        summary = (f"target {t.name}: rf {_pair(t.rf)}, jump {_pair(t.jump)}, padding {_pair(t.padding)}, "
+        alias = f" (= {', '.join(t.aliases)})" if t.aliases else ""
+        summary = (f"target {t.name}{alias}: rf {_pair(t.rf)}, jump {_pair(t.jump)}, padding {_pair(t.padding)}, "
                    f"center {_pair(t.center)}, output {_pair(t.output)}")
         if not t.shift_invariant:
             summary += f", rf_min {_pair(t.rf_min)} (not shift-invariant: the RF depends on the position)"
