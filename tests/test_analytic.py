@@ -307,7 +307,8 @@ class RandomNet(nn.Module):
         self.stages = nn.ModuleList()
         self.kinds = []
         for _ in range(rng.randint(2, 5)):
-            kind = rng.choice(["conv", "conv", "pool", "branch", "cat", "up", "convT", "unet"])
+            kind = rng.choice(["conv", "conv", "pool", "branch", "cat", "up", "convT", "unet", "adaptive", "resize",
+                               "slice", "shuffle"])
             self.kinds.append(kind)
             if kind == "conv":
                 k = (rng.randint(1, 4), rng.randint(1, 4))
@@ -329,6 +330,16 @@ class RandomNet(nn.Module):
             elif kind == "convT":
                 k, s = rng.randint(2, 4), rng.randint(1, 2)
                 self.stages.append(nn.ConvTranspose2d(2, 2, k, s, rng.randint(0, k - 1)))
+            elif kind == "adaptive":
+                self.stages.append(nn.AdaptiveAvgPool2d((rng.randint(5, 12), rng.randint(5, 12))))
+            elif kind == "resize":
+                size = (rng.randint(8, 40), rng.randint(8, 40))
+                self.stages.append(nn.Upsample(size=size, mode="bilinear", align_corners=rng.random() < 0.5))
+            elif kind == "slice":
+                self.stages.append(nn.Identity())
+            elif kind == "shuffle":
+                self.stages.append(nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(8, 8, 3, padding=1),
+                                                 nn.PixelShuffle(2)))
             else:  # a one-level U-Net: down, up, concat with the skip
                 self.stages.append(nn.ModuleList([nn.Conv2d(2, 2, 3, 2, 1), nn.ConvTranspose2d(2, 2, 2, 2),
                                                   nn.Conv2d(4, 2, 3, padding=1)]))
@@ -339,6 +350,10 @@ class RandomNet(nn.Module):
                 x = F.relu(st[0](x) + st[1](x))
             elif kind == "cat":
                 x = st[2](torch.cat([st[0](x), st[1](x)], 1))
+            elif kind == "slice":
+                x = x[:, :, 1:, ::2]
+            elif kind == "shuffle":
+                x = st(F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2)))
             elif kind == "unet":
                 if x.shape[-1] % 2 or x.shape[-2] % 2:
                     x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
@@ -375,7 +390,7 @@ def _draw(seed):
 @pytest.mark.parametrize("seed", range(40))
 def test_random_networks_against_gradient_support(seed):
     rng, net, size, out = _draw(seed)
-    report = receptive_field(net, size)
+    report = receptive_field(net, size, in_channels=2)
     assert report.output == tuple(out.shape[-2:])
     _positive(net)
     x = (torch.rand(1, 2, *size, dtype=torch.float64) + 0.5).requires_grad_()
@@ -387,7 +402,10 @@ def test_random_networks_against_gradient_support(seed):
         box = report.box(unit)
         clipped = report.box(unit, clip=True)
         inside = all(b is not None and b[0] >= 0 and b[1] < n for b, n in zip(box, size))
-        if inside:
+        # After a crop inside the network (slicing), positions beyond the crop are padding to
+        # later layers but their extended boxes land on the cut-away pixels: there the box is
+        # an upper bound, not exact (documented in the README).
+        if inside and "slice" not in net.kinds:
             assert support == tuple(box), (unit, report.layers[-1].name)
         elif support is not None:
             for (s0, s1), c in zip(support, clipped):

@@ -176,6 +176,17 @@ def rational_index(map_in: AxisMap, num: int, den: int, taps_of) -> AxisMap:
     return map_in.gather(q_out, taps, num * reps)
 
 
+def finite(lo: Sequence[int], hi: Sequence[int]) -> AxisMap:
+    """A map known on ``n`` real positions only (not periodic over all integers).
+
+    Positions past either end continue the boxes at the average slope, as padding
+    would (exact on the real positions, a close convention beyond them).
+    """
+    n = len(lo)
+    shift = round((lo[-1] - lo[0]) * n / (n - 1)) if n > 1 else 0
+    return AxisMap.build(n, shift, lo, hi)
+
+
 def union(maps: Sequence[AxisMap]) -> AxisMap:
     """Element-wise union of maps (same tensor positions, several inputs)."""
     period = 1

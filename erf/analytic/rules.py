@@ -309,8 +309,7 @@ def interpolate(call: Call):
                 boxes = [b for b in boxes if b]
                 lo.append(min(b[0] for b in boxes))
                 hi.append(max(b[1] for b in boxes))
-            return AxisMap.build(n_out[j], int(m.jump * n_in[j]) if m.jump * n_in[j] == int(m.jump * n_in[j])
-                                 else 0, lo, hi)
+            return ax.finite(lo, hi)
         return ax.rational_index(m, num, den, taps)
 
     res = _spatial_window(call, x, info, nd, per_axis)
