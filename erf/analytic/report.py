@@ -9,6 +9,7 @@ from fractions import Fraction
 from erf.analytic.axis import AxisMap
 from erf.analytic.layout import Tokens
 from erf.errors import ModelError
+from erf.stats import center_unit
 
 
 def _num(x: Fraction | int | None):
@@ -17,15 +18,6 @@ def _num(x: Fraction | int | None):
         return None
     x = Fraction(x)
     return int(x) if x.denominator == 1 else float(x)
-
-
-def center_unit(output) -> tuple[int, ...]:
-    """The centre unit of a map: index ``n // 2`` on each axis.
-
-    For an even size this is the lower/right one of the two middle indices; every
-    part of erf uses this rule.
-    """
-    return tuple(int(n) // 2 for n in output)
 
 
 @dataclass
