@@ -1,0 +1,348 @@
+"""The gradient engine: measure a network's effective receptive field (Luo et al., NIPS 2016).
+
+One forward/backward per batch: the objective is the chosen unit summed over the batch, so
+one ``torch.autograd.grad(objective, x)`` returns every sample's input gradient. Parameters
+get no gradient, the forward stops at the target layer, and where the analytic TRF says it
+is safe the input is cropped to the unit's TRF (checked once against a full-size pass).
+Sums are kept in float64: a running map on the device and per-group sums on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from erf import stats
+from erf.errors import ErfError
+from erf import measure_setup as setup
+from erf.measure_inputs import NoiseSource, sample_key
+from erf.measure_result import ERFResult, input_batches, place
+from erf.measure_target import TargetRunner, check_unit, plan_crop, resolve_target
+
+__all__ = ["measure", "ERFResult"]
+
+MAX_GROUPS = 64  # adjacent groups merge beyond this: host memory is at most 64 x H x W float64
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, channel: int | None = None,
+            samples: int = 64, batch_size: int = 32, inputs="gaussian", weight_draws: int = 0, init="model",
+            signal: str = "abs", channel_reduce: str = "sum", preset=None, device: str = "auto",
+            dtype: str = "float32", autocast: str | None = None, seed: int = 0, crop="auto",
+            single_sample: bool = False, tol: float | None = None, max_samples: int | None = None,
+            progress: bool = False, in_channels: int | None = None, eval_mode: bool = True,
+            group_size: int | None = None) -> ERFResult:
+    """Measure the ERF of one unit of ``layer`` (default: the model output) over random inputs.
+
+    The map is the mean over samples of ``signal(d target / d input)`` reduced over input
+    channels. ``signal='abs'`` (default): with random weights or inputs the signed gradient
+    is as often negative as positive, so its mean cancels towards 0 and hides the ERF; |grad|
+    measures how strongly each pixel moves the unit. The target is the centre unit
+    (``stats.center_unit``: n//2 per axis) or ``unit``, summed over all output channels unless
+    ``channel`` picks one. ``preset`` (a name in ``stats.PRESETS``) overrides ``signal``,
+    ``channel_reduce`` and the target reduction; its ``post`` goes to ``ERFResult.post_map``.
+
+    ``inputs``: ``'gaussian'`` N(0,1), ``'uniform'`` U(0,1), ``'constant'`` ones, or an iterable of
+    tensors ``(C, *input_size)`` / ``(N, C, *input_size)``. Sample i of draw d is generated from
+    (seed, d, i) alone, so maps do not depend on ``batch_size``. ``weight_draws=K``: redraw the
+    weights K times with ``init`` on a copy (``samples`` per draw). ``crop``: ``'auto'`` crops
+    where ``receptive_field`` says it is safe and a one-sample float64 full-size check agrees;
+    ``True`` crops without that check; ``False`` never crops. ``tol``: keep sampling after
+    ``samples`` until the jackknife relative SE of sigma < tol or ``max_samples`` (default 64x
+    ``samples``). Groups of ``group_size`` consecutive sample indices (default samples/32) carry
+    the uncertainty; they merge pairwise past 64 groups, so host memory stays <= 64 maps.
+    ``eval_mode=False`` keeps the modules' modes (train-mode BatchNorm mixes a batch: it warns;
+    ``single_sample=True`` measures one sample per pass). The model is never modified.
+    """
+    t0 = time.perf_counter()
+    opts = setup.check_options(samples, batch_size, weight_draws, init, tol, max_samples, crop, autocast, dtype,
+                               single_sample, group_size)
+    dev = setup.resolve_device(device)
+    fdtype = torch.float64 if dtype == "float64" else torch.float32
+    pre = setup.make_preset(preset, signal, channel_reduce)
+    notes: list[str] = []
+    with setup.frozen(model, eval_mode):
+        work = setup.working_model(model, dev, fdtype, copy_needed=opts["redraw"] or setup.has_train_bn(model))
+        if opts["redraw"]:
+            setup.redraw(work, init, seed, 0)
+        size = setup.spatial_size(work, input_size)
+        chans = in_channels or setup.default_in_channels(work)
+        target = resolve_target(setup.float32_view(model), size, layer, chans, probe=lambda t: tuple(TargetRunner(work, t)(
+            torch.zeros((1, chans, *size), device=dev, dtype=fdtype)).shape))
+        notes += target.notes
+        unit = stats.center_unit(target.output) if unit is None else check_unit(unit, target.output)
+        bs = opts["batch_size"]
+        if setup.has_train_bn(work):
+            if single_sample:
+                bs = 1
+                notes.append("BatchNorm in train mode: one sample per pass (single_sample)")
+            else:
+                warnings.warn("BatchNorm layers are in train mode: they mix the samples of a batch, so each map "
+                              "depends on the others; pass single_sample=True (or keep eval_mode=True)", stacklevel=2)
+                notes.append("BatchNorm in train mode mixed the samples of each batch")
+        amp = setup.amp_context(dev, autocast, notes)
+        window, cunit = _choose_crop(crop, work, target, unit, size, chans, seed, channel, pre, dev, notes)
+        index = target.index_of(unit) if window is None else _crop_index(target, cunit)
+        probe = _Probe(TargetRunner(work, target), pre, channel, amp, index)
+        shape = tuple(w.stop - w.start for w in window) if window else size
+        acc = _Accumulator(shape, dev, opts["group_size"](samples))
+        draws = max(1, weight_draws)
+        planned = opts["max_samples"] if tol else samples * draws
+        bar = setup.progress_bar(progress, planned)
+        with amp["tf32"], contextlib.closing(bar):
+            for d in range(draws):
+                if d and opts["redraw"]:
+                    setup.redraw(work, init, seed, d)
+                source = _source(inputs, chans, size, dev, fdtype, window)
+                done = 0
+                limit = opts["max_samples"] if tol else samples
+                while done < limit:
+                    b = min(bs, limit - done)
+                    x = source(seed, d, done, b)
+                    if x is None:
+                        break
+                    b = x.shape[0]
+                    bs = acc.run(probe, x, d * samples + done, bs)
+                    done += b
+                    bar.update(b)
+                    if tol and done >= samples and acc.relative_se() < tol:
+                        break
+                if done < (samples if not tol else 1):
+                    notes.append(f"inputs ran out after {done} samples in draw {d}")
+        if acc.n == 0:
+            raise ErfError("no samples were measured: give samples >= 1 and at least one input")
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    if tol:
+        notes.append(f"adaptive stop: {acc.n} samples, relative SE of sigma {acc.relative_se():.3g} "
+                     f"(tol {tol:g}, max {opts['max_samples']})")
+    return _result(acc, target, unit, window, size, dev, time.perf_counter() - t0, notes, dict(
+        layer=target.layer, unit=list(unit), channel=channel, samples=samples, batch_size=bs,
+        inputs=inputs if isinstance(inputs, str) else "custom", weight_draws=weight_draws,
+        init=init if isinstance(init, str) else getattr(init, "__name__", "callable"), preset=pre.to_dict(),
+        device=str(dev), dtype=dtype, autocast=autocast, seed=seed, crop=crop, single_sample=single_sample,
+        tol=tol, max_samples=opts["max_samples"] if tol else None, group_size=acc.gs, in_channels=chans,
+        input_size=list(size), eval_mode=eval_mode))
+
+
+# ----------------------------------------------------------------------------- one batch
+
+
+class _Probe:
+    """Computes per-sample ERF maps (float64) of one batch: forward, objective, grad, signal."""
+
+    def __init__(self, runner, preset, channel, amp, index):
+        self.runner, self.preset, self.channel, self.amp, self.index = runner, preset, channel, amp, index
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw input gradient of the (batch-summed) target."""
+        x = x.detach().requires_grad_(True)
+        with self.amp["ctx"]():
+            out = self.runner(x)
+            act = _unit_activation(out, self.index, self.channel)
+            obj = stats.reduce_target(act, self.preset).sum()
+        if not obj.requires_grad:
+            raise ErfError("the target does not depend on the input (no gradient path); pick another layer")
+        (g,) = torch.autograd.grad(obj, x, allow_unused=True)
+        if g is None:
+            raise ErfError("the target does not depend on the input (no gradient path); pick another layer")
+        return g
+
+    def maps(self, x: torch.Tensor) -> torch.Tensor:
+        m = stats.reduce_gradient(self.grad(x).to(torch.float64), self.preset, channel_axis=1)
+        if not bool(torch.isfinite(m).all()):
+            raise ErfError("the input gradient contains NaN or Inf: the model overflows on these inputs; "
+                           "try dtype='float64', smaller inputs, or check the weights")
+        return m
+
+
+def _unit_activation(out: torch.Tensor, index: dict, channel) -> torch.Tensor:
+    """(B, channels) activations of the unit: position dims indexed, the rest flattened."""
+    sel = [slice(None)] * out.dim()
+    for d, i in index.items():
+        sel[d] = i
+    a = out[tuple(sel)].reshape(out.shape[0], -1)
+    if a.dtype in (torch.float16, torch.bfloat16):
+        a = a.float()
+    if channel is not None:
+        if not 0 <= channel < a.shape[1]:
+            raise ErfError(f"channel {channel} does not exist: the layer has {a.shape[1]} channels "
+                           f"(use 0..{a.shape[1] - 1})")
+        a = a[:, channel:channel + 1]
+    return a
+
+
+class _Accumulator:
+    """Float64 sums: the running map on the device, per-group sums (by sample index) on the host."""
+
+    def __init__(self, shape, device, group_size: int):
+        self.total = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.gs, self.n = group_size, 0
+        self.sums: dict[int, np.ndarray] = {}
+        self.counts: dict[int, int] = {}
+
+    def run(self, probe: _Probe, x: torch.Tensor, first: int, bs: int) -> int:
+        """Measure ``x`` (sample indices first, first+1, ...); on CUDA OOM halve and retry."""
+        b = x.shape[0]
+        if b > bs:
+            bs = self.run(probe, x[:bs], first, bs)
+            return self.run(probe, x[bs:], first + bs, bs) if b > bs else bs
+        try:
+            m = probe.maps(x)
+        except _OOM:
+            if b == 1:
+                raise ErfError("CUDA out of memory with a batch of one: use a smaller input, a lower "
+                               "dtype/autocast, or --device cpu") from None
+            m = None
+        if m is None:
+            torch.cuda.empty_cache()
+            half = b // 2
+            bs = self.run(probe, x[:half], first, half)
+            return self.run(probe, x[half:], first + half, bs)
+        self.add(m, first)
+        return bs
+
+    def add(self, m: torch.Tensor, first: int) -> None:
+        b = m.shape[0]
+        self.total += m.sum(0)
+        gid = torch.div(torch.arange(first, first + b, device=m.device), self.gs, rounding_mode="floor")
+        g0 = int(first // self.gs)
+        sums = torch.zeros((int(gid[-1]) - g0 + 1, *m.shape[1:]), dtype=torch.float64, device=m.device)
+        sums.index_add_(0, gid - g0, m)
+        for k, s in enumerate(sums.cpu().numpy()):
+            g = g0 + k
+            n = min(first + b, (g + 1) * self.gs) - max(first, g * self.gs)
+            self.sums[g] = self.sums[g] + s if g in self.sums else s
+            self.counts[g] = self.counts.get(g, 0) + n
+        self.n += b
+        while len(self.sums) > MAX_GROUPS:
+            self._merge()
+
+    def _merge(self) -> None:
+        sums, counts = {}, {}
+        for g in sorted(self.sums):
+            h = g // 2
+            sums[h] = sums[h] + self.sums[g] if h in sums else self.sums[g]
+            counts[h] = counts.get(h, 0) + self.counts[g]
+        self.sums, self.counts, self.gs = sums, counts, self.gs * 2
+
+    def groups(self) -> tuple[np.ndarray, np.ndarray]:
+        keys = sorted(self.sums)
+        return np.stack([self.sums[g] for g in keys]), np.array([self.counts[g] for g in keys], dtype=np.int64)
+
+    def relative_se(self) -> float:
+        try:
+            return stats.relative_se_of_sigma(*self.groups())
+        except ErfError:  # a signed map has no moments: never converges by this rule
+            return math.inf
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _source(inputs, chans, size, dev, fdtype, window):
+    """``(seed, draw, first, count) -> batch`` (None when the inputs ran out)."""
+    win = window or tuple(slice(0, n) for n in size)
+    if isinstance(inputs, str):
+        if inputs not in ("gaussian", "uniform", "constant"):
+            raise ErfError(f"inputs must be 'gaussian', 'uniform', 'constant' or an iterable of tensors; "
+                           f"got {inputs!r}")
+        noise = NoiseSource(inputs, (chans, *size), dev, fdtype)
+        return lambda seed, d, first, b: noise.batch([sample_key(seed, d, first + i) for i in range(b)], win)
+    batches = input_batches(inputs, (chans, *size))
+
+    def take(seed, d, first, b):
+        x = batches(b)
+        if x is None:
+            return None
+        return x[(slice(None), slice(None), *win)].to(device=dev, dtype=fdtype)
+    return take
+
+
+# ----------------------------------------------------------------------------- cropping
+
+
+def _choose_crop(crop, work, target, unit, size, chans, seed, channel, pre, dev, notes):
+    """Window and unit-in-crop, or (None, None) to run at full size (with a note why)."""
+    if crop is False:
+        return None, None
+    if not target.crop_safe or setup.has_train_bn(work):
+        why = target.crop_note or ("BatchNorm in train mode mixes the batch" if target.crop_safe
+                                   else "the receptive field is unknown")
+        if crop is True:
+            raise ErfError(f"cannot crop the input for this target: {why}; use crop='auto' or False")
+        notes.append(f"not cropped: {why}")
+        return None, None
+    if None in target.spatial_dims or target.index_of(unit) != _crop_index(target, unit):
+        notes.append("not cropped: the layer's positions are not one tensor dim per axis")
+        return None, None
+    plan = plan_crop(target, unit, size)
+    if plan is None:
+        return None, None
+    window, cunit = plan
+    if crop == "auto":
+        diff = _crop_check(work, target, unit, cunit, window, size, chans, seed, channel, pre, dev)
+        if diff is not None:
+            notes.append(f"not cropped: a cropped pass differs from the full-size pass ({diff}); measured at full size")
+            return None, None
+        notes.append("cropped to the unit's TRF: " + " x ".join(f"[{w.start}:{w.stop}]" for w in window)
+                     + " (checked against a full-size pass)")
+    else:
+        notes.append("cropped to the unit's TRF: " + " x ".join(f"[{w.start}:{w.stop}]" for w in window)
+                     + " (not checked)")
+    return window, cunit
+
+
+def _crop_index(target, cunit) -> dict[int, int]:
+    """Tensor indices of the unit in the cropped map (one tensor dim per spatial axis)."""
+    return dict(zip(target.spatial_dims, cunit))
+
+
+def _crop_check(work, target, unit, cunit, window, size, chans, seed, channel, pre, dev):
+    """Compare one sample's full-size gradient with the cropped one in float64; None if equal."""
+    try:
+        model64 = work if next(work.parameters(), torch.empty(0, dtype=torch.float64)).dtype == torch.float64 \
+            else copy.deepcopy(work).double()
+        dtype, rtol = torch.float64, 1e-9
+    except Exception:  # noqa: BLE001 - fall back to the measurement dtype
+        model64, dtype, rtol = work, torch.float32, 1e-4
+    noise = NoiseSource("gaussian", (chans, *size), dev, dtype)
+    x = noise.batch([sample_key(seed, 0, 0)], tuple(slice(0, n) for n in size))
+    amp = {"ctx": contextlib.nullcontext}
+    full = _Probe(TargetRunner(model64, target), pre, channel, amp, target.index_of(unit)).grad(x)
+    part = _Probe(TargetRunner(model64, target), pre, channel, amp, _crop_index(target, cunit))
+    part = part.grad(x[(slice(None), slice(None), *window)])
+    placed = torch.zeros_like(full)
+    placed[(slice(None), slice(None), *window)] = part
+    scale = float(full.abs().max())
+    err = float((placed - full).abs().max())
+    if not scale > 0 or err > rtol * scale:
+        return f"max difference {err:.3g} of max {scale:.3g}"
+    return None
+
+
+# ----------------------------------------------------------------------------- result
+
+
+def _result(acc, target, unit, window, size, dev, seconds, notes, settings) -> ERFResult:
+    sums, counts = acc.groups()
+    sums = place(sums, window, size)
+    mean = place((acc.total / acc.n).cpu().numpy(), window, size)
+    se = stats.standard_error_map(sums, counts) if len(counts) >= 2 else None
+    box = target.box(unit, clip=False)
+    clipped = box is not None and any(b is None or b[0] < 0 or b[1] > n - 1 for b, n in zip(box, size))
+    if clipped:
+        notes.append(f"the unit's TRF {[list(b) for b in box]} reaches past the {'x'.join(map(str, size))} input: "
+                     "the ERF is cut at the border")
+    settings["crop_window"] = None if window is None else [[w.start, w.stop] for w in window]
+    return ERFResult(map=mean, se_map=se, samples=acc.n, groups=(sums, counts), trf=target.rf,
+                     trf_box=target.box(unit, clip=True), clipped=bool(clipped), cropped=window is not None,
+                     unit=tuple(unit), layer=target.layer, device=str(dev), seconds=seconds, settings=settings,
+                     notes=notes)

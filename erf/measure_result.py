@@ -1,0 +1,229 @@
+"""``ERFResult``: a measured ERF map with its uncertainty, metrics, saving and plotting."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from erf import stats
+from erf.errors import ErfError
+
+
+@dataclass
+class ERFResult:
+    """One measured ERF (all maps float64 numpy at the full input size, axes as the input).
+
+    ``map`` is the mean per-sample map, ``se_map`` its per-pixel standard error (None with
+    fewer than 2 groups), ``groups = (group_sums (G, *size), group_counts (G,))`` the per-group
+    sums behind both. ``trf``/``trf_box`` are the unit's theoretical RF size and its inclusive
+    box clipped to the image (None when the model could not be traced); ``clipped`` says the
+    unclipped box reached past the image. ``metrics``, ``intervals`` and ``fit`` are computed
+    on first use from ``erf.stats``.
+    """
+
+    map: np.ndarray
+    se_map: np.ndarray | None
+    samples: int
+    groups: tuple[np.ndarray, np.ndarray]
+    trf: tuple[int, ...] | None
+    trf_box: tuple[tuple[int, int], ...] | None
+    clipped: bool
+    cropped: bool
+    unit: tuple[int, ...]
+    layer: str | None
+    device: str
+    seconds: float
+    settings: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._cache: dict = {}
+
+    def _lazy(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    @property
+    def post(self) -> str | None:
+        return (self.settings.get("preset") or {}).get("post")
+
+    @property
+    def post_map(self) -> np.ndarray:
+        """The map after the preset's post-processing (``stats.apply_post``); a copy of ``map`` without one."""
+        return self._lazy("post_map", lambda: stats.apply_post(self.map, self.post))
+
+    @property
+    def metrics(self) -> dict:
+        """``stats.summarize`` of the raw mean map with this unit's TRF."""
+        return self._lazy("metrics", lambda: stats.summarize(self.map, trf=self.trf, trf_box=self.trf_box))
+
+    @property
+    def intervals(self) -> dict:
+        """Bootstrap intervals over groups (``stats.metric_intervals``): name -> (lo, hi) or None."""
+        return self._lazy("intervals", lambda: stats.metric_intervals(*self.groups, trf=self.trf))
+
+    @property
+    def fit(self):
+        """2-D Gaussian fit of the map (``stats.fit_gaussian``), None for other dimensions."""
+        return self._lazy("fit", lambda: stats.fit_gaussian(self.map) if self.map.ndim == 2 else None)
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        return stats.axis_names(self.map.ndim)
+
+    @property
+    def sigma(self) -> tuple[float, ...]:
+        """Per-axis moment sigma of the map."""
+        return tuple(float(s) for s in stats.moments(self.map).sigma)
+
+    @property
+    def sigma_ci(self) -> tuple:
+        """Per-axis bootstrap interval of sigma, (lo, hi) or None."""
+        return tuple(self.intervals.get(f"sigma_{a}") for a in self.axes)
+
+    @property
+    def ratio(self) -> tuple[float, ...] | None:
+        """ERF/TRF ratio per axis (2 sigma / trf), None without a TRF."""
+        return None if self.trf is None else tuple(2.0 * s / t for s, t in zip(self.sigma, self.trf))
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (no maps): sigma, sigma_ci, gaussian, trf, ratio, samples, ..."""
+        fit = self.fit
+        return stats._json({
+            "sigma": list(self.sigma), "sigma_ci": [list(ci) if ci else None for ci in self.sigma_ci],
+            "gaussian": None if fit is None else fit.to_dict(), "trf": _list(self.trf), "ratio": _list(self.ratio),
+            "samples": self.samples, "seconds": self.seconds, "device": self.device, "clipped": self.clipped,
+            "cropped": self.cropped, "unit": list(self.unit), "layer": self.layer,
+            "trf_box": None if self.trf_box is None else [list(b) for b in self.trf_box],
+            "metrics": self.metrics, "intervals": {k: _list(v) for k, v in self.intervals.items()},
+            "notes": list(self.notes), "settings": self.settings,
+        })
+
+    def save(self, path) -> Path:
+        """Write ``.npz`` (map, se_map, group sums/counts, everything else as JSON); atomic."""
+        meta = {k: getattr(self, k) for k in ("samples", "trf", "trf_box", "clipped", "cropped", "unit", "layer",
+                                              "device", "seconds", "settings", "notes")}
+        arrays = {"map": self.map, "group_sums": self.groups[0], "group_counts": self.groups[1],
+                  "meta": np.array(json.dumps(stats._json(meta)))}
+        if self.se_map is not None:
+            arrays["se_map"] = self.se_map
+        return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+    @classmethod
+    def load(cls, path) -> ERFResult:
+        """Read a file written by ``save``."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                se = z["se_map"] if "se_map" in z.files else None
+                arrays = z["map"], se, (z["group_sums"], z["group_counts"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise ErfError(f"cannot read ERF result {str(path)!r}: {exc}") from None
+        box = meta["trf_box"]
+        return cls(map=arrays[0], se_map=arrays[1], groups=arrays[2], samples=meta["samples"],
+                   trf=None if meta["trf"] is None else tuple(meta["trf"]),
+                   trf_box=None if box is None else tuple(tuple(b) for b in box), clipped=meta["clipped"],
+                   cropped=meta["cropped"], unit=tuple(meta["unit"]), layer=meta["layer"], device=meta["device"],
+                   seconds=meta["seconds"], settings=meta["settings"], notes=meta["notes"])
+
+    def plot(self, path=None, scale: str = "linear", title: str | None = None):
+        """Heatmap with TRF box and Gaussian fit (``erf.plots.plot_erf``); the file is written atomically."""
+        from erf.plots import plot_erf
+
+        fit = self.fit if self.fit is not None and getattr(self.fit, "ok", False) else False
+        title = title or f"{self.layer or 'output'} unit {tuple(self.unit)}, {self.samples} samples"
+        kwargs = dict(trf_box=self.trf_box, trf=self.trf, fit=fit, scale=scale, title=title)
+        if path is None:
+            return plot_erf(self.post_map, **kwargs)
+        holder = {}
+        atomic_write(path, lambda f: holder.setdefault("fig", plot_erf(self.post_map, path=f, **kwargs)))
+        return holder["fig"]
+
+    def summary(self) -> str:
+        """A few readable lines: sigma with CI, Gaussian fit, TRF, ratio, samples, time, notes."""
+        ax = self.axes
+        lines = [f"ERF of {self.layer or 'model output'} unit {tuple(self.unit)} "
+                 f"({'x'.join(map(str, self.map.shape))} input)"]
+        ci = self.sigma_ci
+        parts = []
+        for a, s, c in zip(ax, self.sigma, ci):
+            parts.append(f"{a} {s:.3f}" + (f" [{c[0]:.3f}, {c[1]:.3f}]" if c else ""))
+        lines.append("sigma (95% CI): " + ", ".join(parts))
+        fit = self.fit
+        if fit is not None:
+            d = fit.to_dict()
+            if d.get("ok"):
+                lines.append(f"gaussian fit: sigma {', '.join(f'{v:.3f}' for v in d['sigma'])}, "
+                             f"theta {d.get('theta', 0):.3f}, r2 {d.get('r2', float('nan')):.4f}")
+            else:
+                lines.append("gaussian fit: failed")
+        if self.trf is not None:
+            lines.append(f"TRF {'x'.join(map(str, self.trf))}, ERF/TRF (2 sigma / trf) "
+                         + " x ".join(f"{r:.3f}" for r in self.ratio))
+        lines.append(f"{self.samples} samples in {self.seconds:.2f} s on {self.device}"
+                     + (", cropped" if self.cropped else "") + (", TRF clipped at the border" if self.clipped else ""))
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _list(v):
+    return None if v is None else [(_list(x) if isinstance(x, (tuple, list)) else x) for x in v]
+
+
+def atomic_write(path, write) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: no half-written file on error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def place(crop: np.ndarray, window, size) -> np.ndarray:
+    """Put a crop-sized array (trailing axes = spatial) back at ``window`` in a zero full-size array."""
+    if window is None:
+        return crop
+    out = np.zeros(crop.shape[: crop.ndim - len(size)] + tuple(size), dtype=crop.dtype)
+    out[(Ellipsis, *window)] = crop
+    return out
+
+
+def input_batches(inputs, shape):
+    """``take(b) -> (b', C, *size) tensor`` from an iterable of (C, *size) / (N, C, *size) tensors."""
+    it = iter(inputs)
+    pending: list[torch.Tensor] = []
+
+    def take(b):
+        while sum(t.shape[0] for t in pending) < b:
+            try:
+                t = torch.as_tensor(next(it))
+            except StopIteration:
+                break
+            if tuple(t.shape) == tuple(shape):
+                t = t.unsqueeze(0)
+            if t.dim() != len(shape) + 1 or tuple(t.shape[1:]) != tuple(shape):
+                raise ErfError(f"an input tensor has shape {list(t.shape)}; expected {list(shape)} or "
+                               f"[N, {', '.join(map(str, shape))}] (channels, then the input size)")
+            pending.append(t)
+        if not pending:
+            return None
+        x = torch.cat(pending)
+        pending.clear()
+        if x.shape[0] > b:
+            pending.append(x[b:])
+        return x[:b]
+    return take

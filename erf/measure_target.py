@@ -1,0 +1,172 @@
+"""Which tensor the engine differentiates, how to compute it cheaply, and where to crop.
+
+``resolve_target`` asks ``erf.analytic.receptive_field`` for the layer's geometry (TRF, jump,
+crop safety). ``TargetRunner`` computes that layer's output: a forward hook on the module that
+produces it, which raises to stop the forward once the tensor exists (later layers cost
+nothing); functional targets go through ``erf.analytic.capture``. ``plan_crop`` picks the
+smallest input window that holds a unit's TRF.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from erf.errors import ErfError, ModelError
+
+
+@dataclass
+class Target:
+    """The measured layer: its name, how to reach it, and its RF geometry (None if unknown)."""
+
+    layer: str | None
+    module: str | None  # qualified module name; None with ``functional`` set, or the whole model
+    call_index: int = 0
+    functional: str | None = None  # node name for ``erf.analytic.capture``
+    output: tuple[int, ...] | None = None  # spatial size of the layer's map
+    spatial_dims: tuple[int, ...] | None = None
+    geometry: object = None  # analytic LayerRF, or None when the RF could not be traced
+    crop_safe: bool = False
+    crop_note: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def box(self, unit, clip=False):
+        """Inclusive input box per axis of ``unit``'s TRF, or None without geometry."""
+        if self.geometry is None:
+            return None
+        return tuple(None if ax is None else tuple(int(v) for v in ax) for ax in self.geometry.box(unit, clip=clip))
+
+    @property
+    def rf(self):
+        return None if self.geometry is None else tuple(int(v) for v in self.geometry.rf)
+
+    @property
+    def jump(self):
+        return None if self.geometry is None else tuple(self.geometry.jump)
+
+    def index_of(self, unit) -> dict[int, int]:
+        """Tensor dim -> index holding ``unit`` (conv maps, channels-last, tokens)."""
+        if self.geometry is not None:
+            return self.geometry.index_of(unit)
+        return dict(zip(self.spatial_dims, unit))
+
+
+def resolve_target(model: nn.Module, input_size, layer=None, in_channels=None, probe=None) -> Target:
+    """Find ``layer`` (None: the model output) with its analytic RF; degrade without a TRF.
+
+    If the model cannot be traced (``TraceError``), module names and the model output can
+    still be measured: no TRF, no crop, and a note says why. ``probe`` runs a forward on
+    a real input to learn the output shape in that case.
+    """
+    try:
+        from erf.analytic import receptive_field
+        from erf.errors import TraceError
+    except ImportError as exc:  # pragma: no cover - the analytic module is part of erf
+        return _untraced(model, layer, probe, f"receptive field unavailable ({exc})")
+    try:
+        rep = receptive_field(model, tuple(input_size), layer=layer, in_channels=in_channels)
+    except TraceError as exc:
+        return _untraced(model, layer, probe, f"receptive field unavailable ({' '.join(str(exc).split())})")
+    t = rep.target
+    module = t.module
+    return Target(layer=t.name, module=module, call_index=int(t.call_index or 0),
+                  functional=t.name if module is None else None,
+                  output=tuple(int(v) for v in t.output), spatial_dims=tuple(t.spatial_dims),
+                  geometry=t, crop_safe=bool(rep.crop_safe), crop_note=str(rep.crop_note or ""))
+
+
+def _untraced(model, layer, probe, note) -> Target:
+    if layer is not None and layer not in dict(model.named_modules()):
+        raise ModelError(f"unknown layer {layer!r}: the model could not be traced, so name a module "
+                         "from model.named_modules()")
+    t = Target(layer=layer, module=layer or None, notes=[note + "; measured without TRF or cropping"])
+    with torch.no_grad():
+        shape = probe(t)
+    t.spatial_dims = tuple(range(2, len(shape)))
+    t.output = tuple(shape[d] for d in t.spatial_dims)
+    return t
+
+
+class _Stop(Exception):
+    """Raised by the forward hook once the target tensor exists."""
+
+
+class TargetRunner:
+    """Callable ``x -> target tensor`` that stops the forward as early as it can."""
+
+    def __init__(self, model: nn.Module, target: Target):
+        self.model, self.target = model, target
+        self.module = None
+        if target.module is not None:
+            modules = dict(model.named_modules())
+            if target.module not in modules:
+                raise ModelError(f"layer {target.layer!r} names module {target.module!r}, which the model lacks")
+            self.module = modules[target.module]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.target
+        if t.functional is not None:
+            from erf.analytic import capture
+
+            out = capture(self.model, x, [t.functional])[t.functional]
+        elif self.module is None or self.module is self.model:
+            out = self.model(x)
+        else:
+            state = {"calls": 0, "out": None}
+
+            def hook(_mod, _inp, output):
+                if state["calls"] == t.call_index:
+                    state["out"] = output
+                    raise _Stop
+                state["calls"] += 1
+
+            handle = self.module.register_forward_hook(hook)
+            try:
+                self.model(x)
+            except _Stop:
+                pass
+            finally:
+                handle.remove()
+            out = state["out"]
+            if out is None:
+                raise ModelError(f"layer {t.layer or t.module!r} was not reached by the forward pass "
+                                 f"(call {t.call_index} of module {t.module!r})")
+        if not isinstance(out, torch.Tensor):
+            raise ModelError(f"layer {t.layer or 'output'!r} returns {type(out).__name__}, not a tensor; "
+                             "pick a layer that returns one tensor with --layer")
+        return out
+
+
+def plan_crop(target: Target, unit, input_size):
+    """Smallest window holding ``unit``'s TRF, snapped to the target's jump.
+
+    Returns ``(window, unit_in_crop)`` with one ``slice`` per spatial axis, or None when the
+    window would be the whole input. The start is snapped down to a multiple of the jump so
+    every strided layer samples the same phase; the far side gets a margin of one jump; an
+    axis whose TRF reaches the image border keeps that border (and its padding).
+    """
+    box, jump = target.box(unit, clip=False), target.jump
+    if any(b is None for b in box) or any(not float(j).is_integer() for j in jump):
+        return None
+    window, new_unit = [], []
+    for (lo, hi), j, u, n in zip(box, jump, unit, input_size):
+        j = max(1, int(j))
+        start = 0 if lo <= 0 else (lo // j) * j
+        stop = n if hi >= n - 1 else min(n, hi + 1 + j)
+        window.append(slice(start, stop))
+        new_unit.append(u - start // j)
+    if all(w.start == 0 and w.stop == n for w, n in zip(window, input_size)):
+        return None
+    return tuple(window), tuple(new_unit)
+
+
+def check_unit(unit, output) -> tuple[int, ...]:
+    """Validate an explicit unit against the layer's spatial map size."""
+    unit = tuple(int(u) for u in unit)
+    if len(unit) != len(output) or any(not 0 <= u < n for u, n in zip(unit, output)):
+        shape = "x".join(str(n) for n in output)
+        raise ErfError(f"unit {','.join(map(str, unit))} is outside the layer's {shape} map; "
+                       f"pick indices from 0 to size-1 on each of the {len(output)} axes")
+    return unit

@@ -1,0 +1,281 @@
+"""The gradient engine: exactness on linear chains, batching, cropping, safety of the user's model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from erf import stats
+from erf.analytic import Layer, linear_erf
+from erf.engine import ERFResult, measure
+from erf.errors import ErfError
+from erf.measure_inputs import NoiseSource, sample_key
+
+
+def linear_chain(n, k=3, stride=1, dilation=1, strided=()):
+    """n linear k x k convs, 1 channel, no bias, uniform weights 1/k^2, float64."""
+    convs = []
+    for i in range(n):
+        s = 2 if i in strided else stride
+        conv = nn.Conv2d(1, 1, k, stride=s, padding=dilation * (k // 2), dilation=dilation, bias=False).double()
+        nn.init.constant_(conv.weight, 1.0 / (k * k))
+        convs.append(conv)
+    return nn.Sequential(*convs)
+
+
+def relu_net(cin=2, width=4, depth=3, strides=(), pool=False, seed=0):
+    torch.manual_seed(seed)
+    layers = []
+    for i in range(depth):
+        layers += [nn.Conv2d(cin if i == 0 else width, width, 3, stride=2 if i in strides else 1, padding=1), nn.ReLU()]
+    if pool:
+        layers += [nn.AdaptiveAvgPool2d(1)]
+    return nn.Sequential(*layers).double()
+
+
+def check_linear(model, size, layers):
+    res = measure(model, size, signal="signed", samples=2, batch_size=2, dtype="float64")
+    expected = linear_erf(layers)
+    (t, b), (l, r) = res.trf_box
+    assert not res.clipped and res.map.shape == (size, size)
+    assert res.map[t:b + 1, l:r + 1].shape == expected.map.shape
+    np.testing.assert_allclose(res.map[t:b + 1, l:r + 1], expected.map, rtol=0, atol=1e-12)
+    outside = res.map.copy()
+    outside[t:b + 1, l:r + 1] = 0
+    assert np.all(outside == 0)
+    np.testing.assert_allclose(stats.moments(res.map).sigma, expected.sigma, rtol=1e-10)
+    return res
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_linear_3x3_chain_is_exact(n):
+    res = check_linear(linear_chain(n), 31, [Layer(3, 1, 1)] * n)
+    np.testing.assert_allclose(res.sigma, [math.sqrt(2 * n / 3)] * 2, rtol=1e-10)
+    assert res.trf == (2 * n + 1, 2 * n + 1)
+
+
+def test_linear_5x5_strided_and_dilated_chains():
+    check_linear(linear_chain(3, k=5), 41, [Layer(5, 1, 2)] * 3)
+    check_linear(linear_chain(4, strided=(0, 2)), 64, [Layer(3, 2 if i in (0, 2) else 1, 1) for i in range(4)])
+    check_linear(linear_chain(3, dilation=2), 41, [Layer(3, 1, 2, 2)] * 3)
+
+
+def test_linear_crop_matches_full_size():
+    model = linear_chain(3, strided=(1,))
+    a = measure(model, 48, signal="signed", samples=2, dtype="float64")
+    b = measure(model, 48, signal="signed", samples=2, dtype="float64", crop=False)
+    assert a.cropped and not b.cropped
+    np.testing.assert_allclose(a.map, b.map, rtol=0, atol=1e-14)
+
+
+def test_batched_engine_equals_per_image_loop():
+    model = relu_net()
+    torch.manual_seed(1)
+    images = [torch.randn(2, 20, 20, dtype=torch.float64) for _ in range(6)]
+    res = measure(model, 20, inputs=images, samples=6, batch_size=4, dtype="float64", crop=False)
+    loop = torch.zeros(20, 20, dtype=torch.float64)
+    for img in images:
+        x = img[None].clone().requires_grad_(True)
+        model.zero_grad()
+        model(x)[0, :, 10, 10].sum().backward()
+        loop += x.grad.abs().sum(1)[0]
+    np.testing.assert_allclose(res.map, (loop / 6).numpy(), rtol=1e-12, atol=1e-15)
+    assert res.samples == 6 and res.groups[1].sum() == 6
+
+
+def test_default_inputs_are_the_documented_noise():
+    model = relu_net()
+    res = measure(model, 16, samples=3, batch_size=2, dtype="float64", crop=False, seed=5)
+    noise = NoiseSource("gaussian", (2, 16, 16), "cpu", torch.float64)
+    x = noise.batch([sample_key(5, 0, i) for i in range(3)], (slice(0, 16), slice(0, 16))).requires_grad_(True)
+    model(x)[:, :, 8, 8].sum().backward()
+    np.testing.assert_allclose(res.map, x.grad.abs().sum(1).mean(0).numpy(), rtol=1e-12)
+    z = noise.batch([sample_key(0, 0, i) for i in range(64)], (slice(0, 16), slice(0, 16)))
+    assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
+
+
+def test_batch_size_invariance_and_seeds():
+    model = relu_net().float()
+    maps = [measure(model, 24, samples=16, batch_size=b, crop=False).map for b in (1, 7, 16)]
+    for m in maps[1:]:
+        np.testing.assert_allclose(m, maps[0], rtol=1e-5, atol=1e-9)
+    again = measure(model, 24, samples=16, batch_size=7, crop=False).map
+    assert np.array_equal(again, maps[1])
+    other = measure(model, 24, samples=16, batch_size=7, crop=False, seed=1).map
+    assert not np.allclose(other, maps[1])
+    g1 = measure(model, 24, samples=16, batch_size=1, crop=False, group_size=4).groups
+    g2 = measure(model, 24, samples=16, batch_size=7, crop=False, group_size=4).groups
+    np.testing.assert_allclose(g1[0], g2[0], rtol=1e-5, atol=1e-9)
+    assert g1[1].tolist() == g2[1].tolist() == [4, 4, 4, 4]
+
+
+@pytest.mark.parametrize("strides, unit", [((), None), ((), (1, 58)), ((1,), None), ((1,), (30, 0))])
+def test_crop_equals_full_size(strides, unit):
+    model = relu_net(depth=4, strides=strides)
+    kw = dict(samples=4, batch_size=4, dtype="float64", unit=unit)
+    a = measure(model, 64, **kw)
+    b = measure(model, 64, crop=False, **kw)
+    assert a.cropped and not b.cropped
+    np.testing.assert_allclose(a.map, b.map, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(a.groups[0], b.groups[0], rtol=1e-12, atol=1e-15)
+    assert a.clipped == b.clipped == (unit is not None)
+
+
+def test_crop_refused_for_global_pooling():
+    model = relu_net(pool=True)
+    res = measure(model, 24, samples=2, dtype="float64")
+    assert not res.cropped and any("not cropped" in n for n in res.notes)
+    with pytest.raises(ErfError):
+        measure(model, 24, samples=2, crop=True)
+    inner = measure(model, 48, layer="3", samples=2, dtype="float64")
+    assert inner.cropped
+
+
+def test_user_model_left_exactly_as_it_was():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    model.train()
+    model[2].eval()
+    model[0].bias.requires_grad_(False)
+    model[3].weight.grad = torch.ones_like(model[3].weight)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    modes = [m.training for m in model.modules()]
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+
+    def unchanged():
+        assert [p.requires_grad for p in model.parameters()] == flags
+        assert [m.training for m in model.modules()] == modes
+        for p, g in zip(model.parameters(), grads):
+            assert (p.grad is None and g is None) or torch.equal(p.grad, g)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+
+    measure(model, 16, samples=4)
+    unchanged()
+    measure(model, 16, samples=2, weight_draws=2, init="kaiming_normal")
+    unchanged()
+    measure(model, 16, samples=2, dtype="float64")
+    unchanged()
+    with pytest.raises(ErfError):
+        measure(model, 16, samples=2, channel=99)
+    unchanged()
+    with pytest.warns(UserWarning, match="BatchNorm"):
+        measure(model, 16, samples=2, eval_mode=False)
+    unchanged()
+
+
+def test_weight_draws_average_several_nets():
+    model = relu_net()
+    one = measure(model, 16, samples=4, weight_draws=1, init="kaiming_normal", dtype="float64")
+    two = measure(model, 16, samples=4, weight_draws=2, init="kaiming_normal", dtype="float64")
+    assert two.samples == 8 and not np.allclose(one.map, two.map)
+    assert np.allclose(one.groups[0].sum(0), two.groups[0][two.groups[1].cumsum() <= 4].sum(0))
+
+
+def test_train_mode_batchnorm_single_sample():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1))
+    model.double().train()
+    images = [torch.randn(1, 12, 12, dtype=torch.float64) for _ in range(4)]
+    with pytest.warns(UserWarning, match="single_sample"):
+        measure(model, 12, inputs=images, samples=4, eval_mode=False, dtype="float64")
+    res = measure(model, 12, inputs=images, samples=4, batch_size=4, eval_mode=False, single_sample=True,
+                  dtype="float64")
+    ref = torch.zeros(12, 12, dtype=torch.float64)
+    for img in images:
+        x = img[None].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(model(x)[0, :, 6, 6].sum(), x)
+        ref += g.abs().sum(1)[0]
+    np.testing.assert_allclose(res.map, (ref / 4).numpy(), rtol=1e-12)
+    assert not res.cropped
+
+
+def test_adaptive_stopping():
+    model = relu_net()
+    loose = measure(model, 16, samples=4, batch_size=4, tol=0.5, max_samples=64, group_size=1)
+    tight = measure(model, 16, samples=4, batch_size=4, tol=1e-4, max_samples=64, group_size=1)
+    assert loose.samples < tight.samples == 64
+    assert any("adaptive stop" in n for n in loose.notes)
+    assert loose.settings["tol"] == 0.5
+
+
+def test_oom_halves_the_batch_without_losing_samples(monkeypatch):
+    from erf import engine
+
+    model = relu_net()
+    ref = measure(model, 16, samples=10, batch_size=10, dtype="float64", crop=False)
+    real = engine._Probe.maps
+
+    def flaky(self, x):
+        if x.shape[0] > 3:
+            raise engine._OOM("CUDA out of memory (simulated)")
+        return real(self, x)
+
+    monkeypatch.setattr(engine._Probe, "maps", flaky)
+    res = measure(model, 16, samples=10, batch_size=10, dtype="float64", crop=False)
+    assert res.samples == 10 and res.settings["batch_size"] <= 3
+    np.testing.assert_allclose(res.map, ref.map, rtol=1e-12)
+
+
+def test_errors_are_one_line_erf_errors():
+    model = relu_net()
+    for kw in (dict(unit=(99, 0)), dict(samples=0), dict(init="bogus"), dict(layer="nope"),
+               dict(signal="loud"), dict(preset="nope"), dict(inputs="pink")):
+        with pytest.raises(ErfError) as info:
+            measure(model, 16, **kw)
+        assert "\n" not in str(info.value)
+    if not torch.cuda.is_available():
+        with pytest.raises(ErfError, match="CUDA"):
+            measure(model, 16, device="cuda")
+    nan_net = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU())
+    nn.init.constant_(nan_net[0].weight, float("inf"))
+    with pytest.raises(ErfError, match="NaN or Inf"):
+        measure(nan_net, 8, samples=2)
+
+
+def test_signals_presets_and_channel():
+    model = relu_net()
+    kw = dict(samples=4, dtype="float64", crop=False)
+    a = measure(model, 16, signal="square", **kw)
+    b = measure(model, 16, signal="positive", channel_reduce="mean", **kw)
+    total = measure(model, 16, signal="signed", **kw).map
+    per_channel = [measure(model, 16, channel=c, signal="signed", **kw).map for c in range(4)]
+    np.testing.assert_allclose(sum(per_channel), total, rtol=1e-10, atol=1e-14)
+    d = measure(model, 16, preset="replknet", **kw)
+    assert a.map.max() > 0 and b.map.max() > 0
+    assert d.settings["preset"]["name"] == "replknet" and d.post_map.max() == pytest.approx(1.0)
+
+
+def test_result_roundtrip(tmp_path):
+    res = measure(relu_net(), 16, samples=8)
+    d = res.to_dict()
+    json.dumps(d)
+    for key in ("sigma", "sigma_ci", "gaussian", "trf", "ratio", "samples", "seconds", "device", "clipped",
+                "cropped", "unit", "layer", "metrics", "intervals"):
+        assert key in d
+    assert len(d["sigma_ci"]) == 2 and res.se_map.shape == res.map.shape
+    path = res.save(tmp_path / "r.npz")
+    back = ERFResult.load(path)
+    assert np.array_equal(back.map, res.map) and back.trf == res.trf and back.unit == res.unit
+    assert np.array_equal(back.groups[0], res.groups[0])
+    res.plot(tmp_path / "r.png", scale="log")
+    assert (tmp_path / "r.png").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.npz", "r.png"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    model = relu_net(depth=4)
+    cpu = measure(model, 32, samples=8, dtype="float64", device="cpu")
+    gpu = measure(model, 32, samples=8, dtype="float64", device="cuda")
+    assert gpu.device.startswith("cuda") and gpu.cropped == cpu.cropped
+    np.testing.assert_allclose(gpu.map, cpu.map, rtol=1e-9, atol=1e-12)
+    f32 = measure(model, 32, samples=8, device="cuda", batch_size=3)
+    np.testing.assert_allclose(f32.map, cpu.map, rtol=1e-4, atol=1e-7)
