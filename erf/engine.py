@@ -55,8 +55,8 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
     weights K times with ``init`` on a copy (``samples`` per draw). ``crop``: ``'auto'`` crops
     where ``receptive_field`` says it is safe and a one-sample float64 full-size check agrees;
     ``True`` crops without that check; ``False`` never crops. ``tol``: keep sampling after
-    ``samples`` until the jackknife relative SE of sigma < tol or ``max_samples`` (default 64x
-    ``samples``). Groups of ``group_size`` consecutive sample indices (default samples/32) carry
+    ``samples`` until the jackknife relative SE of sigma (all samples so far) < tol or ``max_samples``
+    (per draw; default 64x ``samples``). Groups of ``group_size`` consecutive sample indices (default samples/32) carry
     the uncertainty; they merge pairwise past 64 groups, so host memory stays <= 64 maps.
     ``eval_mode=False`` keeps the modules' modes (train-mode BatchNorm mixes a batch: it warns;
     ``single_sample=True`` measures one sample per pass). The model is never modified.
@@ -74,8 +74,9 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
             setup.redraw(work, init, seed, 0)
         size = setup.spatial_size(work, input_size)
         chans = in_channels or setup.default_in_channels(work)
-        target = resolve_target(setup.float32_view(model), size, layer, chans, probe=lambda t: tuple(TargetRunner(work, t)(
-            torch.zeros((1, chans, *size), device=dev, dtype=fdtype)).shape))
+        zeros = torch.zeros((1, chans, *size), device=dev, dtype=fdtype)
+        target = resolve_target(setup.float32_view(model), size, layer, chans,
+                                probe=lambda t: tuple(TargetRunner(work, t)(zeros).shape))
         notes += target.notes
         unit = stats.center_unit(target.output) if unit is None else check_unit(unit, target.output)
         bs = opts["batch_size"]
@@ -94,27 +95,24 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
         shape = tuple(w.stop - w.start for w in window) if window else size
         acc = _Accumulator(shape, dev, opts["group_size"](samples))
         draws = max(1, weight_draws)
-        planned = opts["max_samples"] if tol else samples * draws
+        planned = (opts["max_samples"] if tol else samples) * draws
         bar = setup.progress_bar(progress, planned)
         with amp["tf32"], contextlib.closing(bar):
             for d in range(draws):
                 if d and opts["redraw"]:
                     setup.redraw(work, init, seed, d)
                 source = _source(inputs, chans, size, dev, fdtype, window)
-                done = 0
-                limit = opts["max_samples"] if tol else samples
+                done, limit = 0, opts["max_samples"] if tol else samples
                 while done < limit:
-                    b = min(bs, limit - done)
-                    x = source(seed, d, done, b)
+                    x = source(seed, d, done, min(bs, limit - done))
                     if x is None:
                         break
-                    b = x.shape[0]
-                    bs = acc.run(probe, x, d * samples + done, bs)
-                    done += b
-                    bar.update(b)
+                    bs = acc.run(probe, x, d * limit + done, bs)
+                    done += x.shape[0]
+                    bar.update(x.shape[0])
                     if tol and done >= samples and acc.relative_se() < tol:
                         break
-                if done < (samples if not tol else 1):
+                if done < samples:
                     notes.append(f"inputs ran out after {done} samples in draw {d}")
         if acc.n == 0:
             raise ErfError("no samples were measured: give samples >= 1 and at least one input")

@@ -94,17 +94,27 @@ class ERFResult:
         return None if self.trf is None else tuple(2.0 * s / t for s, t in zip(self.sigma, self.trf))
 
     def to_dict(self) -> dict:
-        """JSON-ready summary (no maps): sigma, sigma_ci, gaussian, trf, ratio, samples, ..."""
-        fit = self.fit
-        return stats._json({
-            "sigma": list(self.sigma), "sigma_ci": [list(ci) if ci else None for ci in self.sigma_ci],
-            "gaussian": None if fit is None else fit.to_dict(), "trf": _list(self.trf), "ratio": _list(self.ratio),
-            "samples": self.samples, "seconds": self.seconds, "device": self.device, "clipped": self.clipped,
-            "cropped": self.cropped, "unit": list(self.unit), "layer": self.layer,
+        """JSON-ready summary (no maps): sigma, sigma_ci, gaussian, trf, ratio, samples, ...
+
+        Statistics that a map cannot have (a signed map has no moments) are None, with the
+        reason in ``stats_error``.
+        """
+        out = {"sigma": None, "sigma_ci": None, "gaussian": None, "ratio": None, "metrics": None,
+               "intervals": None, "stats_error": None}
+        try:
+            fit = self.fit
+            out.update(sigma=list(self.sigma), sigma_ci=[list(ci) if ci else None for ci in self.sigma_ci],
+                       gaussian=None if fit is None else fit.to_dict(), ratio=_list(self.ratio),
+                       metrics=self.metrics, intervals={k: _list(v) for k, v in self.intervals.items()})
+        except ErfError as exc:
+            out["stats_error"] = str(exc)
+        out.update({
+            "trf": _list(self.trf), "samples": self.samples, "seconds": self.seconds, "device": self.device,
+            "clipped": self.clipped, "cropped": self.cropped, "unit": list(self.unit), "layer": self.layer,
             "trf_box": None if self.trf_box is None else [list(b) for b in self.trf_box],
-            "metrics": self.metrics, "intervals": {k: _list(v) for k, v in self.intervals.items()},
             "notes": list(self.notes), "settings": self.settings,
         })
+        return stats._json(out)
 
     def save(self, path) -> Path:
         """Write ``.npz`` (map, se_map, group sums/counts, everything else as JSON); atomic."""
@@ -148,29 +158,32 @@ class ERFResult:
 
     def summary(self) -> str:
         """A few readable lines: sigma with CI, Gaussian fit, TRF, ratio, samples, time, notes."""
-        ax = self.axes
+        d = self.to_dict()
         lines = [f"ERF of {self.layer or 'model output'} unit {tuple(self.unit)} "
                  f"({'x'.join(map(str, self.map.shape))} input)"]
-        ci = self.sigma_ci
-        parts = []
-        for a, s, c in zip(ax, self.sigma, ci):
-            parts.append(f"{a} {s:.3f}" + (f" [{c[0]:.3f}, {c[1]:.3f}]" if c else ""))
-        lines.append("sigma (95% CI): " + ", ".join(parts))
-        fit = self.fit
-        if fit is not None:
-            d = fit.to_dict()
-            if d.get("ok"):
-                lines.append(f"gaussian fit: sigma {', '.join(f'{v:.3f}' for v in d['sigma'])}, "
-                             f"theta {d.get('theta', 0):.3f}, r2 {d.get('r2', float('nan')):.4f}")
-            else:
-                lines.append("gaussian fit: failed")
+        if d["sigma"] is None:
+            lines.append(f"no ERF statistics: {d['stats_error']}")
+        else:
+            parts = [f"{a} {s:.3f}" + (f" [{c[0]:.3f}, {c[1]:.3f}]" if c else "")
+                     for a, s, c in zip(self.axes, d["sigma"], d["sigma_ci"])]
+            lines.append("sigma (95% CI): " + ", ".join(parts))
+            g = d["gaussian"]
+            if g is not None:
+                lines.append(f"gaussian fit: sigma {' x '.join(_fmt(v) for v in g['sigma'])}, theta "
+                             f"{_fmt(g['theta'])}, R^2 {_fmt(g['r2'], 4)}" if g.get("ok")
+                             else f"gaussian fit failed: {g.get('reason')}")
         if self.trf is not None:
-            lines.append(f"TRF {'x'.join(map(str, self.trf))}, ERF/TRF (2 sigma / trf) "
-                         + " x ".join(f"{r:.3f}" for r in self.ratio))
+            ratio = "" if d["ratio"] is None else ", ERF/TRF (2 sigma / TRF) " + " x ".join(_fmt(r) for r in d["ratio"])
+            lines.append(f"TRF {'x'.join(map(str, self.trf))}{ratio}")
         lines.append(f"{self.samples} samples in {self.seconds:.2f} s on {self.device}"
-                     + (", cropped" if self.cropped else "") + (", TRF clipped at the border" if self.clipped else ""))
+                     + (", cropped to the TRF" if self.cropped else "")
+                     + (", TRF clipped at the image border" if self.clipped else ""))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def _list(v):

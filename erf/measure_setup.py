@@ -27,9 +27,8 @@ def check_options(samples, batch_size, weight_draws, init, tol, max_samples, cro
         raise ErfError("weight_draws needs an init that draws weights (e.g. init='kaiming_normal'), not 'model'")
     if isinstance(init, str) and init not in init_names():
         raise ErfError(f"unknown init {init!r}; choose one of {', '.join(init_names())} (or pass a callable)")
-    if tol is not None and (not tol > 0 or weight_draws):
-        raise ErfError("tol must be a positive number and cannot be combined with weight_draws" if weight_draws
-                       else f"tol must be a positive number; got {tol!r}")
+    if tol is not None and not tol > 0:
+        raise ErfError(f"tol must be a positive number; got {tol!r}")
     if max_samples is not None and (not isinstance(max_samples, (int, np.integer)) or max_samples < samples):
         raise ErfError(f"max_samples must be an integer >= samples ({samples}); got {max_samples!r}")
     if crop not in ("auto", True, False):

@@ -165,6 +165,9 @@ def plan_crop(target: Target, unit, input_size):
 def check_unit(unit, output) -> tuple[int, ...]:
     """Validate an explicit unit against the layer's spatial map size."""
     unit = tuple(int(u) for u in unit)
+    if len(unit) != len(output):
+        raise ErfError(f"unit {','.join(map(str, unit))} has {len(unit)} indices but the layer's map has "
+                       f"{len(output)} axes ({'x'.join(str(n) for n in output)}); give one index per axis")
     if len(unit) != len(output) or any(not 0 <= u < n for u, n in zip(unit, output)):
         shape = "x".join(str(n) for n in output)
         raise ErfError(f"unit {','.join(map(str, unit))} is outside the layer's {shape} map; "
