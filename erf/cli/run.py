@@ -1,0 +1,33 @@
+"""``erf run CONFIG``: run one experiment config and write its results folder."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run an experiment config (TOML) and write its results",
+                       description="Run the experiment a TOML config describes (see configs/README.md) and "
+                                   "write summary.json, sweep.csv, maps.npz, figures and report.md.")
+    p.add_argument("config", metavar="CONFIG", help="a TOML experiment config, e.g. configs/luo_growth.toml")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="where to measure and train (default: the config's, normally auto = CUDA when available)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="results folder (default: results/<experiment name>); replaced when the run completes")
+    p.add_argument("--quick", action="store_true",
+                   help="small samples and sizes (the config's [quick] table): a couple of minutes on a CPU")
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="seed (default: the config's)")
+    p.add_argument("--check", action="store_true", help="validate the config and its models, run nothing")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from erf.config import check_models, load_config
+    from erf.runner import run_experiment
+
+    cfg = load_config(args.config, quick=args.quick, device=args.device, seed=args.seed)
+    if args.check:
+        check_models(cfg)
+        print(f"{args.config}: ok ({len(cfg.points)} points)")
+        return 0
+    out = run_experiment(cfg, out=args.out)
+    print(f"results written to {out}")
+    return 0

@@ -1,0 +1,384 @@
+"""Run an experiment config: measure every sweep point, then write the results folder.
+
+``run_experiment(cfg)`` checks every model first (``config.check_models``), then measures each
+point (training it first when the config asks), and writes ``summary.json``, ``sweep.csv``,
+``maps.npz``, the figures and ``report.md`` into a hidden temporary folder next to the
+destination, which is renamed onto ``results/<name>`` (or ``out``) only at the very end: an
+interrupted run leaves no results folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from erf import stats
+from erf.config import Config, Point, check_models, format_value
+from erf.errors import ConfigError
+
+RESULTS_ROOT = "results"
+
+
+@dataclass
+class Record:
+    """One measured map: a sweep point in one training state, its metrics with intervals, its theory."""
+
+    point: Point
+    state: str
+    step: int | None
+    map: np.ndarray
+    se_map: np.ndarray | None
+    trf: tuple[int, ...] | None
+    trf_box: tuple | None
+    clipped: bool
+    samples: int
+    seconds: float
+    metrics: dict[str, float]
+    intervals: dict[str, tuple[float, float] | None]
+    summary: dict
+    theory_sigma: tuple[float, ...] | None = None
+    theory_exact: bool = False
+    notes: list[str] = field(default_factory=list)
+    train: dict | None = None
+
+    @property
+    def id(self) -> str:
+        return self.point.id + (f"_{self.state.replace(' ', '')}" if self.state else "")
+
+    @property
+    def label(self) -> str:
+        return self.point.label + (f" [{self.state}]" if self.state else "")
+
+    def value(self, key: str):
+        """Value of a sweep key, 'variant' or 'state' at this record."""
+        return self.state if key == "state" else self.point.value(key)
+
+    def interval(self, name: str) -> tuple[float, float] | None:
+        ci = self.intervals.get(name)
+        return None if ci is None else (float(ci[0]), float(ci[1]))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run_experiment(cfg: Config, out: str | os.PathLike | None = None, progress: bool | None = None) -> Path:
+    """Run ``cfg`` and write its results folder; return the folder's path.
+
+    Everything that can be checked is checked before any measurement (``ConfigError``).
+    ``progress``: a tqdm bar over the sweep (default: when stderr is a terminal).
+    """
+    check_models(cfg)
+    device = resolve_device(cfg)
+    dest = Path(out) if out is not None else Path(RESULTS_ROOT) / cfg.name
+    _check_destination(cfg, dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        t0 = time.perf_counter()
+        records = measure_all(cfg, device, tmp, progress)
+        from erf.report import write_outputs
+
+        write_outputs(cfg, records, tmp, environment(device), time.perf_counter() - t0)
+        _replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def resolve_device(cfg: Config) -> str:
+    """'cuda' when asked or when auto finds a GPU, else 'cpu'; refuse cuda without a GPU."""
+    want = cfg.settings["experiment"]["device"]
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{cfg.path}: experiment.device: 'cuda' was asked for but no CUDA device is available; "
+                          "use --device cpu or auto")
+    return "cuda" if want in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+
+
+def _check_destination(cfg: Config, dest: Path) -> None:
+    if dest.exists() and not dest.is_dir():
+        raise ConfigError(f"{cfg.path}: --out: {dest} is a file, not a results folder")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / "summary.json").is_file():
+        raise ConfigError(f"{cfg.path}: --out: {dest} exists and is not an erf results folder (no summary.json); "
+                          "choose another folder, it would be replaced")
+
+
+def _replace(tmp: Path, dest: Path) -> None:
+    """Move the finished folder onto ``dest``; an older results folder there is removed after."""
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        os.rename(dest, old / "results")
+    os.rename(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def environment(device: str) -> dict:
+    """Versions and the device, for summary.json and the report."""
+    import erf
+
+    if device == "cuda":
+        name = torch.cuda.get_device_name(0)
+    else:
+        name = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+               f"{torch.get_num_threads()} torch threads)"
+    import matplotlib
+    import scipy
+
+    return {"device": device, "device_name": name, "versions": {
+        "erf": getattr(erf, "__version__", "?"), "torch": torch.__version__, "numpy": np.__version__,
+        "scipy": scipy.__version__, "matplotlib": matplotlib.__version__, "python": platform.python_version()},
+        "platform": platform.platform()}
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def measure_all(cfg: Config, device: str, out_dir: Path, progress: bool | None = None) -> list[Record]:
+    """Every point of the sweep (every training state of it): a list of ``Record``."""
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    records: list[Record] = []
+    for point in tqdm(cfg.points, desc=cfg.name, unit="point", disable=not show, file=sys.stderr):
+        records += measure_point(cfg, point, device, out_dir)
+    return records
+
+
+def measure_point(cfg: Config, point: Point, device: str, out_dir: Path) -> list[Record]:
+    """Build (and train) the point's model and measure it; one Record per training state."""
+    from erf.models import load_model
+
+    s = point.settings
+    seed = cfg.settings["experiment"]["seed"]
+    model = load_model(s["model"]["name"], s["model"]["args"], s["model"]["checkpoint"] or None)
+    if not s["train"]["enabled"]:
+        return [_measure(cfg, point, model, device, "", None)]
+    return _train_and_measure(cfg, point, model, device, seed, out_dir)
+
+
+def _measure(cfg: Config, point: Point, model, device: str, state: str, step: int | None) -> Record:
+    from erf.engine import measure
+
+    s = point.settings
+    m, exp = s["measure"], cfg.settings["experiment"]
+    seed = exp["seed"]
+    size = s["inputs"]["size"]
+    size = tuple(size) if isinstance(size, list) else size
+    res = measure(model, size, layer=m["layer"] or None, unit=tuple(m["unit"]) or None,
+                  channel=None if m["channel"] == "all" else m["channel"], samples=m["samples"],
+                  batch_size=m["batch_size"], inputs=_inputs(s, model, seed), weight_draws=m["weight_draws"],
+                  init=m["init"], signal=m["signal"], preset=m["preset"] or None, device=device,
+                  dtype=exp["dtype"], seed=seed, crop=m["crop"], tol=m["tol"] or None,
+                  max_samples=(m["max_samples"] or None) if m["tol"] else None,
+                  group_size=m["samples"] if m["weight_draws"] > 1 else None)
+    names = s["report"]["metrics"]
+    mp = res.post_map
+    metrics = stats.scalar_metrics(mp, names, trf=res.trf)
+    intervals = stats.metric_intervals(*res.groups, metrics=names, level=m["level"], n_boot=m["n_boot"], seed=seed,
+                                       trf=res.trf, post=res.post)
+    theory, exact = linear_theory(s)
+    return Record(point=point, state=state, step=step, map=mp, se_map=res.se_map, trf=res.trf,
+                  trf_box=res.trf_box, clipped=res.clipped, samples=res.samples, seconds=res.seconds,
+                  metrics=metrics, intervals=intervals, summary=stats.summarize(mp, trf=res.trf, trf_box=res.trf_box),
+                  theory_sigma=theory, theory_exact=exact, notes=list(res.notes))
+
+
+def _inputs(settings: dict, model, seed: int):
+    """The engine's ``inputs``: a noise name, or an iterable over local images (``ImageSampler``)."""
+    inp = settings["inputs"]
+    if inp["kind"] != "images":
+        return inp["kind"]
+    from erf.analytic import infer_in_channels
+    from erf.datasets import load_images
+
+    size = inp["size"]
+    images = load_images(inp["path"], size if isinstance(size, int) else tuple(size), count=inp["count"], seed=seed,
+                         channels=infer_in_channels(model))
+    return ImageSampler(images, inp["sampler"], seed)
+
+
+class ImageSampler:
+    """Iterable of single images: drawn at random with replacement (seeded) or in order, cycling.
+
+    Every ``iter()`` starts the same stream, so each weight draw sees the same images.
+    """
+
+    def __init__(self, images: torch.Tensor, sampler: str, seed: int):
+        self.images, self.sampler, self.seed = images, sampler, seed
+
+    def __iter__(self):
+        n = len(self.images)
+        gen = torch.Generator().manual_seed(self.seed)
+        i = 0
+        while True:
+            j = int(torch.randint(n, (1,), generator=gen)) if self.sampler == "random" else i % n
+            i += 1
+            yield self.images[j]
+
+
+def linear_theory(settings: dict) -> tuple[tuple[float, ...] | None, bool]:
+    """Exact sigma of the chain of uniform kernels of a ``plain_net`` (Luo's linear theory).
+
+    Returns ``(sigma per axis, exact)``: ``exact`` is True where the measured map must equal the
+    theory (constant weights, linear activations, no norm or bias, a non-squaring signal);
+    ``(None, False)`` for other models or a layer other than the output.
+    """
+    from erf.analytic import Layer, linear_erf
+
+    model, meas = settings["model"], settings["measure"]
+    if model["name"] != "plain_net" or meas["layer"]:
+        return None, False
+    import inspect
+
+    from erf.models import builders
+
+    defaults = {k: p.default for k, p in inspect.signature(builders.plain_net).parameters.items()}
+    a = {**defaults, **model["args"]}
+    depth, k = int(a["depth"]), int(a["kernel_size"])
+    strides = set(a["strides"] or [])
+    dil = a["dilation"] if isinstance(a["dilation"], list) else [a["dilation"]] * depth
+    layers = [Layer(k, 2 if i in strides else 1, 0, int(dil[i])) for i in range(depth)]
+    sigma = linear_erf(layers).sigma
+    exact = (meas["init"] == "constant" and str(a["activation"]).lower() in ("linear", "none")
+             and a["norm"] in ("none", None) and not a["bias"] and meas["signal"] in ("abs", "signed", "positive")
+             and not meas["preset"] and not model["checkpoint"] and not settings["train"]["enabled"])
+    return tuple(float(v) for v in sigma), bool(exact)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train_and_measure(cfg: Config, point: Point, model, device: str, seed: int, out_dir: Path) -> list[Record]:
+    """Measure at init, at each of ``train.checkpoints`` and after ``train.steps``; save the weights."""
+    from erf.analytic import infer_in_channels
+    from erf.datasets import make_task
+    from erf.training import train
+
+    tr = point.settings["train"]
+    size = tr["size"] or point.settings["inputs"]["size"]
+    size = size if isinstance(size, int) else tuple(size)
+    task = make_task(tr["task"], size=size, channels=infer_in_channels(model), seed=seed, **tr["task_args"])
+    records = [_measure(cfg, point, model, device, "init", 0)]
+    wanted = sorted(set(tr["checkpoints"]))
+    every = math.gcd(*wanted) if wanted else 0
+
+    def on_checkpoint(step, net, *rest):
+        if step in wanted:
+            records.append(_measure(cfg, point, net, device, f"step {step}", step))
+
+    result = train(model, task, steps=tr["steps"], batch_size=tr["batch_size"], lr=tr["lr"], device=device,
+                   seed=seed, checkpoint_every=every, checkpoint_dir=None, on_checkpoint=on_checkpoint)
+    final = _measure(cfg, point, model, device, "trained", tr["steps"])
+    final.train = _train_info(result, task)
+    records.append(final)
+    if tr["save_weights"]:
+        path = out_dir / "weights" / f"{point.id}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+        final.train["weights"] = str(path.relative_to(out_dir))
+    return records
+
+
+def _train_info(result, task) -> dict:
+    """JSON-ready facts of a training run (whatever the TrainResult offers)."""
+    info = {"task": getattr(task, "description", str(task))}
+    if hasattr(result, "to_dict"):
+        info.update(stats._json(result.to_dict()))
+    return info
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_csv(records: list[Record], keys: list[str], metrics: list[str], path: Path) -> None:
+    """One row per record: ids, swept values, TRF, every metric with ``_lo``/``_hi``, theory."""
+    axes = None
+    header = ["id", "point", "variant", "state", "step", *[k for k in keys if k != "variant"], "samples"]
+    rows = []
+    for r in records:
+        axes = stats.axis_names(r.map.ndim)
+        row = {"id": r.id, "point": r.point.id, "variant": r.point.variant, "state": r.state,
+               "step": "" if r.step is None else r.step, "samples": r.samples}
+        for k in keys:
+            if k != "variant":
+                row[k] = format_value(r.point.value(k))
+        for i, a in enumerate(axes):
+            row[f"trf_{a}"] = "" if r.trf is None else r.trf[i]
+        for name in metrics:
+            ci = r.interval(name)
+            row[name] = _num(r.metrics.get(name))
+            row[f"{name}_lo"] = "" if ci is None else _num(ci[0])
+            row[f"{name}_hi"] = "" if ci is None else _num(ci[1])
+        for i, a in enumerate(axes):
+            row[f"theory_sigma_{a}"] = "" if r.theory_sigma is None else _num(r.theory_sigma[i])
+        row["theory_exact"] = r.theory_exact
+        row["clipped"] = r.clipped
+        row["seconds"] = round(r.seconds, 3)
+        rows.append(row)
+    axes = axes or ("y", "x")
+    header += [f"trf_{a}" for a in axes]
+    for name in metrics:
+        header += [name, f"{name}_lo", f"{name}_hi"]
+    header += [f"theory_sigma_{a}" for a in axes] + ["theory_exact", "clipped", "seconds"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _num(v):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def write_maps(records: list[Record], path: Path) -> None:
+    """Every mean map (and SE map) as float32 in one compressed .npz, keyed by record id."""
+    arrays = {}
+    for r in records:
+        arrays[f"{r.id}_map"] = r.map.astype(np.float32)
+        if r.se_map is not None:
+            arrays[f"{r.id}_se"] = r.se_map.astype(np.float32)
+        if r.trf_box is not None:
+            arrays[f"{r.id}_trf_box"] = np.asarray(r.trf_box, dtype=np.int64)
+    np.savez_compressed(path, **arrays)
+
+
+def record_dict(r: Record) -> dict:
+    """JSON-ready record for summary.json."""
+    axes = stats.axis_names(r.map.ndim)
+    d = {"id": r.id, "point": r.point.id, "label": r.label, "variant": r.point.variant, "state": r.state,
+         "step": r.step, "params": {k: v for k, v in r.point.params.items()},
+         "model": r.point.settings["model"], "trf": None if r.trf is None else list(r.trf),
+         "trf_box": None if r.trf_box is None else [list(b) for b in r.trf_box], "clipped": r.clipped,
+         "samples": r.samples, "seconds": r.seconds,
+         "metrics": {k: r.metrics.get(k) for k in r.metrics},
+         "intervals": {k: (None if v is None else list(v)) for k, v in r.intervals.items()},
+         "theory": None if r.theory_sigma is None else {
+             "sigma": dict(zip(axes, r.theory_sigma)), "erf_size": {a: 2 * s for a, s in zip(axes, r.theory_sigma)},
+             "exact": r.theory_exact},
+         "summary": r.summary, "notes": r.notes}
+    if r.train is not None:
+        d["train"] = r.train
+    return stats._json(d)
+
+
+def write_json(obj, path: Path) -> None:
+    with open(path, "w") as f:
+        json.dump(stats._json(obj), f, indent=1, allow_nan=False)
+        f.write("\n")
+
