@@ -126,6 +126,23 @@ def test_crop_equals_full_size(strides, unit):
     assert a.clipped == b.clipped == (unit is not None)
 
 
+class SizeScaled(nn.Module):
+    """Multiplies by the input width: local in the TRF sense, but not crop-invariant."""
+
+    def forward(self, x):
+        return x * x.shape[-1]
+
+
+def test_crop_check_catches_size_dependent_models():
+    model = nn.Sequential(relu_net(depth=2), SizeScaled()).double()
+    res = measure(model, 40, samples=2, dtype="float64")
+    ref = measure(model, 40, samples=2, dtype="float64", crop=False)
+    assert not res.cropped and any("differs from the full-size pass" in n for n in res.notes)
+    np.testing.assert_array_equal(res.map, ref.map)
+    forced = measure(model, 40, samples=2, dtype="float64", crop=True)
+    assert forced.cropped and not np.allclose(forced.map, ref.map)
+
+
 def test_crop_refused_for_global_pooling():
     model = relu_net(pool=True)
     res = measure(model, 24, samples=2, dtype="float64")

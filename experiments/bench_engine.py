@@ -1,0 +1,203 @@
+"""Benchmark the gradient engine against the per-image loop and the bare framework limit.
+
+For each model, in one process, on the same device and sample count:
+
+(a) ``erf.engine.measure`` (everything included: trace, crop check, noise, float64 sums);
+(b) the per-image loop of the public ERF scripts: batch of one, parameter gradients on,
+    ``model.zero_grad(); loss.backward()``, |x.grad| summed over channels;
+(c) the framework limit: forward + ``torch.autograd.grad`` on the input at the engine's batch
+    size, parameters frozen, no bookkeeping -- on the input the engine actually runs (the crop
+    when it crops) and, for a cropped model, also at full size.
+
+Methods run in interleaved rounds; each method's best round is reported (the machine may be
+shared, and the minimum is the least disturbed run), with the median alongside.
+
+    python experiments/bench_engine.py --quick            # a few minutes on a 2-core CPU
+    python experiments/bench_engine.py --device cuda      # writes results/bench/engine_cuda.*
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import erf
+from erf.engine import measure
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trunk(model: nn.Module, layer: str) -> nn.Module:
+    """The model cut after ``layer`` (top-level children in order), as the public scripts do."""
+    kids = []
+    for name, child in model.named_children():
+        if isinstance(child, (nn.AdaptiveAvgPool2d, nn.Linear, nn.Flatten)):
+            break
+        kids.append(child)
+        if name == layer:
+            break
+    return nn.Sequential(*kids)
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def per_image_loop(net, size, chans, n, dev, seed=0):
+    """(b): one image at a time, parameter gradients on, loss.backward()."""
+    for p in net.parameters():
+        p.requires_grad_(True)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    acc = torch.zeros(size, device=dev)
+    for _ in range(n):
+        x = torch.randn((1, chans, *size), generator=g, device=dev).requires_grad_(True)
+        net.zero_grad()
+        out = net(x)
+        out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum().backward()
+        acc += x.grad.abs().sum(1)[0]
+    sync(dev)
+    return acc / n
+
+
+def framework_limit(net, size, chans, n, batch, dev, unit=None, seed=0):
+    """(c): forward + autograd.grad on the input, batched, parameters frozen, nothing else."""
+    flags = [p.requires_grad for p in net.parameters()]
+    for p in net.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    done = 0
+    while done < n:
+        b = min(batch, n - done)
+        x = torch.randn((b, chans, *size), generator=g, device=dev).requires_grad_(True)
+        out = net(x)
+        i, j = unit or (out.shape[2] // 2, out.shape[3] // 2)
+        (gx,) = torch.autograd.grad(out[:, :, i, j].sum(), x)
+        done += b
+    sync(dev)
+    for p, f in zip(net.parameters(), flags):
+        p.requires_grad_(f)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def bench(name, model, size, layer, samples, batch, dev, rounds):
+    model = model.to(dev).eval()
+    chans = erf.analytic.infer_in_channels(model)
+    net = trunk(model, layer) if layer else model
+    # warm-up (oneDNN / cuDNN kernel selection) for every method, not timed
+    measure(model, size, layer=layer, samples=min(batch, samples), batch_size=batch, device=str(dev))
+    per_image_loop(net, size, chans, 1, dev)
+    res = measure(model, size, layer=layer, samples=samples, batch_size=batch, device=str(dev))
+    crop = res.settings["crop_window"]
+    crop_size = tuple(b - a for a, b in crop) if crop else size
+    unit = tuple(u - a for u, (a, _) in zip(res.unit, crop)) if crop else None
+    framework_limit(net, crop_size, chans, min(batch, samples), batch, dev, unit)
+    times = {"engine": [], "engine_sampling": [], "per_image": [], "limit": []}
+    timing = []
+    for _ in range(rounds):
+        dt, r = timed(lambda: measure(model, size, layer=layer, samples=samples, batch_size=batch, device=str(dev)))
+        times["engine"].append(dt)
+        times["engine_sampling"].append(r.settings["timing"]["sampling"])
+        timing.append(r.settings["timing"])
+        times["per_image"].append(timed(lambda: per_image_loop(net, size, chans, samples, dev))[0])
+        times["limit"].append(timed(lambda: framework_limit(net, crop_size, chans, samples, batch, dev, unit))[0])
+    if crop:  # informational: what the same batched loop costs on the full-size input (one round)
+        times["limit_full_size"] = [timed(lambda: framework_limit(net, size, chans, samples, batch, dev))[0]]
+    best = {k: min(v) for k, v in times.items()}
+    row = {
+        "model": name, "input": list(size), "layer": res.layer, "unit": list(res.unit), "samples": samples,
+        "batch": batch, "rounds": rounds, "cropped": res.cropped, "crop_window": crop, "trf": list(res.trf or []),
+        "seconds_best": best, "seconds_median": {k: statistics.median(v) for k, v in times.items()},
+        "seconds_all": times, "maps_per_second": {k: samples / v for k, v in best.items()},
+        "engine_vs_per_image": best["per_image"] / best["engine"],
+        "engine_vs_limit": best["limit"] / best["engine"],
+        "engine_sampling_vs_limit": best["limit"] / best["engine_sampling"],
+        "engine_timing": timing, "notes": res.notes,
+    }
+    if crop:
+        row["engine_vs_limit_full_size"] = best["limit_full_size"] / best["engine"]
+    print(json.dumps({k: row[k] for k in ("model", "maps_per_second", "engine_vs_per_image", "engine_vs_limit")}))
+    return row
+
+
+def write(rows, dev, args):
+    out = ROOT / "results" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    tag = dev.type
+    meta = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "quick": args.quick, "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    (out / f"engine_{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    targets = {"resnet50": 1.2, "plain_net": 3.0}
+    lines = [f"# Gradient engine benchmark ({tag})", "",
+             f"torch {meta['torch']}, {meta['threads']} threads, {meta['cpus']} CPUs, device {meta['device']}; "
+             f"best of {args.rounds} interleaved rounds (load average at the end {meta['load_average']}).", "",
+             "| model | input | layer | cropped | samples | batch | engine maps/s | per-image maps/s | limit maps/s "
+             "| engine / per-image | engine / limit | engine sampling loop / limit | engine setup + crop check s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mps = r["maps_per_second"]
+        lines.append(f"| {r['model']} | {'x'.join(map(str, r['input']))} | {r['layer']} | {r['cropped']} | "
+                     f"{r['samples']} | {r['batch']} | {mps['engine']:.2f} | {mps['per_image']:.2f} | "
+                     f"{mps['limit']:.2f} | {r['engine_vs_per_image']:.2f}x (target {targets[r['model']]}x) | "
+                     f"{r['engine_vs_limit']:.2f} | {r['engine_sampling_vs_limit']:.2f} | "
+                     f"{min(t['setup'] + t['crop_check'] for t in r['engine_timing']):.2f} |")
+    lines += ["", "Ratios are speed ratios (maps/s of the engine over maps/s of the other). The limit runs forward + "
+              "autograd.grad at the engine's batch size on the input the engine runs (the crop when it crops), "
+              "with nothing else: >= 0.9 means the engine is within 10% of it. 'engine' counts the whole call "
+              "(trace for the TRF, crop check, noise, float64 sums); 'sampling loop' only the batches."]
+    for r in rows:
+        if "engine_vs_limit_full_size" in r:
+            lines.append(f"{r['model']}: against the limit at full size ({'x'.join(map(str, r['input']))}) the "
+                         f"engine is {r['engine_vs_limit_full_size']:.1f}x faster (crop {r['crop_window']}).")
+    (out / f"engine_{tag}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}/engine_{tag}.json and .md")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="small sample counts: a few minutes on a 2-core CPU")
+    p.add_argument("--samples-resnet", type=int, default=None)
+    p.add_argument("--samples-plain", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--plain-width", type=int, default=None, help="channels of the plain net (16 quick, else 32)")
+    p.add_argument("--plain-input", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--models", default="resnet50,plain_net")
+    args = p.parse_args()
+    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if args.device == "auto" else args.device))
+    gpu = dev.type == "cuda"
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    batch = args.batch or (64 if gpu else 16)
+    s_res = args.samples_resnet or ((256 if gpu else 16) if args.quick else (1024 if gpu else 64))
+    s_plain = args.samples_plain or ((256 if gpu else 16) if args.quick else (1024 if gpu else 32))
+    torch.manual_seed(0)
+    rows = []
+    names = args.models.split(",")
+    if "resnet50" in names:
+        rows.append(bench("resnet50", erf.create_model("resnet50"), (224, 224), "layer4", s_res, batch, dev,
+                          args.rounds))
+    if "plain_net" in names:
+        width = args.plain_width or (16 if args.quick else 32)
+        net = erf.create_model("plain_net", depth=20, width=width, activation="relu", in_channels=3)
+        rows.append(bench("plain_net", net, (args.plain_input,) * 2, None, s_plain, batch, dev, args.rounds))
+    write(rows, dev, args)
+
+
+if __name__ == "__main__":
+    main()
