@@ -157,7 +157,11 @@ class _Probe:
         return g
 
     def maps(self, x: torch.Tensor) -> torch.Tensor:
-        m = stats.reduce_gradient(self.grad(x).to(torch.float64), self.preset, channel_axis=1)
+        g = self.grad(x)
+        if g.dtype not in (torch.float32, torch.float64):  # bf16/half: reduce in float32
+            g = g.float()
+        # per-sample signal and channel reduction in the gradient's dtype (C terms); sums over samples in float64
+        m = stats.reduce_gradient(g, self.preset, channel_axis=1).to(torch.float64)
         if not bool(torch.isfinite(m).all()):
             raise ErfError("the input gradient contains NaN or Inf: the model overflows on these inputs; "
                            "try dtype='float64', smaller inputs, or check the weights")
