@@ -9,7 +9,9 @@ layers are refused before any measurement. Every problem is one ``ConfigError`` 
 Sweeps: ``[sweep.grid]`` maps a dotted key (``model.args.depth``, ``measure.init``...) to a list
 of values; ``[[sweep.variants]]`` are named sets of overrides, grouped by their ``axis`` (default
 ``variant``). The points are the cartesian product of every variant axis and every grid axis.
-``--quick`` applies the caps in ``QUICK_CAPS`` and then the config's ``[quick]`` overrides.
+
+``--quick``: the config's ``[quick]`` values replace the base values (variants and the grid still
+apply on top; ``quick.sweep.grid.KEY`` replaces a grid axis), then ``QUICK_CAPS`` caps the cost.
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "inputs": {
         "kind": Key("gaussian", _choice("gaussian", "uniform", "constant", "images"), "str",
                     "probe inputs: gaussian / uniform noise, constant ones, or images from 'path'"),
-        "size": Key(64, _size, "int | list[int]", "input size in pixels, e.g. 64 or [64, 48]"),
+        "size": Key(64, _size, "int or list[int]", "input size in pixels, e.g. 64 or [64, 48]"),
         "path": Key("", _str(), "str", "kind = 'images': a folder of images or an .npz file"),
         "count": Key(256, _int(1), "int", "kind = 'images': how many images to load"),
         "sampler": Key("random", _choice("random", "sequential"), "str",
@@ -161,7 +163,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "measure": {
         "layer": Key("", _str(), "str", "layer to measure (\"\" = the model output); names as in 'erf rf'"),
         "unit": Key([], _ints(0), "list[int]", "unit of the layer ([] = the centre unit n // 2 per axis)"),
-        "channel": Key("all", _channel, "int | 'all'", "output channel whose gradient is taken, or all (summed)"),
+        "channel": Key("all", _channel, "int or \"all\"", "output channel whose gradient is taken, or all (summed)"),
         "samples": Key(64, _int(1), "int", "input samples per weight draw"),
         "batch_size": Key(32, _int(1), "int", "samples per forward/backward pass"),
         "weight_draws": Key(0, _int(0), "int", "independent re-initialisations with 'init' (0 = the model's weights)"),
@@ -169,9 +171,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     "weights: model (as built or loaded), uniform (random U), constant (1/fan_in, Luo's "
                     "'uniform weights'), kaiming_normal, xavier_normal"),
         "signal": Key("abs", _choice(*_SIGNALS), "str",
-                      "what is averaged: |grad| (abs), grad (signed), grad^2 (square), max(grad, 0) (positive)"),
-        "preset": Key("", _choice(*_PRESETS), "str", "an ERF definition preset of erf.stats (\"\" = none)"),
-        "crop": Key("auto", _crop, "str | bool", "measure on the smallest input window holding the TRF"),
+                      "what is averaged over samples: abs(grad) (abs), grad (signed), grad^2 (square), max(grad, 0) (positive)"),
+        "preset": Key("", _choice(*_PRESETS), "str", "an ERF definition of erf.stats.PRESETS (luo, replknet, openerf; \"\" = none); overrides signal"),
+        "crop": Key("auto", _crop, "str or bool", "crop the input to the unit's TRF window: auto (where the analytic TRF says it is exact, checked once "
+                     "against a full-size float64 pass), true (without that check), false (never)"),
         "tol": Key(0.0, _float(0), "float", "stop early when the relative SE of sigma falls below this (0 = off)"),
         "max_samples": Key(0, _int(0), "int", "with tol: most samples per draw (0 = samples)"),
         "level": Key(0.95, _float(0, 1, True, True), "float", "confidence level of every interval"),
@@ -183,11 +186,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     "a generated task of erf.datasets.make_task (context, quadrant, segmentation, shift) or a "
                     "folder of images (subfolders = classes) / an .npz with x and y"),
         "task_args": Key({}, _table, "table", "parameters of the task, e.g. {spacing = 8}"),
-        "size": Key(0, lambda v: None if v == 0 else _size(v), "int | list[int]",
+        "size": Key(0, lambda v: None if v == 0 else _size(v), "int or list[int]",
                     "training image size (0 = inputs.size)"),
         "steps": Key(200, _int(1), "int", "optimisation steps"),
         "batch_size": Key(32, _int(1), "int", "training batch size"),
-        "lr": Key(0.01, _float(0, lo_open=True), "float", "learning rate"),
+        "lr": Key(0.001, _float(0, lo_open=True), "float", "learning rate (AdamW)"),
         "checkpoints": Key([], _ints(1), "list[int]",
                            "steps at which the ERF is also measured during training (init and the end always are)"),
         "save_weights": Key(True, _bool, "bool", "save the trained state_dict as weights/<point>.pt in the results"),
@@ -211,14 +214,15 @@ FIGURE_KEYS: dict[str, Key] = {
                 "PNG file name (default: <kind>.png, numbered when repeated)"),
     "title": Key("", _str(), "str", "figure title (default: from the experiment)"),
     "rows": Key("variant", _str(), "str",
-                "grid: key whose values are the rows: 'variant' (all variant labels), a variant axis, 'state' "
-                "(training state) or a grid key"),
-    "cols": Key("", _str(), "str", "grid: key whose values are the columns (\"\" = one column per point)"),
-    "x": Key("", _str(), "str", "growth/bars/profiles: the x key (growth: numeric); training: ignored"),
-    "series": Key("variant", _str(), "str", "growth/bars/profiles/training: one series per value of this key"),
+                "grid: one row per value of this key (\"\" = one row). Keys here and below: 'variant' (all "
+                "variant labels), a variant axis, 'state' (training state) or a [sweep.grid] key"),
+    "cols": Key("", _str(), "str", "grid: one column per value (\"\" = one per point); profiles: one panel per value"),
+    "x": Key("", _str(), "str", "growth: the numeric x key (e.g. model.args.depth); bars: the categories"),
+    "series": Key("variant", _str(), "str",
+                  "growth/bars: one series per value (\"\" = one series); profiles: names the lines"),
     "metric": Key("erf_size_x", _str(), "str", "growth/bars/training: the plotted metric (one of report.metrics)"),
     "scale": Key("peak", _choice("peak", "row", "shared"), "str",
-                 "grid: colour scale: each map / its peak, shared per row, or shared by all"),
+                 "grid colour scale: peak (each map / its own peak), row (shared per row) or shared (one for all)"),
     "theory": Key(False, _bool, "bool", "growth: draw the exact linear-chain theory (uniform kernels, linear_erf)"),
     "ratio": Key(True, _bool, "bool", "growth: add the ERF/TRF panel with the 1/sqrt(n) line"),
     "log": Key(False, _bool, "bool", "grid/maps: logarithmic colour scale"),
@@ -485,7 +489,9 @@ def parse_config(raw: dict, path: str = "<config>", *, quick: bool = False, devi
         for key, value in quick_flat.items():
             if key.startswith("sweep.grid."):
                 grid[key[len("sweep.grid."):]] = value
-        _apply_quick(settings, quick_flat)
+            else:
+                _set_dotted(settings, key, value)
+        _cap(settings)
     _check_report(fail, settings)
 
     points = []
@@ -501,7 +507,7 @@ def parse_config(raw: dict, path: str = "<config>", *, quick: bool = False, devi
                 _set_dotted(s, key, value)
                 params[key] = value
             if quick:
-                _apply_quick(s, quick_flat)
+                _cap(s)
             i = len(points)
             points.append(Point(i, f"p{i:03d}", {v["axis"]: v["label"] for v in chosen}, params, s))
     cfg = Config(path, settings, grid, variants, figures, points, quick, overrides)
@@ -511,14 +517,12 @@ def parse_config(raw: dict, path: str = "<config>", *, quick: bool = False, devi
     return cfg
 
 
-def _apply_quick(s: dict, quick_flat: dict) -> None:
+def _cap(s: dict) -> None:
+    """--quick: the caps of ``QUICK_CAPS``, applied last."""
     for key, cap in QUICK_CAPS.items():
         section, name = key.split(".")
         if s[section][name] > cap:
             s[section][name] = cap
-    for key, value in quick_flat.items():
-        if not key.startswith("sweep.grid."):
-            _set_dotted(s, key, value)
 
 
 def _check_axis(fail: _Errors, where: str, key: str, values) -> None:
@@ -620,7 +624,7 @@ def _check_report(fail: _Errors, settings: dict) -> None:
         try:
             scalar_metrics(probe, [name], trf=(9, 9))
         except Exception as exc:  # noqa: BLE001 - any refusal of the name
-            fail("report.metrics", f"unknown metric {name!r}: {' '.join(str(exc).split())}")
+            fail("report.metrics", " ".join(str(exc).split()))
     if len(set(settings["report"]["metrics"])) != len(settings["report"]["metrics"]):
         fail("report.metrics", "repeats a metric")
 
@@ -763,3 +767,33 @@ def check_models(cfg: Config) -> None:
         except ErfError as exc:
             k = "measure.unit" if "unit" in str(exc) else ("measure.layer" if "layer" in str(exc) else "inputs.size")
             fail(k, f"{pre}{' '.join(str(exc).split())}")
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+def _show_default(key: Key) -> str:
+    if key.required:
+        return "required"
+    v = key.default
+    if isinstance(v, bool):
+        return "`true`" if v else "`false`"
+    if isinstance(v, str):
+        return f'`"{v}"`'
+    if isinstance(v, dict):
+        return "`{}`"
+    if isinstance(v, list):
+        return "`[" + ", ".join(f'"{x}"' if isinstance(x, str) else str(x) for x in v) + "]`"
+    return f"`{v}`"
+
+
+def schema_markdown() -> str:
+    """The key tables of configs/README.md (one row per key: key, type, default, meaning)."""
+    out = []
+    for section, keys in list(SCHEMA.items()) + [("figures", FIGURE_KEYS)]:
+        head = f"### `[[{section}]]`" if section == "figures" else f"### `[{section}]`"
+        out += [head, "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, key in keys.items():
+            out.append(f"| `{name}` | {key.type} | {_show_default(key)} | {key.doc} |")
+        out.append("")
+    return "\n".join(out)

@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from erf import stats
 from erf.config import Config, format_value, short_key
@@ -318,7 +319,11 @@ def _growth_findings(fa) -> list[str]:
             continue
         b, (lo, hi) = f["exponent"], f["exponent_ci"]
         ci = f"95% CI [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None else "no CI (2 points)"
-        verdict = ("consistent with Luo et al.'s √n law" if (lo is not None and lo <= 0.5 <= hi) or 0.45 <= b <= 0.60
+        inside = lo is not None and lo <= 0.5 <= hi
+        near = 0.45 <= b <= 0.60
+        verdict = ("consistent with Luo et al.'s √n law (0.5 inside the CI, estimate within 0.45–0.60)" if inside and near
+                   else "0.5 is inside the CI but the estimate is outside 0.45–0.60: too imprecise to confirm √n"
+                   if inside else "close to √n (within 0.45–0.60), though the CI excludes 0.5" if near
                    else "NOT consistent with the √n law")
         line = (f"{s['series']}: {m} grows as {_show(fa['x_key'], '')[:-1]}^{_fmt(b)} ({ci}, R² {_fmt(f['r2'], 4)}) "
                 f"from {_fmt(s['y'][0])} to {_fmt(s['y'][-1])} px — {verdict}")
@@ -370,15 +375,14 @@ def _training_findings(fa) -> list[str]:
 
 
 def _train_note(info) -> str:
-    if not info:
+    """' (held-out accuracy 0.25 -> 0.91, loss ...)' from a record's training info."""
+    ev = (info or {}).get("eval") or []
+    if len(ev) < 2:
         return ""
-    bits = []
-    for key, text in (("final_loss", "final loss"), ("eval_accuracy", "held-out accuracy"),
-                      ("accuracy", "accuracy")):
-        v = info.get(key)
-        if isinstance(v, (int, float)):
-            bits.append(f"{text} {_fmt(float(v))}")
-    return f" (training: {', '.join(bits)})" if bits else ""
+    a, b = ev[0], ev[-1]
+    if a.get("accuracy") is not None and b.get("accuracy") is not None:
+        return f" Held-out accuracy went from {_fmt(a['accuracy'])} to {_fmt(b['accuracy'])} (loss {_fmt(a['loss'])} → {_fmt(b['loss'])})."
+    return f" Held-out loss went from {_fmt(a['loss'])} to {_fmt(b['loss'])}."
 
 
 # --------------------------------------------------------------------------- figures
@@ -464,6 +468,8 @@ def _grid(spec, records, _fa, title, sub):
             if win is not None:
                 ax.set_xlim(win[0][1] - 0.5, win[1][1] + 0.5)
                 ax.set_ylim(win[1][0] + 0.5, win[0][0] - 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(5, integer=True))
             a = _axis_stats(r)
             head = _show(spec["cols"], r.value(spec["cols"])) if spec["cols"] else r.point.label
             ax.set_title(f"{head}\n{a}", fontsize=8)
@@ -581,6 +587,7 @@ def _bars(spec, records, fa, title, sub):
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(series))
     show_trf = metric.startswith(("erf_size", "sigma"))
+    top = max((r["value"] for r in fa["rows"] if r["value"] is not None), default=1.0)
     for k, sv in enumerate(series):
         rows = [r for r in fa["rows"] if r["series"] == sv]
         xs = np.array([cats.index(r["category"]) for r in rows]) + (k - (len(series) - 1) / 2) * width
@@ -593,7 +600,11 @@ def _bars(spec, records, fa, title, sub):
             ax.text(x, y, f"{y:.2f}", ha="center", va="bottom", fontsize=7)
             if show_trf and r["trf"]:
                 t = r["trf"][-1] if metric.startswith("erf_size") else r["trf"][-1] / 2
-                ax.plot([x - width * 0.45, x + width * 0.45], [t, t], color="black", linewidth=1.5)
+                if t <= 3 * top:
+                    ax.plot([x - width * 0.45, x + width * 0.45], [t, t], color="black", linewidth=1.5)
+                else:
+                    ax.text(x, y * 1.08 + 0.02 * top, f"TRF {r['trf'][-1]} px\n(off scale)", ha="center",
+                            va="bottom", fontsize=7)
     if show_trf:
         ax.plot([], [], color="black", linewidth=1.5, label="TRF" if metric.startswith("erf_size") else "TRF / 2")
     ax.set_xticks(range(len(cats)), cats, fontsize=8, rotation=10)
@@ -624,7 +635,7 @@ def _profiles(spec, records, _fa, title, sub):
             keep = prof > 1e-4
             lab = _show(spec["series"], r.value(spec["series"])) if spec["series"] else r.label
             ax.plot(x[keep], prof[keep], "o", color=color, markersize=2.5)
-            f = stats.fit_gaussian_1d(prof, x)
+            f = stats.fit_gaussian_1d(prof[keep], x[keep])
             if f.ok:
                 fine = np.linspace(x[keep].min(), x[keep].max(), 300)
                 ax.plot(fine, f.evaluate(fine), color=color, linewidth=1.2,
@@ -645,7 +656,7 @@ def _profiles(spec, records, _fa, title, sub):
 
 def _training_fig(spec, records, fa, title, sub):
     metric = fa["metric"]
-    has_curve = any((row.get("train") or {}).get("history") for row in fa["rows"])
+    has_curve = any((row.get("train") or {}).get("train_loss") for row in fa["rows"])
     fig = _new_figure((11.5, 4.6) if has_curve else (6.5, 4.6))
     axes = fig.subplots(1, 2 if has_curve else 1, squeeze=False).ravel()
     ax = axes[0]
@@ -667,14 +678,23 @@ def _training_fig(spec, records, fa, title, sub):
     if has_curve:
         ax2 = axes[1]
         for k, row in enumerate(fa["rows"]):
-            hist = (row.get("train") or {}).get("history") or {}
-            steps = hist.get("step") or hist.get("steps")
-            loss = hist.get("loss")
-            if steps and loss:
-                ax2.plot(steps, loss, color=f"C{k % 10}", label=row["label"])
+            info = row.get("train") or {}
+            loss = np.asarray(info.get("train_loss") or [], float)
+            if loss.size:
+                w = max(1, loss.size // 50)
+                smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
+                ax2.plot(np.arange(smooth.size) + w, smooth, color=f"C{k % 10}", label=f"{row['label']}: train loss")
+            ev = [e for e in info.get("eval") or [] if e.get("loss") is not None]
+            if ev:
+                ax2.plot([e["step"] for e in ev], [e["loss"] for e in ev], "s--", color=f"C{k % 10}", markersize=4,
+                         label="held-out loss" + (f" (accuracy {ev[0]['accuracy']:.2f} → {ev[-1]['accuracy']:.2f})"
+                                                  if ev[-1].get("accuracy") is not None else ""))
         ax2.set_xlabel("training step")
-        ax2.set_ylabel("training loss")
-        ax2.set_yscale("log")
+        ax2.set_ylabel("loss")
+        lo, hi = ax2.get_ylim()
+        if lo > 0 and hi / lo > 10:
+            ax2.set_yscale("log")
+        ax2.set_title("training progress", fontsize=9)
         ax2.grid(alpha=0.3)
         ax2.legend(fontsize=7)
     fig.suptitle(f"{title}\n{sub}", fontsize=9)

@@ -234,13 +234,14 @@ def linear_theory(settings: dict) -> tuple[tuple[float, ...] | None, bool]:
     """Exact sigma of the chain of uniform kernels of a ``plain_net`` (Luo's linear theory).
 
     Returns ``(sigma per axis, exact)``: ``exact`` is True where the measured map must equal the
-    theory (constant weights, linear activations, no norm or bias, a non-squaring signal);
-    ``(None, False)`` for other models or a layer other than the output.
+    theory (constant weights, linear activations, no bias, a non-squaring signal). ``(None, False)``
+    for other models, a layer other than the output, normalisation, a checkpoint or training.
     """
     from erf.analytic import Layer, linear_erf
 
     model, meas = settings["model"], settings["measure"]
-    if model["name"] != "plain_net" or meas["layer"]:
+    if (model["name"] != "plain_net" or meas["layer"] or model["checkpoint"] or settings["train"]["enabled"]
+            or model["args"].get("norm", "none") not in ("none", None)):
         return None, False
     import inspect
 
@@ -254,8 +255,7 @@ def linear_theory(settings: dict) -> tuple[tuple[float, ...] | None, bool]:
     layers = [Layer(k, 2 if i in strides else 1, 0, int(dil[i])) for i in range(depth)]
     sigma = linear_erf(layers).sigma
     exact = (meas["init"] == "constant" and str(a["activation"]).lower() in ("linear", "none")
-             and a["norm"] in ("none", None) and not a["bias"] and meas["signal"] in ("abs", "signed", "positive")
-             and not meas["preset"] and not model["checkpoint"] and not settings["train"]["enabled"])
+             and not a["bias"] and meas["signal"] in ("abs", "signed", "positive") and not meas["preset"])
     return tuple(float(v) for v in sigma), bool(exact)
 
 
@@ -263,7 +263,11 @@ def linear_theory(settings: dict) -> tuple[tuple[float, ...] | None, bool]:
 
 
 def _train_and_measure(cfg: Config, point: Point, model, device: str, seed: int, out_dir: Path) -> list[Record]:
-    """Measure at init, at each of ``train.checkpoints`` and after ``train.steps``; save the weights."""
+    """Train the point's model; measure it at step 0, at ``train.checkpoints`` and at the end.
+
+    The trained weights go to ``weights/<point>.pt`` in the results (a plain state_dict that
+    ``erf measure MODEL --checkpoint`` and ``model.checkpoint`` load).
+    """
     from erf.analytic import infer_in_channels
     from erf.datasets import make_task
     from erf.training import train
@@ -272,33 +276,23 @@ def _train_and_measure(cfg: Config, point: Point, model, device: str, seed: int,
     size = tr["size"] or point.settings["inputs"]["size"]
     size = size if isinstance(size, int) else tuple(size)
     task = make_task(tr["task"], size=size, channels=infer_in_channels(model), seed=seed, **tr["task_args"])
-    records = [_measure(cfg, point, model, device, "init", 0)]
-    wanted = sorted(set(tr["checkpoints"]))
-    every = math.gcd(*wanted) if wanted else 0
+    records: list[Record] = []
 
-    def on_checkpoint(step, net, *rest):
-        if step in wanted:
-            records.append(_measure(cfg, point, net, device, f"step {step}", step))
+    def on_checkpoint(step, net):
+        state = "init" if step == 0 else "trained" if step == tr["steps"] else f"step {step}"
+        records.append(_measure(cfg, point, net, device, state, step))
 
     result = train(model, task, steps=tr["steps"], batch_size=tr["batch_size"], lr=tr["lr"], device=device,
-                   seed=seed, checkpoint_every=every, checkpoint_dir=None, on_checkpoint=on_checkpoint)
-    final = _measure(cfg, point, model, device, "trained", tr["steps"])
-    final.train = _train_info(result, task)
-    records.append(final)
+                   seed=seed, checkpoint_every=sorted(set(tr["checkpoints"])), on_checkpoint=on_checkpoint)
+    info = {"task": task.description, "steps": result.steps, "seconds": result.seconds,
+            "eval": result.eval, "train_loss": result.train_loss, "config": result.config}
     if tr["save_weights"]:
         path = out_dir / "weights" / f"{point.id}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-        final.train["weights"] = str(path.relative_to(out_dir))
+        info["weights"] = str(path.relative_to(out_dir))
+    records[-1].train = stats._json(info)
     return records
-
-
-def _train_info(result, task) -> dict:
-    """JSON-ready facts of a training run (whatever the TrainResult offers)."""
-    info = {"task": getattr(task, "description", str(task))}
-    if hasattr(result, "to_dict"):
-        info.update(stats._json(result.to_dict()))
-    return info
 
 
 # --------------------------------------------------------------------------- files

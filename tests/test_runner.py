@@ -1,0 +1,244 @@
+"""Every shipped config runs in --quick mode and its results hold what the experiment claims.
+
+Each config runs once (module fixture); the tests then check the files, summary.json, the CSV and
+that the numbers are in the ranges the science predicts.
+"""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import erf.runner as runner
+from erf.cli import main
+from erf.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+_RUNS: dict = {}
+
+
+@pytest.fixture(scope="module")
+def run_quick(tmp_path_factory):
+    """``run_quick(name)`` -> results folder of ``configs/<name>.toml --quick`` (run once per module)."""
+
+    def run(name):
+        if name not in _RUNS:
+            out = tmp_path_factory.mktemp("results") / name
+            code = main(["run", str(ROOT / "configs" / f"{name}.toml"), "--quick", "--out", str(out)])
+            assert code == 0
+            _RUNS[name] = out
+        return _RUNS[name]
+
+    return run
+
+
+def load(out: Path):
+    summary = json.loads((out / "summary.json").read_text())
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    return summary, rows
+
+
+def points(summary, **where):
+    return [p for p in summary["points"] if all(p.get(k) == v or p["params"].get(k) == v for k, v in where.items())]
+
+
+def check_common(out: Path, n_figures: int):
+    summary, rows = load(out)
+    for key in ("experiment", "quick", "seed", "device", "versions", "config", "metrics", "findings", "points",
+                "analyses", "figures"):
+        assert key in summary, key
+    assert summary["quick"] is True and summary["device"] in ("cpu", "cuda")
+    assert set(summary["versions"]) >= {"erf", "torch", "numpy"}
+    assert len(rows) == len(summary["points"]) and summary["findings"]
+    for m in summary["metrics"]:
+        assert m in rows[0] and f"{m}_lo" in rows[0] and f"{m}_hi" in rows[0]
+    for p in summary["points"]:
+        for m in summary["metrics"]:
+            v, ci = p["metrics"][m], p["intervals"][m]
+            assert v is not None and ci is not None and ci[0] <= ci[1]
+    pngs = [f for f in summary["figures"]]
+    assert len(pngs) >= n_figures
+    for f in pngs:
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with np.load(out / "maps.npz") as z:
+        assert {f"{p['id']}_map" for p in summary["points"]} <= set(z.files)
+    report = (out / "report.md").read_text()
+    assert "## What the numbers show" in report and "## Key numbers" in report and "quick" in report
+    for f in pngs:
+        assert f"({f})" in report
+    assert not list(out.parent.glob(".*partial*"))
+    return summary, rows
+
+
+def test_luo_fig1(run_quick):
+    summary, rows = check_common(run_quick("luo_fig1"), 3)
+    uniform = [t for t in summary["analyses"]["theory"] if t["exact"]]
+    assert len(uniform) >= 4
+    for t in uniform:                                     # uniform weights: sigma is the exact prediction
+        assert t["measured_sigma"] == pytest.approx(t["theory_sigma"], rel=1e-5)
+    weights = {r["weights"] for r in rows}
+    assert weights == {"uniform weights", "random weights", "random + ReLU", "random + tanh", "random + sigmoid"}
+    for w in weights:                                     # the ERF grows with depth in every row
+        sizes = [float(r["erf_size_x"]) for r in rows if r["weights"] == w]
+        assert sizes == sorted(sizes)
+    assert "Uniform (constant 1/fan_in) weights" in summary["findings"][0]
+
+
+def test_luo_growth(run_quick):
+    summary, rows = check_common(run_quick("luo_growth"), 2)
+    (growth,) = [f for f in summary["analyses"]["figures"] if f["kind"] == "growth"]
+    fits = {s["series"]: s for s in growth["series"]}
+    uniform = fits["uniform weights, linear"]
+    assert uniform["fit"]["exponent"] == pytest.approx(0.5, abs=2e-3)          # exact theory: sqrt(n)
+    assert uniform["theory"] == pytest.approx(uniform["y"], rel=1e-5)
+    for name in ("random weights, ReLU", "random weights, tanh"):
+        b = fits[name]["fit"]["exponent"]
+        assert 0.4 < b < 0.75, (name, b)                 # loose band for the quick sizes
+        ratio = fits[name]["ratio"]
+        assert all(a > b for a, b in zip(ratio, ratio[1:]))      # ERF/TRF falls with depth
+        assert -0.75 < fits[name]["ratio_fit"]["exponent"] < -0.25
+    assert "ERF/TRF" in (run_quick("luo_growth") / "report.md").read_text()
+
+
+def test_luo_subsample_dilation(run_quick):
+    summary, rows = check_common(run_quick("luo_subsample_dilation"), 3)
+    for weights in ("uniform weights", "random + ReLU"):
+        size = {r["structure"]: float(r["erf_size_x"]) for r in rows if r["weights"] == weights}
+        plain = size.pop("plain")
+        assert all(v > 1.3 * plain for v in size.values()), size
+    (bars,) = [f for f in summary["analyses"]["figures"] if f["kind"] == "bars"]
+    assert all(r["ratio"] > 1 for r in bars["rows"] if r.get("ratio") is not None)
+    exact = [t for t in summary["analyses"]["theory"] if t["exact"]]
+    assert len(exact) == 6 and all(abs(t["relative_difference"]) < 1e-5 for t in exact)
+
+
+def test_plain_vs_residual(run_quick):
+    out = run_quick("plain_vs_residual")
+    summary, rows = check_common(out, 4)
+    assert {(r["architecture"], r["state"]) for r in rows} == {
+        (a, s) for a in ("plain", "residual") for s in ("init", "step 10", "trained")}
+    trf = {r["architecture"]: (r["trf_y"], r["trf_x"]) for r in rows}
+    assert trf["plain"] == trf["residual"] == ("25", "25")
+    for p in points(summary, state="trained"):
+        assert p["train"]["eval"] and (out / p["train"]["weights"]).is_file()
+    (change,) = [f for f in summary["analyses"]["figures"] if f["kind"] == "training"]
+    assert all("erf_size_x" in row["changes"] for row in change["rows"])
+
+
+def test_training_weights_measurable_again(run_quick):
+    out = run_quick("training")
+    summary, rows = check_common(out, 3)
+    assert [r["state"] for r in rows] == ["init", "step 10", "trained"]
+    assert [int(r["step"]) for r in rows] == [0, 10, 30]
+    first, last = summary["points"][0], summary["points"][-1]
+    assert first["metrics"]["erf_size_x"] != last["metrics"]["erf_size_x"]      # training changed the ERF
+    assert "training changed erf_size_x" in " ".join(summary["findings"])
+    weights = out / last["train"]["weights"]
+    cfg = load_config(ROOT / "configs" / "training.toml", quick=True)
+    from erf.engine import measure
+    from erf.models import load_model
+
+    args = cfg.points[0].settings["model"]["args"]
+    model = load_model("small_cnn", args, str(weights))
+    res = measure(model, 32, layer="features", samples=32, batch_size=32, device="cpu")
+    assert res.sigma[1] == pytest.approx(last["metrics"]["sigma_x"], rel=1e-6)
+    code = main(["measure", "small_cnn", "--layer", "features", "--input", "32", "--checkpoint", str(weights),
+                 "--samples", "8", "--model-arg", f"width={args['width']}", "--model-arg", "num_classes=4",
+                 "--device", "cpu"]) if _has_measure_cli() else 0
+    assert code == 0
+
+
+def _has_measure_cli():
+    from erf.cli import build_parser
+
+    return "measure" in build_parser()._subparsers._group_actions[0].choices
+
+
+def test_resnet_family(run_quick):
+    summary, rows = check_common(run_quick("resnet_family"), 3)
+    assert [r["model.name"] for r in rows] == ["resnet18", "resnet50"]
+    for p in summary["points"]:
+        assert p["clipped"] is True and p["trf"][0] > 64
+        assert 0 < p["metrics"]["erf_trf_ratio_x"] < 1
+    assert (run_quick("resnet_family") / "maps" / "p000.png").is_file()
+    assert any("cut by the image border" in f for f in summary["findings"])
+
+
+# --------------------------------------------------------------------------- atomic results
+
+SMALL = """
+[experiment]
+name = "small"
+[model]
+name = "plain_net"
+args = { width = 2, depth = 2 }
+[inputs]
+size = 16
+[measure]
+samples = 4
+[sweep.grid]
+"model.args.depth" = [1, 2, 3]
+[[figures]]
+kind = "grid"
+cols = "model.args.depth"
+"""
+
+
+def test_interrupted_run_leaves_no_results(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(SMALL)
+    out = tmp_path / "res" / "small"
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    before = (out / "summary.json").read_text()
+    calls = []
+
+    def boom(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    real = runner.measure_point
+    monkeypatch.setattr(runner, "measure_point", boom)
+    assert main(["run", str(cfg), "--out", str(out), "--seed", "5"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["small"]      # no partial folder left
+    assert (out / "summary.json").read_text() == before                   # the old results are intact
+    fresh = tmp_path / "res" / "fresh"
+    calls.clear()
+    monkeypatch.setattr(runner, "measure_point", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(RuntimeError):
+        runner.run_experiment(load_config(cfg), out=fresh)
+    assert not fresh.exists() and sorted(p.name for p in out.parent.iterdir()) == ["small"]
+
+
+def test_rerun_replaces_results_and_refuses_foreign_folder(tmp_path, capsys):
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(SMALL)
+    out = tmp_path / "small"
+    assert main(["run", str(cfg), "--out", str(out), "--seed", "1"]) == 0
+    assert main(["run", str(cfg), "--out", str(out), "--seed", "2"]) == 0
+    assert json.loads((out / "summary.json").read_text())["seed"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small", "small.toml"]
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main(["run", str(cfg), "--out", str(foreign)]) == 2
+    assert "not an erf results folder" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_summary_is_strict_json_and_csv_has_intervals(tmp_path):
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(SMALL)
+    out = runner.run_experiment(load_config(cfg), out=tmp_path / "o")
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert summary["device"] == "cpu" and summary["seed"] == 0
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [r["model.args.depth"] for r in rows] == ["1", "2", "3"]
+    for r in rows:
+        lo, v, hi = float(r["sigma_x_lo"]), float(r["sigma_x"]), float(r["sigma_x_hi"])
+        assert lo <= v + 1e-9 and v <= hi + 1e-9 and math.isfinite(float(r["theory_sigma_x"]))
