@@ -15,7 +15,7 @@ from erf import stats
 from erf.errors import ErfError
 
 
-@dataclass
+@dataclass(eq=False)
 class ERFResult:
     """One measured ERF (all maps float64 numpy at the full input size, axes as the input).
 
