@@ -1,0 +1,316 @@
+"""Train a network on a generated task (or local images) so its ERF can be measured before,
+during and after training (Luo et al. 2016 show that training enlarges the ERF).
+
+``train`` runs AdamW (default; betas 0.9/0.999, no weight decay unless asked) or SGD with
+momentum 0.9, at a constant learning rate, on batches that ``task.batch`` draws on the
+training device. The data stream is fixed by ``seed`` (stream ``train``); the held-out eval set
+by the task's own seed, so runs with different training seeds are scored on the same images.
+On CPU two runs with the same seed and initial weights end with bit-identical weights.
+
+Checkpoint steps are step 0 (the initial weights), every ``checkpoint_every`` steps (or the
+listed steps) and the last step. At each one the model is scored on the eval set, saved to
+``checkpoint_dir/step_XXXXX.pt`` (a plain ``state_dict``, written to a temp file then renamed)
+and handed to ``on_checkpoint(step, model)`` in eval mode; ``final.pt`` holds the final weights.
+
+Dense tasks train channel 0 of a spatial output (``plain_net``, ``residual_net``), so their
+checkpoints load straight into the same builder (``erf measure plain_net --checkpoint ...``).
+``DenseHead`` adds a 1x1 read-out instead: its modules are ``body`` (the wrapped net, names
+unchanged under ``body.``; e.g. the last layer of an 8-conv ``plain_net`` is ``body.layers.7``)
+and ``head``; its checkpoints load into ``DenseHead(<same body>)`` (see ``dense_head``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from erf.datasets import (TASKS, ImageData, Task, list_tasks, load_dataset, load_images, make_generator,  # noqa: F401
+                          make_task, mix_seed)
+from erf.errors import ErfError, ModelError
+from erf.models.registry import create_model
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+# --------------------------------------------------------------------------- dense read-out
+
+
+def _last_conv_channels(module: nn.Module) -> int:
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ModelError("DenseHead cannot find a Conv2d in the body to size its head; pass body_channels=")
+    return convs[-1].out_channels
+
+
+class DenseHead(nn.Module):
+    """``head(body(x))``: a 1x1 conv read-out (``out_channels`` maps) on a net with a spatial output."""
+
+    def __init__(self, body: nn.Module, out_channels: int = 1, body_channels: int | None = None):
+        super().__init__()
+        self.body = body
+        self.head = nn.Conv2d(body_channels or _last_conv_channels(body), out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def dense_head(body: str = "plain_net", out_channels: int = 1, **body_kwargs) -> DenseHead:
+    """``DenseHead`` around the registered model ``body`` built with ``body_kwargs``.
+
+    Usable as a model spec for the CLI through a file, e.g. ``my.py:net`` with
+    ``net = functools.partial(dense_head, "plain_net", depth=8)``.
+    """
+    return DenseHead(create_model(body, **body_kwargs), out_channels)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: histories, checkpoint paths and the trained model (in eval mode).
+
+    ``train_loss[i]`` / ``train_accuracy[i]`` belong to step ``i + 1`` (accuracy is None for a
+    regression task); ``eval`` lists ``{"step", "loss", "accuracy"}`` on the held-out set;
+    ``checkpoints`` maps step -> file; ``measurements`` maps step -> what ``on_checkpoint`` returned.
+    """
+
+    model: nn.Module
+    task: str
+    steps: int
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float | None] = field(default_factory=list)
+    eval: list[dict] = field(default_factory=list)
+    checkpoints: dict[int, str] = field(default_factory=dict)
+    final_checkpoint: str | None = None
+    measurements: dict[int, Any] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def final_eval(self) -> dict:
+        """The last eval record (at the final step)."""
+        return self.eval[-1] if self.eval else {}
+
+    def to_dict(self) -> dict:
+        """JSON-friendly summary (no model, no measurements)."""
+        return {"task": self.task, "steps": self.steps, "train_loss": self.train_loss,
+                "train_accuracy": self.train_accuracy, "eval": self.eval,
+                "checkpoints": {str(k): v for k, v in self.checkpoints.items()},
+                "final_checkpoint": self.final_checkpoint, "config": self.config, "seconds": self.seconds}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_device(device=None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU; otherwise the named device (checked)."""
+    if device is None or (isinstance(device, str) and device.lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ErfError(f"bad device {device!r} ({exc}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ErfError(f"device {device!r} asked for but CUDA is not available; use --device cpu (or auto)")
+    return dev
+
+
+def checkpoint_steps(checkpoint_every, steps: int) -> list[int]:
+    """Step 0, every ``checkpoint_every`` steps (an int) or the listed steps, and ``steps``."""
+    points = {0, steps}
+    if checkpoint_every is None:
+        return sorted(points)
+    if isinstance(checkpoint_every, bool):
+        raise ErfError(f"checkpoint_every must be a positive integer or a list of steps; got {checkpoint_every!r}")
+    if isinstance(checkpoint_every, int):
+        if checkpoint_every < 1:
+            raise ErfError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
+        return sorted(points | set(range(checkpoint_every, steps + 1, checkpoint_every)))
+    try:
+        listed = [int(s) for s in checkpoint_every]
+    except (TypeError, ValueError):
+        raise ErfError(f"checkpoint_every must be a positive integer or a list of steps; "
+                       f"got {checkpoint_every!r}") from None
+    bad = [s for s in listed if not 0 <= s <= steps]
+    if bad:
+        raise ErfError(f"checkpoint steps must lie in 0..{steps}; got {bad}")
+    return sorted(points | set(listed))
+
+
+def save_state_dict(model: nn.Module, path: str) -> str:
+    """Save ``model.state_dict()`` (as CPU tensors) to ``path`` atomically: temp file, then rename."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float):
+    key = str(name).lower()
+    if key == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if key == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ErfError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _check_args(model, task, steps, batch_size, lr, eval_size):
+    if not isinstance(model, nn.Module):
+        raise ErfError(f"train needs a torch.nn.Module; got {type(model).__name__}")
+    if not isinstance(task, Task) and not all(hasattr(task, a) for a in ("batch", "loss", "correct", "eval_set")):
+        raise ErfError(f"train needs a task from erf.training.make_task; got {type(task).__name__} "
+                       f"(e.g. make_task('context', size=32))")
+    for name, value, low in (("steps", steps, 0), ("batch_size", batch_size, 1), ("eval_size", eval_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ErfError(f"{name} must be an integer >= {low}; got {value!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+        raise ErfError(f"lr must be a positive number; got {lr!r}")
+
+
+def _forward(model: nn.Module, x: torch.Tensor, task) -> torch.Tensor:
+    """``model(x)``; a shape/channel mismatch becomes a one-line ``ErfError``."""
+    try:
+        return model(x)
+    except (ErfError, torch.OutOfMemoryError):
+        raise
+    except RuntimeError as exc:
+        msg = " ".join(str(exc).split())[:160]
+        raise ErfError(f"the model failed on a {tuple(x.shape)} batch of task {task.name!r} ({msg}); "
+                       f"check its in_channels / num_classes against the task") from None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
+    """Mean loss and accuracy (None for regression) of ``model`` on (x, y), in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, total = 0.0, 0, 0
+    try:
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            out = _forward(model, xb, task)
+            loss_sum += float(task.loss(out, yb)) * len(xb)
+            c = task.correct(out, yb)
+            if c is not None:
+                correct, total = correct + int(c[0]), total + c[1]
+    finally:
+        model.train(was_training)
+    return {"loss": loss_sum / len(x), "accuracy": correct / total if total else None}
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(model: nn.Module, task, steps: int, batch_size: int = 64, lr: float = 1e-3, device=None,
+          seed: int = 0, checkpoint_every: int | Sequence[int] | None = None, checkpoint_dir: str | None = None,
+          on_checkpoint: Callable[[int, nn.Module], Any] | None = None, progress: bool = False, *,
+          optimizer: str = "adamw", weight_decay: float = 0.0, momentum: float = 0.9,
+          eval_size: int = 512, eval_every: int | None = None, grad_clip: float | None = None) -> TrainResult:
+    """Train ``model`` in place on ``task`` for ``steps`` steps and return a ``TrainResult``.
+
+    See the module docstring for the schedule of checkpoints, the files written and the
+    optimizers. ``eval_every`` adds eval points between checkpoints; ``grad_clip`` clips the
+    global gradient norm. The model ends in eval mode on ``device``.
+    """
+    _check_args(model, task, steps, batch_size, lr, eval_size)
+    if str(optimizer).lower() not in OPTIMIZERS:
+        raise ErfError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    dev = resolve_device(device)
+    ckpt_steps = checkpoint_steps(checkpoint_every, steps)
+    if eval_every is not None and (isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1):
+        raise ErfError(f"eval_every must be a positive integer; got {eval_every!r}")
+    eval_steps = set(ckpt_steps) | (set(range(eval_every, steps + 1, eval_every)) if eval_every else set())
+    if checkpoint_dir is not None:
+        checkpoint_dir = os.fspath(checkpoint_dir)
+        if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+            raise ErfError(f"checkpoint_dir {checkpoint_dir} is a file; give a folder path")
+        os.makedirs(checkpoint_dir, exist_ok=True)
+
+    config = dict(task=task.description, steps=steps, batch_size=batch_size, lr=lr, device=str(dev), seed=seed,
+                  optimizer=str(optimizer).lower(), weight_decay=weight_decay, momentum=momentum,
+                  eval_size=eval_size, checkpoint_steps=ckpt_steps, grad_clip=grad_clip)
+    result = TrainResult(model=model, task=task.description, steps=steps, config=config)
+    model.to(dev)
+    opt = _make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay, momentum)
+    eval_x, eval_y = task.eval_set(eval_size, dev)
+    gen = make_generator(mix_seed(seed, "train"), dev)
+    history = torch.zeros(steps, 2, device=dev)
+    has_accuracy = True
+    fork = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    start = time.perf_counter()
+
+    def checkpoint(step: int) -> None:
+        if step in eval_steps:
+            result.eval.append({"step": step, **evaluate(model, task, eval_x, eval_y, batch_size)})
+        if step not in ckpt_steps:
+            return
+        if checkpoint_dir is not None:
+            path = save_state_dict(model, os.path.join(checkpoint_dir, f"step_{step:05d}.pt"))
+            result.checkpoints[step] = path
+        if on_checkpoint is not None:
+            model.eval()
+            with torch.random.fork_rng(devices=fork), torch.enable_grad():
+                value = on_checkpoint(step, model)
+            if value is not None:
+                result.measurements[step] = value
+        model.train()
+
+    from tqdm.auto import tqdm
+
+    with torch.random.fork_rng(devices=fork):
+        torch.manual_seed(mix_seed(seed, "torch"))  # dropout and other in-model randomness
+        model.train()
+        bar = tqdm(range(1, steps + 1), desc=f"train {task.name}", disable=not progress, leave=False)
+        try:
+            checkpoint(0)
+            for step in bar:
+                x, y = task.batch(batch_size, gen, dev)
+                out = _forward(model, x, task) if step == 1 else model(x)
+                loss = task.loss(out, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                opt.step()
+                with torch.no_grad():
+                    history[step - 1, 0] = loss.detach()
+                    c = task.correct(out.detach(), y)
+                    if c is None:
+                        has_accuracy = False
+                    else:
+                        history[step - 1, 1] = c[0].float() / c[1]
+                if step in eval_steps or step % 50 == 0:
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise ErfError(f"training diverged at step {step} (loss {value}); lower lr (now {lr}) "
+                                       "or set grad_clip")
+                    if progress:
+                        bar.set_postfix(loss=f"{value:.4f}")
+                checkpoint(step)
+        finally:
+            bar.close()
+            model.eval()
+
+    hist = history.cpu()
+    result.train_loss = hist[:, 0].tolist()
+    result.train_accuracy = hist[:, 1].tolist() if has_accuracy else [None] * steps
+    if checkpoint_dir is not None:
+        result.final_checkpoint = save_state_dict(model, os.path.join(checkpoint_dir, "final.pt"))
+    result.seconds = time.perf_counter() - start
+    return result
