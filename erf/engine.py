@@ -196,9 +196,10 @@ class _Accumulator:
     def run(self, probe: _Probe, x: torch.Tensor, first: int, bs: int) -> int:
         """Measure ``x`` (sample indices first, first+1, ...); on CUDA OOM halve and retry."""
         b = x.shape[0]
-        if b > bs:
-            bs = self.run(probe, x[:bs], first, bs)
-            return self.run(probe, x[bs:], first + bs, bs) if b > bs else bs
+        if b > bs:  # an earlier OOM lowered the batch size
+            head = bs
+            bs = self.run(probe, x[:head], first, bs)
+            return self.run(probe, x[head:], first + head, bs)
         try:
             m = probe.maps(x)
         except _OOM:

@@ -41,12 +41,12 @@ def relu_net(cin=2, width=4, depth=3, strides=(), pool=False, seed=0):
 def check_linear(model, size, layers):
     res = measure(model, size, signal="signed", samples=2, batch_size=2, dtype="float64")
     expected = linear_erf(layers)
-    (t, b), (l, r) = res.trf_box
+    (t, b), (lo, hi) = res.trf_box
     assert not res.clipped and res.map.shape == (size, size)
-    assert res.map[t:b + 1, l:r + 1].shape == expected.map.shape
-    np.testing.assert_allclose(res.map[t:b + 1, l:r + 1], expected.map, rtol=0, atol=1e-12)
+    assert res.map[t:b + 1, lo:hi + 1].shape == expected.map.shape
+    np.testing.assert_allclose(res.map[t:b + 1, lo:hi + 1], expected.map, rtol=0, atol=1e-12)
     outside = res.map.copy()
-    outside[t:b + 1, l:r + 1] = 0
+    outside[t:b + 1, lo:hi + 1] = 0
     assert np.all(outside == 0)
     np.testing.assert_allclose(stats.moments(res.map).sigma, expected.sigma, rtol=1e-10)
     return res
@@ -238,6 +238,21 @@ def test_oom_halves_the_batch_without_losing_samples(monkeypatch):
     res = measure(model, 16, samples=10, batch_size=10, dtype="float64", crop=False)
     assert res.samples == 10 and res.settings["batch_size"] <= 3
     np.testing.assert_allclose(res.map, ref.map, rtol=1e-12)
+
+    calls = []
+
+    def shrinking(self, x):  # the free memory shrinks while the batch is being split
+        calls.append(x.shape[0])
+        if x.shape[0] > (3 if len(calls) < 5 else 1):
+            raise engine._OOM("CUDA out of memory (simulated)")
+        return real(self, x)
+
+    monkeypatch.setattr(engine._Probe, "maps", shrinking)
+    res = measure(model, 16, samples=10, batch_size=10, dtype="float64", crop=False, group_size=1)
+    assert res.samples == 10 and res.groups[1].tolist() == [1] * 10 and res.settings["batch_size"] == 1
+    np.testing.assert_allclose(res.map, ref.map, rtol=1e-12)
+    np.testing.assert_allclose(res.groups[0], measure(model, 16, samples=10, dtype="float64", crop=False,
+                                                      group_size=1).groups[0], rtol=1e-12)
 
 
 def test_errors_are_one_line_erf_errors():
