@@ -318,6 +318,8 @@ def short_key(key: str) -> str:
 
 
 def format_value(v) -> str:
+    if v is None:
+        return ""
     if isinstance(v, list):
         return "[" + ",".join(format_value(x) for x in v) + "]"
     if isinstance(v, float):
@@ -326,8 +328,11 @@ def format_value(v) -> str:
 
 
 def get_dotted(settings: dict, key: str):
+    """The value at a dotted key, None where a point does not set it (an argument of another model)."""
     node: Any = settings
     for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
         node = node[part]
     return node
 
@@ -377,10 +382,12 @@ def _check_value(fail: _Errors, key: str, section: str, name: str, value) -> Non
         fail(key, f"{reason}; got {value!r}")
 
 
-def _check_dotted(fail: _Errors, where: str, key: str, value, allow=SWEEPABLE) -> None:
-    """Check ``section.name = value`` (or ``model.args.NAME = value``) used in a sweep or [quick]."""
+def _check_dotted(fail: _Errors, shown: str, key: str, value, allow=SWEEPABLE) -> None:
+    """Check ``section.name = value`` (or ``model.args.NAME = value``) set by a sweep or [quick].
+
+    ``shown`` is the key as the error names it (e.g. ``sweep.variants[2].measure.init``).
+    """
     parts = key.split(".")
-    shown = f"{where}.{key}" if where else key
     if parts[0] not in allow:
         fail(shown, f"cannot set {parts[0]!r} here; keys start with {', '.join(allow)}")
     section = parts[0]
@@ -482,7 +489,7 @@ def parse_config(raw: dict, path: str = "<config>", *, quick: bool = False, devi
                 fail(f"quick.{key}", f"{axis!r} is not an axis of [sweep.grid]")
             _check_axis(fail, f"quick.{key}", axis, value)
         else:
-            _check_dotted(fail, "quick", key, value, allow=SWEEPABLE + ("report",))
+            _check_dotted(fail, f"quick.{key}", key, value, allow=SWEEPABLE + ("report",))
             if key in grid:
                 fail(f"quick.{key}", f"is swept; shrink the sweep with quick.sweep.grid.{key} instead")
     if quick:
@@ -529,17 +536,9 @@ def _check_axis(fail: _Errors, where: str, key: str, values) -> None:
     if not isinstance(values, list) or not values:
         fail(where, f"must be a non-empty list of values for {key}; got {values!r}")
     for v in values:
-        _check_dotted_at(fail, where, key, v)
+        _check_dotted(fail, where, key, v)
     if len({repr(v) for v in values}) != len(values):
         fail(where, f"repeats a value: {values!r}")
-
-
-def _check_dotted_at(fail: _Errors, where: str, key: str, value) -> None:
-    try:
-        _check_dotted(_Errors(fail.path), "", key, value)
-    except ConfigError as exc:
-        reason = str(exc).split(": ", 2)[-1]
-        fail(where, reason)
 
 
 def _parse_sweep(fail: _Errors, sweep) -> tuple[dict[str, list], dict[str, list[dict]]]:
@@ -574,7 +573,7 @@ def _parse_sweep(fail: _Errors, sweep) -> tuple[dict[str, list], dict[str, list[
                 fail(f"{where}.{key}", "is also a [sweep.grid] axis; set it in one place")
             if owner.setdefault(key, axis) != axis:
                 fail(f"{where}.{key}", f"is also set by variants of axis {owner[key]!r}; set each key on one axis")
-            _check_dotted(fail, where, key, value)
+            _check_dotted(fail, f"{where}.{key}", key, value)
         variants.setdefault(axis, []).append({"axis": axis, "label": label, **flat})
     if len(variants) > 1 and "variant" in variants:
         fail("sweep.variants", "with several variant axes, give every variant an axis name")

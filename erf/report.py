@@ -76,7 +76,7 @@ def _name(key: str) -> str:
 
 
 def _show(key: str, value) -> str:
-    if key in ("variant", "state"):
+    if key in ("variant", "state", "model.name") or "." not in key:
         return str(value)
     return f"{short_key(key)}={format_value(value)}"
 
@@ -303,6 +303,12 @@ def findings(cfg: Config, records, analyses) -> list[str]:
             out += _bar_findings(fa)
         elif fa["kind"] == "training":
             out += _training_findings(fa)
+    fits = [(r.summary["gaussian"]["r2"], r.label) for r in records
+            if (r.summary.get("gaussian") or {}).get("ok") and r.summary["gaussian"].get("r2") is not None]
+    if fits:
+        lo, hi = min(fits), max(fits)
+        out.append(f"Shape: a 2-D Gaussian fits the maps with R² from {lo[0]:.3f} ({lo[1]}) to {hi[0]:.3f} "
+                   f"({hi[1]}); median {float(np.median([f[0] for f in fits])):.3f}.")
     clipped = [r.label for r in records if r.clipped]
     if clipped:
         out.append(f"The TRF reaches past the input at {len(clipped)} of {len(records)} maps "
@@ -319,7 +325,7 @@ def _growth_findings(fa) -> list[str]:
             continue
         b, (lo, hi) = f["exponent"], f["exponent_ci"]
         ci = f"95% CI [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None else "no CI (2 points)"
-        inside = lo is not None and lo <= 0.5 <= hi
+        inside = lo is not None and lo - 1e-6 <= 0.5 <= hi + 1e-6
         near = 0.45 <= b <= 0.60
         verdict = ("consistent with Luo et al.'s √n law (0.5 inside the CI, estimate within 0.45–0.60)" if inside and near
                    else "0.5 is inside the CI but the estimate is outside 0.45–0.60: too imprecise to confirm √n"
@@ -368,9 +374,12 @@ def _training_findings(fa) -> list[str]:
         if ci is not None:
             sig = (" — a real increase" if ci[0] > 1 else " — a real decrease" if ci[1] < 1
                    else " — no change distinguishable from noise")
+        others = [f"{name} {(v['ratio'] - 1) * 100:+.0f}%" for name, v in row["changes"].items()
+                  if name != m and _axis(name) != "y"]
         out.append(f"{row['label']}: training changed {m} from {_fmt(c['init'])}{_ci(c['init_interval'])} to "
                    f"{_fmt(c['final'])}{_ci(c['final_interval'])}, {pct:+.0f}% (ratio {_fmt(c['ratio'])}, approx. 95% "
-                   f"CI{_ci(ci) or ' –'}){sig}." + _train_note(row.get("train")))
+                   f"CI{_ci(ci) or ' –'}){sig}." + (f" Other metrics: {', '.join(others)}." if others else "")
+                   + _train_note(row.get("train")))
     return out
 
 
@@ -484,7 +493,7 @@ def _grid(spec, records, _fa, title, sub):
     how = {"peak": "each map divided by its own peak (compare shapes, not magnitudes)",
            "shared": "one colour scale for all maps", "row": "one colour scale per row"}[scale]
     if scale != "row" and im is not None:
-        fig.colorbar(im, ax=list(axes.ravel()), shrink=0.8,
+        fig.colorbar(im, ax=list(axes.ravel()), shrink=min(0.8, 2.0 / nrows) if nrows > 2 else 0.8,
                      label="fraction of the map's peak" if scale == "peak" else "ERF (mean |∂unit/∂input|)")
     fig.suptitle(f"{title}\n{sub}\ncolour: {how}; white box: TRF of the centre unit (dashed: cut by the image)",
                  fontsize=9)
@@ -735,9 +744,8 @@ def markdown(cfg: Config, records, analyses, notes, figures, env, seconds) -> st
               f"points in {seconds:.0f} s",
               f"- Seed {exp['seed']}, dtype {exp['dtype']}; erf {v['erf']}, torch {v['torch']}, numpy {v['numpy']}, "
               f"python {v['python']}",
-              f"- Measurement: {setup_line(cfg, records, env)}; intervals: bootstrap over sample groups, "
-              f"{records[0].point.settings['measure']['level']:.0%}"]
-    base = records[0].point.settings
+              f"- Measurement: {setup_line(cfg, records, env)}; intervals: {_interval_text(records)}"]
+    base = cfg.settings
     lines.append(f"- Model: `{base['model']['name']}` with {_args(base['model']['args'])}"
                  + (f"; swept: {', '.join(f'`{k}`' for k in cfg.swept_keys)}" if cfg.swept_keys else ""))
     if base["train"]["enabled"]:
@@ -766,6 +774,13 @@ def markdown(cfg: Config, records, analyses, notes, figures, env, seconds) -> st
               "per map), " + ("`maps.npz` (every map, not committed), " if cfg.settings["report"]["save_maps"] else "")
               + "the PNG figures" + (", `weights/` (trained state_dicts)" if base["train"]["enabled"] else "") + ".", ""]
     return "\n".join(lines)
+
+
+def _interval_text(records) -> str:
+    m = records[0].point.settings["measure"]
+    draws = any(r.point.settings["measure"]["weight_draws"] > 1 for r in records)
+    over = "whole weight draws (input-sample groups where there is one draw)" if draws else "groups of input samples"
+    return f"{m['level']:.0%} bootstrap ({m['n_boot']} replicates) over {over}"
 
 
 def _args(args: dict) -> str:

@@ -26,7 +26,7 @@ import torch
 
 from erf import stats
 from erf.config import Config, Point, check_models, format_value
-from erf.errors import ConfigError
+from erf.errors import ConfigError, ErfError
 
 RESULTS_ROOT = "results"
 
@@ -191,10 +191,30 @@ def _measure(cfg: Config, point: Point, model, device: str, state: str, step: in
     intervals = stats.metric_intervals(*res.groups, metrics=names, level=m["level"], n_boot=m["n_boot"], seed=seed,
                                        trf=res.trf, post=res.post)
     theory, exact = linear_theory(s)
+    notes = list(res.notes)
+    summary = _summary(mp, res, notes)
     return Record(point=point, state=state, step=step, map=mp, se_map=res.se_map, trf=res.trf,
                   trf_box=res.trf_box, clipped=res.clipped, samples=res.samples, seconds=res.seconds,
-                  metrics=metrics, intervals=intervals, summary=stats.summarize(mp, trf=res.trf, trf_box=res.trf_box),
-                  theory_sigma=theory, theory_exact=exact, notes=list(res.notes))
+                  metrics=metrics, intervals=intervals, summary=summary, theory_sigma=theory, theory_exact=exact,
+                  notes=notes)
+
+
+def _summary(mp: np.ndarray, res, notes: list[str]) -> dict:
+    """``stats.summarize`` of the map; a map with a tiny peak is summarised divided by its peak.
+
+    Gradients that vanish with depth (sigmoid) leave peaks near 1e-20, where the Gaussian fit and
+    log10(1 + x) lose all precision; every metric but the hcar_log1p_max family is scale-free.
+    """
+    peak = float(mp.max())
+    if peak >= 1e-6:
+        try:
+            return stats.summarize(mp, trf=res.trf, trf_box=res.trf_box)
+        except ErfError as exc:
+            notes.append(f"summary of the raw map failed ({exc})")
+    summary = stats.summarize(mp / peak, trf=res.trf, trf_box=res.trf_box)
+    summary.update(total=float(mp.sum()), peak=peak)
+    notes.append(f"summary computed on the map divided by its peak ({peak:.3g}); total and peak are raw")
+    return summary
 
 
 def _inputs(settings: dict, model, seed: int):
@@ -357,7 +377,8 @@ def record_dict(r: Record) -> dict:
     axes = stats.axis_names(r.map.ndim)
     d = {"id": r.id, "point": r.point.id, "label": r.label, "variant": r.point.variant, "state": r.state,
          "step": r.step, "params": {k: v for k, v in r.point.params.items()},
-         "model": r.point.settings["model"], "trf": None if r.trf is None else list(r.trf),
+         "model": r.point.settings["model"], "inputs": r.point.settings["inputs"],
+         "measure": r.point.settings["measure"], "trf": None if r.trf is None else list(r.trf),
          "trf_box": None if r.trf_box is None else [list(b) for b in r.trf_box], "clipped": r.clipped,
          "samples": r.samples, "seconds": r.seconds,
          "metrics": {k: r.metrics.get(k) for k in r.metrics},

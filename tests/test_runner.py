@@ -131,24 +131,22 @@ def test_plain_vs_residual(run_quick):
 def test_training_weights_measurable_again(run_quick):
     out = run_quick("training")
     summary, rows = check_common(out, 3)
-    assert [r["state"] for r in rows] == ["init", "step 10", "trained"]
-    assert [int(r["step"]) for r in rows] == [0, 10, 30]
-    first, last = summary["points"][0], summary["points"][-1]
+    assert [(r["network"].split()[0], r["state"]) for r in rows] == [
+        (n, s) for n in ("small_cnn", "plain_net") for s in ("init", "step 10", "trained")]
+    assert [int(r["step"]) for r in rows] == [0, 10, 30] * 2
+    first, last = summary["points"][0], summary["points"][2]
     assert first["metrics"]["erf_size_x"] != last["metrics"]["erf_size_x"]      # training changed the ERF
     assert "training changed erf_size_x" in " ".join(summary["findings"])
     weights = out / last["train"]["weights"]
-    cfg = load_config(ROOT / "configs" / "training.toml", quick=True)
     from erf.engine import measure
     from erf.models import load_model
 
-    args = cfg.points[0].settings["model"]["args"]
-    model = load_model("small_cnn", args, str(weights))
-    res = measure(model, 32, layer="features", samples=32, batch_size=32, device="cpu")
+    model = load_model("small_cnn", last["model"]["args"], str(weights))
+    res = measure(model, 32, layer="features", samples=64, batch_size=64, device="cpu")
     assert res.sigma[1] == pytest.approx(last["metrics"]["sigma_x"], rel=1e-6)
-    code = main(["measure", "small_cnn", "--layer", "features", "--input", "32", "--checkpoint", str(weights),
-                 "--samples", "8", "--model-arg", f"width={args['width']}", "--model-arg", "num_classes=4",
-                 "--device", "cpu"]) if _has_measure_cli() else 0
-    assert code == 0
+    if _has_measure_cli():
+        assert main(["measure", "small_cnn", "--layer", "features", "--input", "32", "--checkpoint", str(weights),
+                     "--samples", "8", "--model-arg", "num_classes=4", "--device", "cpu"]) == 0
 
 
 def _has_measure_cli():
@@ -242,3 +240,37 @@ def test_summary_is_strict_json_and_csv_has_intervals(tmp_path):
     for r in rows:
         lo, v, hi = float(r["sigma_x_lo"]), float(r["sigma_x"]), float(r["sigma_x_hi"])
         assert lo <= v + 1e-9 and v <= hi + 1e-9 and math.isfinite(float(r["theory_sigma_x"]))
+
+
+def test_local_images_as_probes_and_training_data(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "toy.npz"
+    np.savez(data, x=rng.integers(0, 255, (12, 20, 20), dtype=np.uint8), y=np.arange(12) % 2)
+    cfg = tmp_path / "img.toml"
+    cfg.write_text(f"""
+[experiment]
+name = "img"
+[model]
+name = "plain_net"
+args = {{ width = 2, depth = 3, activation = "relu" }}
+[inputs]
+kind = "images"
+path = "{data}"
+size = 16
+count = 10
+[measure]
+samples = 6
+[train]
+enabled = true
+task = "{data}"
+steps = 3
+batch_size = 4
+[[figures]]
+kind = "training"
+""")
+    out = runner.run_experiment(load_config(cfg), out=tmp_path / "o")
+    summary = json.loads((out / "summary.json").read_text())
+    assert [p["state"] for p in summary["points"]] == ["init", "trained"]
+    assert summary["points"][0]["inputs"]["kind"] == "images" and summary["points"][0]["samples"] == 6
+    assert "images" in summary["points"][-1]["train"]["task"]
+    assert (out / summary["points"][-1]["train"]["weights"]).is_file()
