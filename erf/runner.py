@@ -85,6 +85,9 @@ def run_experiment(cfg: Config, out: str | os.PathLike | None = None, progress: 
     _check_destination(cfg, dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the results folder is an ordinary one
     try:
         t0 = time.perf_counter()
         records = measure_all(cfg, device, tmp, progress)

@@ -142,7 +142,7 @@ def test_training_weights_measurable_again(run_quick):
     from erf.models import load_model
 
     model = load_model("small_cnn", last["model"]["args"], str(weights))
-    res = measure(model, 32, layer="features", samples=64, batch_size=64, device="cpu")
+    res = measure(model, 32, layer="features", samples=last["samples"], device="cpu", crop=True)
     assert res.sigma[1] == pytest.approx(last["metrics"]["sigma_x"], rel=1e-6)
     if _has_measure_cli():
         assert main(["measure", "small_cnn", "--layer", "features", "--input", "32", "--checkpoint", str(weights),
