@@ -139,12 +139,14 @@ def write(rows, dev, args):
     tag = dev.type
     meta = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "quick": args.quick, "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+            "quick": args.quick, "load_average_start": args.load_start, "load_average_end": os.getloadavg()}
     (out / f"engine_{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     targets = {"resnet50": 1.2, "plain_net": 3.0}
     lines = [f"# Gradient engine benchmark ({tag})", "",
              f"torch {meta['torch']}, {meta['threads']} threads, {meta['cpus']} CPUs, device {meta['device']}; "
-             f"best of {args.rounds} interleaved rounds (load average at the end {meta['load_average']}).", "",
+             f"best of {args.rounds} interleaved rounds. The machine is shared: 1/5/15-min load average "
+             f"{_load(meta['load_average_start'])} at the start, {_load(meta['load_average_end'])} at the end "
+             "(2 = both cores busy before this run).", "",
              "| model | input | layer | cropped | samples | batch | engine maps/s | per-image maps/s | limit maps/s "
              "| engine / per-image | engine / limit | engine sampling loop / limit | engine setup + crop check s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -167,6 +169,10 @@ def write(rows, dev, args):
     print(f"wrote {out}/engine_{tag}.json and .md")
 
 
+def _load(avg) -> str:
+    return "/".join(f"{v:.1f}" for v in avg)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto")
@@ -179,6 +185,7 @@ def main():
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--models", default="resnet50,plain_net")
     args = p.parse_args()
+    args.load_start = os.getloadavg()
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if args.device == "auto" else args.device))
     gpu = dev.type == "cuda"
