@@ -125,17 +125,9 @@ def redraw(work, init, seed, draw) -> None:
 
 
 def spatial_size(model, input_size) -> tuple[int, ...]:
-    from erf.analytic import spatial_ndim
+    from erf.analytic import spatial_size as parse
 
-    if isinstance(input_size, (int, np.integer)):
-        return (int(input_size),) * spatial_ndim(model)
-    try:
-        size = tuple(int(s) for s in input_size)
-    except (TypeError, ValueError):
-        raise ErfError(f"input size must be an int or a tuple of ints; got {input_size!r}") from None
-    if not size or any(s < 1 for s in size):
-        raise ErfError(f"input size must be positive; got {list(size)}")
-    return size
+    return parse(model, input_size)
 
 
 def default_in_channels(model) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,7 +22,7 @@ from erf.analytic.tracer import infer_in_channels, run_traced, trace
 from erf.errors import ErfError
 
 __all__ = ["receptive_field", "RFReport", "LayerRF", "Layer", "linear_erf", "LinearERF", "center_unit",
-           "capture", "infer_in_channels", "spatial_ndim"]
+           "capture", "infer_in_channels", "spatial_ndim", "spatial_size"]
 
 
 def spatial_ndim(model: nn.Module) -> int:
@@ -36,9 +37,12 @@ def spatial_ndim(model: nn.Module) -> int:
     return 2
 
 
-def _input_size(input_size, ndim: int) -> tuple[int, ...]:
-    if isinstance(input_size, int):
-        input_size = (input_size,) * ndim
+def spatial_size(model_or_ndim, input_size) -> tuple[int, ...]:
+    """``input_size`` as a tuple of positive ints; an int is used on every spatial axis
+    of the model (or of ``model_or_ndim`` axes)."""
+    ndim = model_or_ndim if isinstance(model_or_ndim, int) else spatial_ndim(model_or_ndim)
+    if isinstance(input_size, (int, np.integer)):
+        input_size = (int(input_size),) * ndim
     try:
         size = tuple(int(s) for s in input_size)
     except (TypeError, ValueError):
@@ -60,13 +64,13 @@ def receptive_field(model_or_layers, input_size, layer: str | None = None, in_ch
     centre raise ``AlignmentError`` unless ``allow_unaligned``.
     """
     if isinstance(model_or_layers, nn.Module):
-        size = _input_size(input_size, spatial_ndim(model_or_layers))
+        size = spatial_size(model_or_layers, input_size)
         nodes, final = trace(model_or_layers, size, in_channels, treat_as=treat_as,
                              allow_unaligned=allow_unaligned)
         rows = [_row(n, size) for n in nodes]
         target = rows[nodes.index(final)]
     elif isinstance(model_or_layers, Sequence) and not isinstance(model_or_layers, str):
-        size = _input_size(input_size, 2 if isinstance(input_size, int) else len(tuple(input_size)))
+        size = spatial_size(2, input_size)
         rows = layer_rows(model_or_layers, size)
         target = rows[-1]
     else:
