@@ -12,8 +12,9 @@ For each model, in one process, on the same device and sample count:
 Methods run in interleaved rounds; each method's best round is reported (the machine may be
 shared, and the minimum is the least disturbed run), with the median alongside.
 
-    python experiments/bench_engine.py --quick            # a few minutes on a 2-core CPU
-    python experiments/bench_engine.py --device cuda      # writes results/bench/engine_cuda.*
+    python experiments/bench_engine.py --quick            # results/bench/engine_cpu_quick.*, minutes
+    python experiments/bench_engine.py                    # results/bench/engine_cpu.* (64/32 samples)
+    python experiments/bench_engine.py --device cuda      # results/bench/engine_cuda.*
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def bench(name, model, size, layer, samples, batch, dev, rounds):
 def write(rows, dev, args):
     out = ROOT / "results" / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    tag = dev.type
+    tag = dev.type + ("_quick" if args.quick else "")
     meta = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "quick": args.quick, "load_average_start": args.load_start, "load_average_end": os.getloadavg()}
