@@ -259,7 +259,7 @@ class Point:
     @property
     def label(self) -> str:
         parts = [self.variant] if self.variant else []
-        parts += [f"{short_key(k)}={format_value(v)}" for k, v in self.params.items()]
+        parts += [show_value(k, v) for k, v in self.params.items()]
         return ", ".join(parts) or self.settings["model"]["name"]
 
     def value(self, key: str):
@@ -315,6 +315,13 @@ class Config:
 def short_key(key: str) -> str:
     """``model.args.depth`` -> ``depth``: the name shown in labels and figure axes."""
     return key.rsplit(".", 1)[-1]
+
+
+def show_value(key: str, value) -> str:
+    """How a swept value is named in labels: ``depth=10``; a model name or a variant label alone."""
+    if key == "model.name" or "." not in key:
+        return format_value(value)
+    return f"{short_key(key)}={format_value(value)}"
 
 
 def format_value(v) -> str:

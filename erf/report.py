@@ -19,7 +19,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from erf import stats
-from erf.config import Config, format_value, short_key
+from erf.config import Config, format_value, short_key, show_value
 
 DPI = 110
 Z95 = 1.959963984540054
@@ -76,9 +76,7 @@ def _name(key: str) -> str:
 
 
 def _show(key: str, value) -> str:
-    if key in ("variant", "state", "model.name") or "." not in key:
-        return str(value)
-    return f"{short_key(key)}={format_value(value)}"
+    return show_value(key, value)
 
 
 def _axis(metric: str) -> str | None:
@@ -303,6 +301,11 @@ def findings(cfg: Config, records, analyses) -> list[str]:
             out += _bar_findings(fa)
         elif fa["kind"] == "training":
             out += _training_findings(fa)
+    compared = any(f["kind"] in ("bars", "training") for f in analyses["figures"])
+    if compared and all(r.point.settings["measure"]["weight_draws"] == 0 for r in records):
+        out.append("Each network here is one draw of weights (the one built or trained): the intervals cover the "
+                   "random probe inputs, not the spread between networks initialised with other seeds, so small "
+                   "differences between networks may not carry over to other draws.")
     fits = [(r.summary["gaussian"]["r2"], r.label) for r in records
             if (r.summary.get("gaussian") or {}).get("ok") and r.summary["gaussian"].get("r2") is not None]
     if fits:
@@ -354,8 +357,8 @@ def _bar_findings(fa) -> list[str]:
         where = f" ({row['series']})" if row["series"] else ""
         sig = ""
         if ci is not None:
-            sig = (" — clearly larger" if ci[0] > 1 else " — clearly smaller" if ci[1] < 1
-                   else " — not distinguishable at this sample size")
+            sig = (" — larger (the interval excludes 1)" if ci[0] > 1 else " — smaller (the interval excludes 1)"
+                   if ci[1] < 1 else " — no difference distinguishable at this sample size")
         out.append(f"{row['category']}{where}: {m} = {_fmt(row['value'])}{_ci(row['interval'])}, "
                    f"{_fmt(r)}× {row['baseline']} (approx. 95% CI{_ci(ci) or ' –'}){sig}.")
     return out
@@ -372,8 +375,8 @@ def _training_findings(fa) -> list[str]:
         ci = c["ratio_interval"]
         sig = ""
         if ci is not None:
-            sig = (" — a real increase" if ci[0] > 1 else " — a real decrease" if ci[1] < 1
-                   else " — no change distinguishable from noise")
+            sig = (" — an increase (the interval excludes 1)" if ci[0] > 1 else
+                   " — a decrease (the interval excludes 1)" if ci[1] < 1 else " — no change distinguishable from noise")
         others = [f"{name} {(v['ratio'] - 1) * 100:+.0f}%" for name, v in row["changes"].items()
                   if name != m and _axis(name) != "y"]
         out.append(f"{row['label']}: training changed {m} from {_fmt(c['init'])}{_ci(c['init_interval'])} to "
