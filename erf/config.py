@@ -118,6 +118,10 @@ def _channel(v):
     return None if v == "all" or (_is_int(v) and v >= 0) else "must be 'all' or a channel index >= 0"
 
 
+def _prefix_tokens(v):
+    return None if v == "auto" or (_is_int(v) and v >= 0) else "must be 'auto' or a token count >= 0"
+
+
 @dataclass(frozen=True)
 class Key:
     """One config key: its default, its check and its documentation (type shown in the README)."""
@@ -164,6 +168,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "layer": Key("", _str(), "str", "layer to measure (\"\" = the model output); names as in 'erf rf'"),
         "unit": Key([], _ints(0), "list[int]", "unit of the layer ([] = the centre unit n // 2 per axis)"),
         "channel": Key("all", _channel, "int or \"all\"", "output channel whose gradient is taken, or all (summed)"),
+        "prefix_tokens": Key("auto", _prefix_tokens, "int or \"auto\"",
+                             "(N, L, C) token layers: non-image tokens before the grid (class, distillation); auto = "
+                             "from the traced graph, else the model's num_prefix_tokens / cls_token"),
         "samples": Key(64, _int(1), "int", "input samples per weight draw"),
         "batch_size": Key(32, _int(1), "int", "samples per forward/backward pass"),
         "weight_draws": Key(0, _int(0), "int", "independent re-initialisations with 'init' (0 = the model's weights)"),
@@ -747,6 +754,7 @@ def check_models(cfg: Config) -> None:
 
     from erf.analytic import receptive_field
     from erf.errors import ErfError
+    from erf.measure_tokens import PrefixTokensError, check_traced
     from erf.models import load_model
 
     fail = _Errors(cfg.path)
@@ -754,7 +762,8 @@ def check_models(cfg: Config) -> None:
     for p in cfg.points:
         s = p.settings
         size = s["inputs"]["size"]
-        key = repr((s["model"]["name"], s["model"]["args"], s["measure"]["layer"], s["measure"]["unit"], size))
+        key = repr((s["model"]["name"], s["model"]["args"], s["measure"]["layer"], s["measure"]["unit"], size,
+                    s["measure"]["prefix_tokens"]))
         if key in seen:
             continue
         seen[key] = p.id
@@ -770,6 +779,10 @@ def check_models(cfg: Config) -> None:
                                   layer=s["measure"]["layer"] or None)
             if s["measure"]["unit"]:
                 rep.box(tuple(s["measure"]["unit"]))
+            if s["measure"]["prefix_tokens"] != "auto":
+                check_traced(rep.target, s["measure"]["prefix_tokens"], rep.target.name)
+        except PrefixTokensError as exc:
+            fail("measure.prefix_tokens", f"{pre}{' '.join(str(exc).split())}")
         except ErfError as exc:
             k = "measure.unit" if "unit" in str(exc) else ("measure.layer" if "layer" in str(exc) else "inputs.size")
             fail(k, f"{pre}{' '.join(str(exc).split())}")

@@ -31,6 +31,7 @@ class Target:
     crop_safe: bool = False
     crop_note: str = ""
     notes: list[str] = field(default_factory=list)
+    prefix: int | None = None  # untraced (N, L, C) tokens: prefix tokens before the grid; None otherwise
 
     def box(self, unit, clip=False):
         """Inclusive input box per axis of ``unit``'s TRF, or None without geometry."""
@@ -50,16 +51,24 @@ class Target:
         """Tensor dim -> index holding ``unit`` (conv maps, channels-last, tokens)."""
         if self.geometry is not None:
             return self.geometry.index_of(unit)
+        if self.prefix is not None:  # untraced tokens: row-major grid after the prefix tokens
+            return {1: self.prefix + int(unit[0]) * self.output[1] + int(unit[1])}
         return dict(zip(self.spatial_dims, unit))
 
 
-def resolve_target(model: nn.Module, input_size, layer=None, in_channels=None, probe=None) -> Target:
+def resolve_target(model: nn.Module, input_size, layer=None, in_channels=None, probe=None,
+                   prefix_tokens: int | None = None) -> Target:
     """Find ``layer`` (None: the model output) with its analytic RF; degrade without a TRF.
 
     If the model cannot be traced (``TraceError``), module names and the model output can
     still be measured: no TRF, no crop, and a note says why. ``probe`` runs a forward on
-    a real input to learn the output shape in that case.
+    a real input to learn the output shape in that case. ``prefix_tokens`` (tokens before
+    the image grid of a ``(N, L, C)`` layer; None: found from the trace or the model) is
+    checked against the model (``erf.measure_tokens``).
     """
+    from erf import measure_tokens
+
+    prefix_tokens = measure_tokens.check_value(prefix_tokens)
     try:
         from erf.analytic import receptive_field
         from erf.errors import TraceError
@@ -68,25 +77,50 @@ def resolve_target(model: nn.Module, input_size, layer=None, in_channels=None, p
     try:
         rep = receptive_field(model, tuple(input_size), layer=layer, in_channels=in_channels)
     except TraceError as exc:
-        return _untraced(model, layer, probe, f"receptive field unavailable ({' '.join(str(exc).split())})")
+        return _untraced(model, layer, probe, f"receptive field unavailable ({' '.join(str(exc).split())})",
+                         input_size, prefix_tokens)
+    require_spatial(rep)
     t = rep.target
     module = t.module
     return Target(layer=t.name, module=module, call_index=int(t.call_index or 0),
                   functional=t.name if module is None else None,
                   output=tuple(int(v) for v in t.output), spatial_dims=tuple(t.spatial_dims),
-                  geometry=t, crop_safe=bool(rep.crop_safe), crop_note=str(rep.crop_note or ""))
+                  geometry=t, crop_safe=bool(rep.crop_safe), crop_note=str(rep.crop_note or ""),
+                  notes=measure_tokens.check_traced(t, prefix_tokens, t.name))
 
 
-def _untraced(model, layer, probe, note) -> Target:
+def _untraced(model, layer, probe, note, input_size, prefix_tokens=None) -> Target:
+    from erf.measure_tokens import untraced_layout
+
     if layer is not None and layer not in dict(model.named_modules()):
         raise ModelError(f"unknown layer {layer!r}: the model could not be traced, so name a module "
                          "from model.named_modules()")
     t = Target(layer=layer, module=layer or None, notes=[note + "; measured without TRF or cropping"])
     with torch.no_grad():
-        shape = probe(t)
-    t.spatial_dims = tuple(range(2, len(shape)))
-    t.output = tuple(shape[d] for d in t.spatial_dims)
+        try:
+            shape = probe(t)
+        except ErfError:
+            raise
+        except Exception as exc:  # the forward itself fails (input too small, wrong axes or channels)
+            raise ErfError(f"the model's forward pass failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+                           "(is the input large enough for this model, with the right number of axes and "
+                           "in_channels?)") from None
+    t.spatial_dims, t.output, t.prefix, notes = untraced_layout(model, shape, input_size, prefix_tokens, layer)
+    t.notes += notes
     return t
+
+
+def require_spatial(report) -> None:
+    """Refuse a target whose output has no spatial axes (a vector after global pooling, flatten or linear)."""
+    t = report.target
+    if not (t.is_global and len(t.shape) <= 2):
+        return
+    before = report.layers[:next(i for i, r in enumerate(report.layers) if r is t)]
+    maps = [r.name for r in before if len(r.shape) > 2 and not r.is_global and r.name != "input"]
+    hint = f"e.g. {maps[-1]!r}" if maps else "one before the global op"
+    raise ErfError(f"layer {t.name!r} has no spatial output (shape {list(t.shape)} after global pooling, flatten or "
+                   f"linear), so there is no position to measure; pick a layer with a spatial map, {hint} "
+                   "(see 'erf rf MODEL')")
 
 
 class _Stop(Exception):

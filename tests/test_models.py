@@ -72,7 +72,8 @@ FORWARD_CASES = {
 
 def test_every_registered_model_has_a_forward_case():
     builders = {"plain_net", "residual_net"}
-    assert set(list_models()) - builders == set(FORWARD_CASES)
+    transformers = {"vit", "vit_tiny", "swin"}  # no width multiplier; see tests/test_transformers_engine.py
+    assert set(list_models()) - builders - transformers == set(FORWARD_CASES)
 
 
 @pytest.mark.parametrize("name", sorted(FORWARD_CASES))

@@ -174,6 +174,8 @@ def _hooks(model: nn.Module, rec: _Recorder, module_rules: dict):
                 rec.opaque -= 1
                 _apply_module_rule(rec, mod, name, rule, args, out)
             rec.scope.pop()
+            if rule is None and rec.opaque:  # a submodule of a module-level rule: nothing inside is traced
+                return
             for t in _out_tensors(out):
                 node = rec.node_of(t)
                 if node is None:

@@ -39,3 +39,6 @@ def add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
     p.add_argument("--input", default="224", metavar="H[,W]", help="input size in pixels (default 224)")
     p.add_argument("--in-channels", type=int, default=None, metavar="C",
                    help="input channels (default: read from the model's first conv, else 3)")
+    p.add_argument("--prefix-tokens", type=int, default=None, metavar="N",
+                   help="(N, L, C) token layers: non-image tokens before the grid (class, distillation token); "
+                        "default: from the traced graph, else the model's num_prefix_tokens / cls_token")

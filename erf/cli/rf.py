@@ -27,6 +27,7 @@ def run(args) -> int:
     from erf import models
     from erf.analytic import receptive_field, spatial_ndim
     from erf.errors import ErfError
+    from erf.measure_tokens import check_traced, check_value
 
     if args.list:
         print("\n".join(models.list_models()))
@@ -44,12 +45,16 @@ def run(args) -> int:
     start = time.perf_counter()
     report = receptive_field(model, input_size(args.input, spatial_ndim(model)), layer=args.layer,
                              in_channels=args.in_channels, treat_as=treat_as, allow_unaligned=args.allow_unaligned)
+    notes = check_traced(report.target, check_value(args.prefix_tokens), report.target.name)
     unit = None
     if args.unit is not None:
         unit = parse_ints(args.unit, "--unit", positive=False, nonneg=True)
         report.box(unit)  # validates the unit
     if args.json:
         out = report.to_dict(unit)
+        out["prefix_tokens"] = report.target.prefix_tokens
+        if unit is not None and notes:
+            out["token_index"] = report.target.index_of(unit)
         out["seconds"] = round(time.perf_counter() - start, 4)
         print(json.dumps(out))
         return 0
@@ -58,6 +63,10 @@ def run(args) -> int:
         box, clipped = report.box(unit), report.box(unit, clip=True)
         print(f"unit {list(unit)} of {report.target.name}: input box {_box(box)} (clipped to the image: "
               f"{_box(clipped)})")
+    if notes:
+        where = "" if unit is None else f"; unit {list(unit)} is at tensor index {report.target.index_of(unit)}"
+        print(f"{report.target.name} holds tokens: {report.target.prefix_tokens} prefix token(s) before the "
+              f"{'x'.join(map(str, report.target.output))} grid{where}")
     return 0
 
 

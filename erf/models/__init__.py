@@ -3,7 +3,7 @@
 Importing this package registers every built-in model.
 """
 
-from erf.models import builders, reference  # noqa: F401  (registers the models)
+from erf.models import builders, reference, transformers  # noqa: F401  (registers the models)
 from erf.models.init import INITS, apply_init
 from erf.models.loading import load_checkpoint, load_model, load_model_file, parse_model_args
 from erf.models.registry import create_model, list_models, register_model
