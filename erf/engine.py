@@ -14,21 +14,20 @@ import math
 import time
 import warnings
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from erf import stats
-from erf.errors import ErfError
+from erf import determinism, distributed, stats
 from erf import measure_setup as setup
+from erf.errors import ErfError
+from erf.measure_accumulate import Accumulator, StateFile, final_group_size
+from erf.measure_diagnose import locate_nonfinite
 from erf.measure_inputs import NoiseSource, sample_key
 from erf.measure_result import ERFResult, input_batches, place
 from erf.measure_target import TargetRunner, check_unit, plan_crop, resolve_target
 
 __all__ = ["measure", "ERFResult"]
 
-MAX_GROUPS = 64  # adjacent groups merge beyond this: host memory is at most 64 x H x W float64
-_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, channel: int | None = None,
@@ -37,7 +36,8 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
             dtype: str = "float32", autocast: str | None = None, seed: int = 0, crop="auto",
             single_sample: bool = False, tol: float | None = None, max_samples: int | None = None,
             progress: bool = False, in_channels: int | None = None, eval_mode: bool = True,
-            group_size: int | None = None) -> ERFResult:
+            group_size: int | None = None, deterministic: bool = False, state_file=None,
+            save_every: float = 60.0) -> ERFResult:
     """Measure the ERF of one unit of ``layer`` (default: the model output) over random inputs.
 
     The map is the mean over samples of ``signal(d target / d input)`` reduced over input
@@ -55,20 +55,33 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
     where ``receptive_field`` says it is safe and a one-sample full-size check agrees;
     ``True`` crops without that check; ``False`` never crops. ``tol``: keep sampling after
     ``samples`` until the jackknife relative SE of sigma (all samples so far) < tol or ``max_samples``
-    (per draw; default 64x ``samples``). Groups of ``group_size`` consecutive sample indices (default samples/32) carry
-    the uncertainty; they merge pairwise past 64 groups, so host memory stays <= 64 maps.
-    ``eval_mode=False`` keeps the modules' modes (train-mode BatchNorm mixes a batch: it warns;
-    ``single_sample=True`` measures one sample per pass). The model is never modified.
+    (per draw; default 64x ``samples``). Groups of ``group_size`` consecutive sample indices carry
+    the uncertainty (default: one weight draw each when ``weight_draws`` > 1, else samples/32),
+    at most 64 groups (the size doubles until they fit). ``eval_mode=False`` keeps the modules'
+    modes (train-mode BatchNorm mixes a batch: it warns; ``single_sample=True`` measures one
+    sample per pass). The model is never modified.
+
+    ``deterministic=True`` makes CUDA runs repeat bit for bit (``erf.determinism``); CPU runs
+    always do. ``state_file``: save the sums and the loop position there every ``save_every``
+    seconds (atomically) and resume from a matching save; the caller removes it when done.
+    Under ``torchrun`` (``erf.distributed``) each rank measures its share of the sample
+    indices and the sums are added over ranks: the same map as one process.
     """
     t0 = time.perf_counter()
     opts = setup.check_options(samples, batch_size, weight_draws, init, tol, max_samples, crop, autocast, dtype,
                                single_sample, group_size)
-    dev = setup.resolve_device(device)
+    dist = distributed.active()
+    if dist and tol:
+        raise ErfError("tol (adaptive sampling) cannot be split over torchrun processes; give a fixed "
+                       "sample count, or run it as one process")
+    dev = distributed.device(setup.resolve_device(device))
     fdtype = torch.float64 if dtype == "float64" else torch.float32
     pre = setup.make_preset(preset, signal, channel_reduce)
     notes: list[str] = []
-    with setup.frozen(model, eval_mode):
-        work = setup.working_model(model, dev, fdtype, copy_needed=opts["redraw"] or setup.has_train_bn(model))
+    with setup.frozen(model, eval_mode), determinism.deterministic_mode(deterministic, dev):
+        work = setup.working_model(model, dev, fdtype,
+                                   copy_needed=opts["redraw"] or setup.has_train_bn(model) or dist)
+        distributed.broadcast_module(work)  # every rank measures rank 0's weights
         if opts["redraw"]:
             setup.redraw(work, init, seed, 0)
         size = setup.spatial_size(work, input_size)
@@ -89,23 +102,51 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
                 notes.append("BatchNorm in train mode mixed the samples of each batch")
         amp = setup.amp_context(dev, autocast, notes)
         t_trace = time.perf_counter()
-        window, cunit = _choose_crop(crop, work, target, unit, size, chans, seed, channel, pre, dev, fdtype, notes)
+        window, cunit, crop_notes = None, None, []
+        if distributed.is_main():  # rank 0 decides (and checks) the crop for every rank
+            window, cunit = _choose_crop(crop, work, target, unit, size, chans, seed, channel, pre, dev, fdtype,
+                                         crop_notes)
+        window, cunit, crop_notes = distributed.broadcast_object((window, cunit, crop_notes))
+        notes += crop_notes
         index = target.index_of(unit) if window is None else _crop_index(target, cunit)
-        probe = _Probe(TargetRunner(work, target), pre, channel, amp, index)
+        probe = _Probe(TargetRunner(work, target), pre, channel, amp, index, work)
         shape = tuple(w.stop - w.start for w in window) if window else size
-        acc = _Accumulator(shape, dev, opts["group_size"](samples))
         draws = max(1, weight_draws)
-        planned = (opts["max_samples"] if tol else samples) * draws
-        bar = setup.progress_bar(progress, planned)
+        limit = opts["max_samples"] if tol else samples  # index space per draw
+        gs = opts["group_size"](samples, draws)
+        acc = Accumulator(shape, dev, gs if tol else final_group_size(gs, draws * limit), merge=bool(tol))
+        plan = _plan(draws, limit, bs)
+        settings = dict(
+            layer=target.layer, unit=list(unit), channel=channel, samples=samples,
+            inputs=inputs if isinstance(inputs, str) else "custom", weight_draws=weight_draws,
+            init=init if isinstance(init, str) else getattr(init, "__name__", "callable"), preset=pre.to_dict(),
+            device=str(dev), dtype=dtype, autocast=autocast, seed=seed, crop=crop, single_sample=single_sample,
+            tol=tol, max_samples=opts["max_samples"] if tol else None, in_channels=chans,
+            input_size=list(size), eval_mode=eval_mode, deterministic=deterministic)
+        saver = None if state_file is None else StateFile(state_file, dict(
+            settings, window=[[w.start, w.stop] for w in window or ()], group_size=acc.gs,
+            world=distributed.world_size(), model=setup.checksum(work)), save_every)
+        start, done = 0, None
+        saved = saver.load() if saver else None
+        if saved is not None:
+            acc.restore(*saved)
+            start, done, bs = saved[1]["step"], saved[1]["done"], saved[1]["batch_size"]
+            notes[:] = saved[1]["notes"]
+        bar = setup.progress_bar(progress and distributed.is_main(),
+                                 sum(hi - lo for _, lo, hi in plan) if not tol else opts["max_samples"] * draws)
+        bar.update(acc.n)
         t_loop = time.perf_counter()
+        drawn = 0
         with amp["tf32"], contextlib.closing(bar):
-            for d in range(draws):
-                if d and opts["redraw"]:
+            for step in range(start, len(plan)):
+                d, lo, hi = plan[step]
+                if opts["redraw"] and d != drawn:
                     setup.redraw(work, init, seed, d)
+                    drawn = d
                 source = _source(inputs, chans, size, dev, fdtype, window)
-                done, limit = 0, opts["max_samples"] if tol else samples
-                while done < limit:
-                    x = source(seed, d, done, min(bs, limit - done))
+                done = lo if done is None else done
+                while done < hi:
+                    x = source(seed, d, done, min(bs, hi - done))
                     if x is None:
                         break
                     bs = acc.run(probe, x, d * limit + done, bs)
@@ -113,8 +154,12 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
                     bar.update(x.shape[0])
                     if tol and done >= samples and acc.relative_se() < tol:
                         break
-                if done < samples:
+                    if saver and saver.due(time.perf_counter()):
+                        saver.save(acc, dict(step=step, done=done, batch_size=bs, notes=notes), time.perf_counter())
+                if done < min(hi, samples):
                     notes.append(f"inputs ran out after {done} samples in draw {d}")
+                done = None
+        acc.reduce(math.ceil(draws * limit / acc.gs))
         if acc.n == 0:
             raise ErfError("no samples were measured: give samples >= 1 and at least one input")
         if dev.type == "cuda":
@@ -123,14 +168,28 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
     if tol:
         notes.append(f"adaptive stop: {acc.n} samples, relative SE of sigma {acc.relative_se():.3g} "
                      f"(tol {tol:g}, max {opts['max_samples']})")
-    return _result(acc, target, unit, window, size, dev, time.perf_counter() - t0, notes, dict(
-        layer=target.layer, unit=list(unit), channel=channel, samples=samples, batch_size=bs,
-        inputs=inputs if isinstance(inputs, str) else "custom", weight_draws=weight_draws,
-        init=init if isinstance(init, str) else getattr(init, "__name__", "callable"), preset=pre.to_dict(),
-        device=str(dev), dtype=dtype, autocast=autocast, seed=seed, crop=crop, single_sample=single_sample,
-        tol=tol, max_samples=opts["max_samples"] if tol else None, group_size=acc.gs, in_channels=chans,
-        input_size=list(size), eval_mode=eval_mode, timing={
-            "setup": t_trace - t0, "crop_check": t_loop - t_trace, "sampling": t_end - t_loop}))
+    if dist:
+        notes.append(f"measured by {distributed.world_size()} processes (torch.distributed)")
+    settings.update(batch_size=bs, group_size=acc.gs, timing={
+        "setup": t_trace - t0, "crop_check": t_loop - t_trace, "sampling": t_end - t_loop})
+    return _result(acc, target, unit, window, size, dev, time.perf_counter() - t0, notes, settings)
+
+
+def _plan(draws: int, limit: int, batch: int) -> list[tuple[int, int, int]]:
+    """This rank's work: ``(draw, first, stop)`` sample ranges, a contiguous share of all batches.
+
+    Shares are whole batches of the single-process run, so every sample is measured in the same
+    batch as it would be by one process (float32 kernels can round a sample differently in
+    another batch); only the float64 sums over ranks add in another order.
+    """
+    per_draw = math.ceil(limit / batch)
+    lo, hi = distributed.share(draws * per_draw)
+    plan = []
+    for d in range(lo // per_draw, math.ceil(hi / per_draw)):
+        a, b = max(lo, d * per_draw) - d * per_draw, min(hi, (d + 1) * per_draw) - d * per_draw
+        if a < b:
+            plan.append((d, a * batch, min(limit, b * batch)))
+    return plan
 
 
 # ----------------------------------------------------------------------------- one batch
@@ -139,8 +198,9 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
 class _Probe:
     """Computes per-sample ERF maps (float64) of one batch: forward, objective, grad, signal."""
 
-    def __init__(self, runner, preset, channel, amp, index):
+    def __init__(self, runner, preset, channel, amp, index, model=None):
         self.runner, self.preset, self.channel, self.amp, self.index = runner, preset, channel, amp, index
+        self.model = model
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
         """Raw input gradient of the (batch-summed) target."""
@@ -163,8 +223,9 @@ class _Probe:
         # per-sample signal and channel reduction in the gradient's dtype (C terms); sums over samples in float64
         m = stats.reduce_gradient(g, self.preset, channel_axis=1).to(torch.float64)
         if not bool(torch.isfinite(m).all()):
-            raise ErfError("the input gradient contains NaN or Inf: the model overflows on these inputs; "
-                           "try dtype='float64', smaller inputs, or check the weights")
+            where = locate_nonfinite(self.model, self.grad, x) if self.model is not None else "NaN/Inf"
+            raise ErfError(f"the input gradient contains NaN or Inf: {where}; check that layer's weights and "
+                           "inputs, or try dtype='float64'")
         return m
 
 
@@ -182,72 +243,6 @@ def _unit_activation(out: torch.Tensor, index: dict, channel) -> torch.Tensor:
                            f"(use 0..{a.shape[1] - 1})")
         a = a[:, channel:channel + 1]
     return a
-
-
-class _Accumulator:
-    """Float64 sums: the running map on the device, per-group sums (by sample index) on the host."""
-
-    def __init__(self, shape, device, group_size: int):
-        self.total = torch.zeros(shape, dtype=torch.float64, device=device)
-        self.gs, self.n = group_size, 0
-        self.sums: dict[int, np.ndarray] = {}
-        self.counts: dict[int, int] = {}
-
-    def run(self, probe: _Probe, x: torch.Tensor, first: int, bs: int) -> int:
-        """Measure ``x`` (sample indices first, first+1, ...); on CUDA OOM halve and retry."""
-        b = x.shape[0]
-        if b > bs:  # an earlier OOM lowered the batch size
-            head = bs
-            bs = self.run(probe, x[:head], first, bs)
-            return self.run(probe, x[head:], first + head, bs)
-        try:
-            m = probe.maps(x)
-        except _OOM:
-            if b == 1:
-                raise ErfError("CUDA out of memory with a batch of one: use a smaller input, a lower "
-                               "dtype/autocast, or --device cpu") from None
-            m = None
-        if m is None:
-            torch.cuda.empty_cache()
-            half = b // 2
-            bs = self.run(probe, x[:half], first, half)
-            return self.run(probe, x[half:], first + half, bs)
-        self.add(m, first)
-        return bs
-
-    def add(self, m: torch.Tensor, first: int) -> None:
-        b = m.shape[0]
-        self.total += m.sum(0)
-        gid = torch.div(torch.arange(first, first + b, device=m.device), self.gs, rounding_mode="floor")
-        g0 = int(first // self.gs)
-        sums = torch.zeros((int(gid[-1]) - g0 + 1, *m.shape[1:]), dtype=torch.float64, device=m.device)
-        sums.index_add_(0, gid - g0, m)
-        for k, s in enumerate(sums.cpu().numpy()):
-            g = g0 + k
-            n = min(first + b, (g + 1) * self.gs) - max(first, g * self.gs)
-            self.sums[g] = self.sums[g] + s if g in self.sums else s
-            self.counts[g] = self.counts.get(g, 0) + n
-        self.n += b
-        while len(self.sums) > MAX_GROUPS:
-            self._merge()
-
-    def _merge(self) -> None:
-        sums, counts = {}, {}
-        for g in sorted(self.sums):
-            h = g // 2
-            sums[h] = sums[h] + self.sums[g] if h in sums else self.sums[g]
-            counts[h] = counts.get(h, 0) + self.counts[g]
-        self.sums, self.counts, self.gs = sums, counts, self.gs * 2
-
-    def groups(self) -> tuple[np.ndarray, np.ndarray]:
-        keys = sorted(self.sums)
-        return np.stack([self.sums[g] for g in keys]), np.array([self.counts[g] for g in keys], dtype=np.int64)
-
-    def relative_se(self) -> float:
-        try:
-            return stats.relative_se_of_sigma(*self.groups())
-        except ErfError:  # a signed map has no moments: never converges by this rule
-            return math.inf
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -2,9 +2,14 @@
 
 ``run_experiment(cfg)`` checks every model first (``config.check_models``), then measures each
 point (training it first when the config asks), and writes ``summary.json``, ``sweep.csv``,
-``maps.npz``, the figures and ``report.md`` into a hidden temporary folder next to the
-destination, which is renamed onto ``results/<name>`` (or ``out``) only at the very end: an
-interrupted run leaves no results folder that looks complete.
+``maps.npz``, the figures and ``report.md``. Everything goes to a hidden run folder next to
+the destination, ``.<name>.partial/``: each finished measurement is saved there (``saved/``),
+a running one saves its sums every ``experiment.save_every`` seconds (``engine/``), and the
+results are written to ``out/``, which is renamed onto ``results/<name>`` (or ``out``) only at
+the very end. So an interrupted run never leaves a results folder that looks complete, and
+``resume=True`` (``erf run --resume``) goes on from the last save with the same numbers.
+Under ``torchrun`` every rank runs the sweep (the engine splits each measurement); rank 0
+alone writes.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from erf import stats
+from erf import distributed, stats
 from erf.config import Config, Point, check_models, format_value
 from erf.errors import ConfigError, ErfError
 
@@ -53,9 +58,14 @@ class Record:
     notes: list[str] = field(default_factory=list)
     train: dict | None = None
 
+    @staticmethod
+    def key(point: Point, state: str) -> str:
+        """The record id of ``point`` in training ``state`` ('' untrained): file names in the run folder."""
+        return point.id + (f"_{state.replace(' ', '')}" if state else "")
+
     @property
     def id(self) -> str:
-        return self.point.id + (f"_{self.state.replace(' ', '')}" if self.state else "")
+        return Record.key(self.point, self.state)
 
     @property
     def label(self) -> str:
@@ -73,32 +83,103 @@ class Record:
 # --------------------------------------------------------------------------- entry point
 
 
-def run_experiment(cfg: Config, out: str | os.PathLike | None = None, progress: bool | None = None) -> Path:
+def run_experiment(cfg: Config, out: str | os.PathLike | None = None, progress: bool | None = None,
+                   resume: bool = False, restart: bool = False) -> Path:
     """Run ``cfg`` and write its results folder; return the folder's path.
 
     Everything that can be checked is checked before any measurement (``ConfigError``).
-    ``progress``: a tqdm bar over the sweep (default: when stderr is a terminal).
+    ``progress``: a tqdm bar over the sweep (default: when stderr is a terminal). An
+    interrupted run (a kill, Ctrl-C, a crash) keeps its run folder: ``resume=True`` goes on
+    from its last save, ``restart=True`` discards it; with neither, a ``ConfigError`` says so.
     """
     check_models(cfg)
     device = resolve_device(cfg)
     dest = Path(out) if out is not None else Path(RESULTS_ROOT) / cfg.name
     _check_destination(cfg, dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the results folder is an ordinary one
+    run = RunFolder(dest, fingerprint(cfg, device))
+    if distributed.is_main():
+        run.open(cfg, resume, restart)
     try:
         t0 = time.perf_counter()
-        records = measure_all(cfg, device, tmp, progress)
-        from erf.report import write_outputs
+        records = measure_all(cfg, device, run, progress)
+        if distributed.is_main():
+            from erf.report import write_outputs
 
-        write_outputs(cfg, records, tmp, environment(device), time.perf_counter() - t0)
-        _replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+            write_outputs(cfg, records, run.out, environment(device), time.perf_counter() - t0)
+            run.finish()
+    except ErfError:
+        if distributed.is_main():
+            run.discard()  # a bad config or model fails again on resume: nothing worth keeping
         raise
+    except BaseException:
+        if distributed.is_main() and run.path.is_dir():
+            print(f"erf: the run so far is saved in {run.path}; 'erf run {cfg.path} --resume' goes on from there",
+                  file=sys.stderr)
+        raise
+    distributed.barrier()
     return dest
+
+
+def fingerprint(cfg: Config, device: str) -> dict:
+    """What must not change between a run and its resumption: the resolved points and the device."""
+    exp = {k: v for k, v in cfg.settings["experiment"].items() if k not in ("save_every", "description", "title")}
+    return stats._json({"experiment": exp, "points": [p.settings for p in cfg.points], "device": device,
+                        "world": distributed.world_size()})
+
+
+class RunFolder:
+    """``.<name>.partial/`` beside the destination: saved measurements, engine saves, the results."""
+
+    def __init__(self, dest: Path, fingerprint: dict):
+        self.dest, self.fingerprint = dest, json.dumps(fingerprint, sort_keys=True)
+        self.path = dest.parent / f".{dest.name}.partial"
+        self.out = self.path / "out"
+
+    def open(self, cfg: Config, resume: bool, restart: bool) -> None:
+        info = self.path / "run.json"
+        if self.path.exists():
+            if restart:
+                shutil.rmtree(self.path)
+            elif not resume:
+                raise ConfigError(f"{cfg.path}: {self.path} holds an interrupted run of this experiment; add --resume "
+                                  "to go on from it, or --restart to discard it")
+            else:
+                try:
+                    same = json.loads(info.read_text()).get("fingerprint") == self.fingerprint
+                except (OSError, ValueError):
+                    same = False
+                if not same:
+                    raise ConfigError(f"{cfg.path}: the interrupted run in {self.path} was made with other settings "
+                                      "(config, --quick, --seed, --device or process count); use --restart to "
+                                      "discard it, or resume with the same settings")
+        for sub in ("saved", "engine", "out"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        for p in (self.path, self.out):
+            os.chmod(p, 0o777 & ~umask)
+        if not info.exists():
+            tmp = info.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "config": cfg.path}) + "\n")
+            os.replace(tmp, info)
+
+    def saved(self, key: str) -> Path:
+        return self.path / "saved" / f"{key}.npz"
+
+    def engine_state(self, key: str) -> Path:
+        return self.path / "engine" / f"{key}.state"
+
+    def done(self) -> set[str]:
+        """Keys of the measurements already saved (rank 0's view, shared with every rank)."""
+        keys = {p.stem for p in (self.path / "saved").glob("*.npz")} if distributed.is_main() else set()
+        return distributed.broadcast_object(keys)
+
+    def finish(self) -> None:
+        _replace(self.out, self.dest)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def resolve_device(cfg: Config) -> str:
@@ -150,44 +231,79 @@ def environment(device: str) -> dict:
 # --------------------------------------------------------------------------- measuring
 
 
-def measure_all(cfg: Config, device: str, out_dir: Path, progress: bool | None = None) -> list[Record]:
-    """Every point of the sweep (every training state of it): a list of ``Record``."""
+def measure_all(cfg: Config, device: str, run: RunFolder, progress: bool | None = None) -> list[Record]:
+    """Every point of the sweep (every training state of it): a list of ``Record`` (rank 0's)."""
     from tqdm import tqdm
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
+    done = run.done()
     records: list[Record] = []
     for point in tqdm(cfg.points, desc=cfg.name, unit="point", disable=not show, file=sys.stderr):
-        records += measure_point(cfg, point, device, out_dir)
+        records += measure_point(cfg, point, device, run, done)
     return records
 
 
-def measure_point(cfg: Config, point: Point, device: str, out_dir: Path) -> list[Record]:
-    """Build (and train) the point's model and measure it; one Record per training state."""
+def measure_point(cfg: Config, point: Point, device: str, run: RunFolder, done: set[str] = frozenset()) -> list[Record]:
+    """Build (and train) the point's model and measure it; one Record per training state.
+
+    A measurement already in ``done`` (saved by an interrupted run) is read back, not repeated;
+    a training point trains again from the start (CPU training repeats exactly).
+    """
     from erf.models import load_model
 
     s = point.settings
     seed = cfg.settings["experiment"]["seed"]
-    model = load_model(s["model"]["name"], s["model"]["args"], s["model"]["checkpoint"] or None)
+    if not s["train"]["enabled"] and Record.key(point, "") in done:
+        return _saved(cfg, point, None, device, "", None, run)
+    model = load_model(s["model"]["name"], s["model"]["args"], s["model"]["checkpoint"] or None, seed=seed)
     if not s["train"]["enabled"]:
-        return [_measure(cfg, point, model, device, "", None)]
-    return _train_and_measure(cfg, point, model, device, seed, out_dir)
+        return [r for r in [_measure(cfg, point, model, device, "", None, run)] if r is not None]
+    return _train_and_measure(cfg, point, model, device, seed, run, done)
 
 
-def _measure(cfg: Config, point: Point, model, device: str, state: str, step: int | None) -> Record:
-    from erf.engine import measure
+def _saved(cfg, point, model, device, state, step, run) -> list[Record]:
+    return [r for r in [_measure(cfg, point, model, device, state, step, run, saved=True)] if r is not None]
+
+
+def _measure(cfg: Config, point: Point, model, device: str, state: str, step: int | None, run: RunFolder,
+             saved: bool = False) -> Record | None:
+    """Measure (or read back the saved measurement of) one point in one training state.
+
+    Rank 0 saves the result in the run folder and returns its Record; other ranks return None.
+    """
+    from erf.engine import ERFResult, measure
 
     s = point.settings
     m, exp = s["measure"], cfg.settings["experiment"]
     seed = exp["seed"]
-    size = s["inputs"]["size"]
-    size = tuple(size) if isinstance(size, list) else size
-    res = measure(model, size, layer=m["layer"] or None, unit=tuple(m["unit"]) or None,
-                  channel=None if m["channel"] == "all" else m["channel"], samples=m["samples"],
-                  batch_size=m["batch_size"], inputs=_inputs(s, model, seed), weight_draws=m["weight_draws"],
-                  init=m["init"], signal=m["signal"], preset=m["preset"] or None, device=device,
-                  dtype=exp["dtype"], seed=seed, crop=m["crop"], tol=m["tol"] or None,
-                  max_samples=(m["max_samples"] or None) if m["tol"] else None,
-                  group_size=m["samples"] if m["weight_draws"] > 1 else None)
+    key = Record.key(point, state)
+    if saved:
+        if not distributed.is_main():
+            return None
+        res = ERFResult.load(run.saved(key))
+    else:
+        size = s["inputs"]["size"]
+        size = tuple(size) if isinstance(size, list) else size
+        res = measure(model, size, layer=m["layer"] or None, unit=tuple(m["unit"]) or None,
+                      channel=None if m["channel"] == "all" else m["channel"], samples=m["samples"],
+                      batch_size=m["batch_size"], inputs=_inputs(s, model, seed), weight_draws=m["weight_draws"],
+                      init=m["init"], signal=m["signal"], preset=m["preset"] or None, device=device,
+                      dtype=exp["dtype"], seed=seed, crop=m["crop"], tol=m["tol"] or None,
+                      max_samples=(m["max_samples"] or None) if m["tol"] else None,
+                      deterministic=exp["deterministic"], state_file=run.engine_state(key),
+                      save_every=exp["save_every"])
+        if not distributed.is_main():
+            return None
+        res.save(run.saved(key))
+        run.engine_state(key).unlink(missing_ok=True)
+    return _record(cfg, point, res, state, step)
+
+
+def _record(cfg: Config, point: Point, res, state: str, step: int | None) -> Record:
+    """Metrics with intervals, theory and summary of one measured ``ERFResult``."""
+    s = point.settings
+    m = s["measure"]
+    seed = cfg.settings["experiment"]["seed"]
     names = s["report"]["metrics"]
     mp = res.post_map
     metrics = stats.scalar_metrics(mp, names, trf=res.trf)
@@ -285,7 +401,8 @@ def linear_theory(settings: dict) -> tuple[tuple[float, ...] | None, bool]:
 # --------------------------------------------------------------------------- training
 
 
-def _train_and_measure(cfg: Config, point: Point, model, device: str, seed: int, out_dir: Path) -> list[Record]:
+def _train_and_measure(cfg: Config, point: Point, model, device: str, seed: int, run: RunFolder,
+                       done: set[str]) -> list[Record]:
     """Train the point's model; measure it at step 0, at ``train.checkpoints`` and at the end.
 
     The trained weights go to ``weights/<point>.pt`` in the results (a plain state_dict that
@@ -303,17 +420,21 @@ def _train_and_measure(cfg: Config, point: Point, model, device: str, seed: int,
 
     def on_checkpoint(step, net):
         state = "init" if step == 0 else "trained" if step == tr["steps"] else f"step {step}"
-        records.append(_measure(cfg, point, net, device, state, step))
+        record = _measure(cfg, point, net, device, state, step, run, saved=Record.key(point, state) in done)
+        if record is not None:
+            records.append(record)
 
     result = train(model, task, steps=tr["steps"], batch_size=tr["batch_size"], lr=tr["lr"], device=device,
                    seed=seed, checkpoint_every=sorted(set(tr["checkpoints"])), on_checkpoint=on_checkpoint)
     info = {"task": task.description, "steps": result.steps, "seconds": result.seconds,
             "eval": result.eval, "train_loss": result.train_loss, "config": result.config}
+    if not distributed.is_main():
+        return records
     if tr["save_weights"]:
-        path = out_dir / "weights" / f"{point.id}.pt"
+        path = run.out / "weights" / f"{point.id}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-        info["weights"] = str(path.relative_to(out_dir))
+        info["weights"] = str(path.relative_to(run.out))
     records[-1].train = stats._json(info)
     return records
 

@@ -14,6 +14,7 @@ from erf import stats
 from erf.analytic import Layer, linear_erf
 from erf.engine import ERFResult, measure
 from erf.errors import ErfError
+from erf.measure_accumulate import _OOM as OOM
 from erf.measure_inputs import NoiseSource, sample_key
 
 
@@ -231,7 +232,7 @@ def test_oom_halves_the_batch_without_losing_samples(monkeypatch):
 
     def flaky(self, x):
         if x.shape[0] > 3:
-            raise engine._OOM("CUDA out of memory (simulated)")
+            raise OOM("CUDA out of memory (simulated)")
         return real(self, x)
 
     monkeypatch.setattr(engine._Probe, "maps", flaky)
@@ -244,7 +245,7 @@ def test_oom_halves_the_batch_without_losing_samples(monkeypatch):
     def shrinking(self, x):  # the free memory shrinks while the batch is being split
         calls.append(x.shape[0])
         if x.shape[0] > (3 if len(calls) < 5 else 1):
-            raise engine._OOM("CUDA out of memory (simulated)")
+            raise OOM("CUDA out of memory (simulated)")
         return real(self, x)
 
     monkeypatch.setattr(engine._Probe, "maps", shrinking)
@@ -267,7 +268,7 @@ def test_errors_are_one_line_erf_errors():
             measure(model, 16, device="cuda")
     nan_net = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU())
     nn.init.constant_(nan_net[0].weight, float("inf"))
-    with pytest.raises(ErfError, match="NaN or Inf"):
+    with pytest.raises(ErfError, match="NaN or Inf.*forward pass at layer '0'"):
         measure(nan_net, 8, samples=2)
 
 

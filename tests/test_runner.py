@@ -185,34 +185,6 @@ cols = "model.args.depth"
 """
 
 
-def test_interrupted_run_leaves_no_results(tmp_path, monkeypatch, capsys):
-    cfg = tmp_path / "small.toml"
-    cfg.write_text(SMALL)
-    out = tmp_path / "res" / "small"
-    assert main(["run", str(cfg), "--out", str(out)]) == 0
-    before = (out / "summary.json").read_text()
-    calls = []
-
-    def boom(*args, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    real = runner.measure_point
-    monkeypatch.setattr(runner, "measure_point", boom)
-    assert main(["run", str(cfg), "--out", str(out), "--seed", "5"]) == 130
-    assert "interrupted" in capsys.readouterr().err
-    assert sorted(p.name for p in out.parent.iterdir()) == ["small"]      # no partial folder left
-    assert (out / "summary.json").read_text() == before                   # the old results are intact
-    fresh = tmp_path / "res" / "fresh"
-    calls.clear()
-    monkeypatch.setattr(runner, "measure_point", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
-    with pytest.raises(RuntimeError):
-        runner.run_experiment(load_config(cfg), out=fresh)
-    assert not fresh.exists() and sorted(p.name for p in out.parent.iterdir()) == ["small"]
-
-
 def test_rerun_replaces_results_and_refuses_foreign_folder(tmp_path, capsys):
     cfg = tmp_path / "small.toml"
     cfg.write_text(SMALL)

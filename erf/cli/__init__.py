@@ -3,6 +3,8 @@
 Each subcommand lives in its own module with ``register(subparsers)``; that function
 adds the parser and sets ``func`` to a callable taking the parsed arguments and
 returning an exit code. Any ``ErfError`` becomes one line on stderr and exit code 2.
+Under ``torchrun`` every process runs the command (``erf.distributed``); rank 0 alone
+prints and writes.
 """
 
 from __future__ import annotations
@@ -39,17 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from erf import distributed
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "deterministic", False):
+            from erf.determinism import prepare
+
+            prepare()
+        distributed.init()
         return int(args.func(args) or 0)
     except ErfError as exc:
-        msg = " ".join(str(exc).split())
-        print(f"erf: error: {msg}", file=sys.stderr)
+        if distributed.is_main():
+            msg = " ".join(str(exc).split())
+            print(f"erf: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("erf: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,18 +16,30 @@ def register(sub) -> None:
                    help="small samples and sizes (the config's [quick] table): a couple of minutes on a CPU")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="seed (default: the config's)")
     p.add_argument("--check", action="store_true", help="validate the config and its models, run nothing")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from the last save of an interrupted run of this config (same numbers as one run)")
+    p.add_argument("--restart", action="store_true", help="discard an interrupted run of this config and start anew")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic CUDA kernels (experiment.deterministic); CPU runs always repeat exactly")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from erf import distributed
     from erf.config import check_models, load_config
+    from erf.errors import ErfError
     from erf.runner import run_experiment
 
+    if args.resume and args.restart:
+        raise ErfError("--resume and --restart exclude each other: keep the interrupted run or discard it")
     cfg = load_config(args.config, quick=args.quick, device=args.device, seed=args.seed)
+    if args.deterministic:
+        cfg.settings["experiment"]["deterministic"] = cfg.overrides["experiment.deterministic"] = True
     if args.check:
         check_models(cfg)
         print(f"{args.config}: ok ({len(cfg.points)} points)")
         return 0
-    out = run_experiment(cfg, out=args.out)
-    print(f"results written to {out}")
+    out = run_experiment(cfg, out=args.out, resume=args.resume, restart=args.restart)
+    if distributed.is_main():
+        print(f"results written to {out}")
     return 0

@@ -1,0 +1,170 @@
+"""Killed runs resume from their last save with exactly the numbers of an uninterrupted run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import erf.runner as runner
+from erf import measure_accumulate
+from erf.cli import main
+from erf.config import load_config
+from erf.engine import measure
+from erf.errors import ErfError
+from erf.models import create_model
+
+CONFIG = """
+[experiment]
+name = "small"
+save_every = 0.0
+[model]
+name = "plain_net"
+args = {{ width = 4, depth = 2 }}
+[inputs]
+size = 20
+[measure]
+samples = {samples}
+batch_size = 2
+[sweep.grid]
+"model.args.depth" = [2, 3, 4]
+"""
+
+
+def _write(tmp_path, samples=8) -> Path:
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(CONFIG.format(samples=samples))
+    return cfg
+
+
+def _same_results(a: Path, b: Path) -> None:
+    """Maps bit for bit, and every CSV column but the timing."""
+    ma, mb = np.load(a / "maps.npz"), np.load(b / "maps.npz")
+    assert sorted(ma.files) == sorted(mb.files)
+    for k in ma.files:
+        assert np.array_equal(ma[k], mb[k]), k
+    ra, rb = (list(csv.DictReader(open(p / "sweep.csv"))) for p in (a, b))
+    for x, y in zip(ra, rb):
+        x.pop("seconds"), y.pop("seconds")
+        assert x == y
+
+
+def test_engine_resumes_from_its_state_file_exactly(tmp_path, monkeypatch):
+    model = create_model("plain_net", depth=3, width=4)
+    kw = dict(samples=12, batch_size=3, weight_draws=2, init="kaiming_normal", seed=3)
+    ref = measure(model, 20, **kw)
+    state = tmp_path / "m.state"
+    real, calls = measure_accumulate.Accumulator.run, []
+
+    def dies(self, *a):  # a kill after the 6th batch (the 2nd batch of draw 1)
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real(self, *a)
+
+    monkeypatch.setattr(measure_accumulate.Accumulator, "run", dies)
+    with pytest.raises(KeyboardInterrupt):
+        measure(model, 20, state_file=state, save_every=0, **kw)
+    assert state.is_file()
+    monkeypatch.setattr(measure_accumulate.Accumulator, "run", real)
+    spy = []
+    monkeypatch.setattr(measure_accumulate.Accumulator, "run", lambda self, p, x, *a: spy.append(len(x))
+                        or real(self, p, x, *a))
+    res = measure(model, 20, state_file=state, save_every=0, **kw)
+    assert sum(spy) == 24 - 18  # only what the first run had not measured
+    assert np.array_equal(res.map, ref.map) and np.array_equal(res.groups[0], ref.groups[0])
+    assert res.samples == ref.samples == 24
+    # a save from other settings is ignored, not mixed in
+    other = measure(model, 20, state_file=state, save_every=0, **{**kw, "seed": 4})
+    assert not np.array_equal(other.map, ref.map)
+
+
+def test_interrupted_run_keeps_its_saves_and_resumes(tmp_path, monkeypatch, capsys):
+    cfg = _write(tmp_path)
+    ref, out = tmp_path / "ref", tmp_path / "res" / "small"
+    assert main(["run", str(cfg), "--out", str(ref)]) == 0
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    before = (out / "summary.json").read_text()
+    real, calls = runner.measure_point, []
+
+    def boom(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(runner, "measure_point", boom)
+    assert main(["run", str(cfg), "--out", str(out), "--seed", "5"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err
+    partial = out.parent / ".small.partial"
+    assert sorted(p.name for p in out.parent.iterdir()) == [".small.partial", "small"]
+    assert len(list((partial / "saved").glob("*.npz"))) == 2
+    assert (out / "summary.json").read_text() == before  # the old results are intact
+    monkeypatch.setattr(runner, "measure_point", real)
+
+    # a plain re-run refuses to drop the saves; other settings refuse to resume
+    assert main(["run", str(cfg), "--out", str(out), "--seed", "5"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["run", str(cfg), "--out", str(out), "--seed", "6", "--resume"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(runner, "measure_point", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main(["run", str(cfg), "--out", str(out), "--seed", "5", "--resume"]) == 0
+    assert len(calls) == 3 and not partial.exists()  # two points read back from their saves
+    monkeypatch.setattr(runner, "measure_point", real)
+    fresh = tmp_path / "fresh"
+    assert main(["run", str(cfg), "--out", str(fresh), "--seed", "5"]) == 0
+    _same_results(out, fresh)
+    assert json.loads((out / "summary.json").read_text())["seed"] == 5
+
+
+def test_crash_keeps_saves_but_an_erf_error_does_not(tmp_path, monkeypatch):
+    cfg = _write(tmp_path)
+    out, partial = tmp_path / "o", tmp_path / ".o.partial"
+    real = runner.measure_point
+    monkeypatch.setattr(runner, "measure_point", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(RuntimeError):
+        runner.run_experiment(load_config(str(cfg)), out=out)
+    assert not out.exists() and partial.is_dir()  # a crash (a bug, OOM, a lost node) keeps the saves
+    monkeypatch.setattr(runner, "measure_point", lambda *a, **k: (_ for _ in ()).throw(ErfError("bad model")))
+    with pytest.raises(ErfError):
+        runner.run_experiment(load_config(str(cfg)), out=out, resume=True)
+    assert not out.exists() and not partial.exists()  # the same error would come back on resume
+    monkeypatch.setattr(runner, "measure_point", real)
+    assert main(["run", str(cfg), "--out", str(out)]) == 0 and not partial.exists()
+
+
+def test_sigkill_mid_measurement_then_resume_equals_one_run(tmp_path):
+    """A real kill -9 of the CLI while it measures; --resume finishes with identical files."""
+    cfg = _write(tmp_path, samples=200)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "erf.cli", "run", str(cfg), "--out"]
+    out, ref = tmp_path / "killed", tmp_path / "ref"
+    proc = subprocess.Popen(cmd + [str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    engine_saves = tmp_path / ".killed.partial" / "engine"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        saves = list(engine_saves.glob("p00[12].state")) if engine_saves.is_dir() else []
+        if saves:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed: make the config longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # nothing that looks like results
+    saved = sorted(p.name for p in (tmp_path / ".killed.partial" / "saved").glob("*.npz"))
+    assert saved and "p002.npz" not in saved  # killed after at least one point, before the last
+    done = subprocess.run(cmd + [str(out), "--resume"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert subprocess.run(cmd + [str(ref)], env=env, capture_output=True).returncode == 0
+    _same_results(out, ref)
+    assert not (tmp_path / ".killed.partial").exists()
