@@ -45,8 +45,24 @@ def check_options(samples, batch_size, weight_draws, init, tol, max_samples, cro
         "batch_size": 1 if single_sample else int(batch_size),
         "redraw": bool(weight_draws) or init != "model",
         "max_samples": int(max_samples if max_samples is not None else 64 * samples),
-        "group_size": (lambda n: int(group_size)) if group_size else (lambda n: max(1, math.ceil(n / 32))),
+        "group_size": (lambda n, draws: int(group_size)) if group_size else default_group_size,
     }
+
+
+def default_group_size(samples: int, draws: int) -> int:
+    """One weight draw per group when there are several (the draws are what varies most), else samples/32."""
+    return samples if draws > 1 else max(1, math.ceil(samples / 32))
+
+
+def checksum(model: nn.Module) -> list[float]:
+    """Sum and sum of squares of every floating parameter and buffer: a fingerprint of the weights."""
+    tensors = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+    if not tensors:
+        return [0.0, 0.0]
+    with torch.no_grad():
+        total = sum(t.double().sum() for t in tensors)
+        squares = sum(t.double().square().sum() for t in tensors)
+    return [float(total), float(squares)]
 
 
 def init_names():

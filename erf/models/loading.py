@@ -165,13 +165,25 @@ def _split_file_spec(spec: str) -> tuple[str, str] | None:
     return None
 
 
-def load_model(spec: str, model_args: dict[str, Any] | None = None, checkpoint: str | None = None) -> nn.Module:
+def load_model(spec: str, model_args: dict[str, Any] | None = None, checkpoint: str | None = None,
+               seed: int | None = 0) -> nn.Module:
     """Build the model that ``spec`` names, then load ``checkpoint`` (a state_dict file) if given.
 
     ``spec`` is a registry name (``resnet50``), ``path/to/file.py:factory``, ``timm:NAME``,
     ``torchvision:NAME`` (both without pretrained weights), or a ``.pt``/``.pth``/``.pt2``/``.ts``
-    file holding a TorchScript or torch.export program (no ``model_args`` then).
+    file holding a TorchScript or torch.export program (no ``model_args`` then). The random
+    initial weights are drawn with torch's generator seeded with ``seed`` (the global random
+    state is left as it was), so the same spec and seed give the same model in every process;
+    ``seed=None`` draws from the global state.
     """
+    if seed is None:
+        return _load_model(spec, model_args, checkpoint)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _load_model(spec, model_args, checkpoint)
+
+
+def _load_model(spec: str, model_args: dict[str, Any] | None, checkpoint: str | None) -> nn.Module:
     spec = str(spec).strip()
     model_args = dict(model_args or {})
     file_spec = _split_file_spec(spec)
