@@ -786,6 +786,55 @@ def check_models(cfg: Config) -> None:
         except ErfError as exc:
             k = "measure.unit" if "unit" in str(exc) else ("measure.layer" if "layer" in str(exc) else "inputs.size")
             fail(k, f"{pre}{' '.join(str(exc).split())}")
+        _check_target(fail, pre, rep, s["measure"])
+    _check_checkpoints(fail, cfg)
+
+
+def _check_target(fail: _Errors, pre: str, rep, measure: dict) -> None:
+    """The measured layer has a spatial map, and ``measure.channel`` is one of its channels."""
+    from erf import stats
+    from erf.errors import ErfError
+    from erf.measure_target import require_spatial
+
+    try:
+        require_spatial(rep)
+    except ErfError as exc:
+        fail("measure.layer", f"{pre}{' '.join(str(exc).split())}")
+    t, channel = rep.target, measure["channel"]
+    if channel == "all":
+        return
+    position = t.index_of(tuple(measure["unit"]) or tuple(stats.center_unit(t.output)))
+    n = math.prod(size for d, size in enumerate(t.shape) if d and d not in position)
+    if channel >= n:
+        fail("measure.channel", f"{pre}channel {channel} does not exist: layer {t.name!r} has {n} channels "
+             f"(use 0..{n - 1}, or 'all')")
+
+
+def _check_checkpoints(fail: _Errors, cfg: Config) -> None:
+    """Every ``model.checkpoint`` is a safe weights file that fits its model (checked on the meta device)."""
+    import warnings
+
+    import torch
+
+    from erf.errors import ErfError
+    from erf.models import load_checkpoint, load_model
+
+    seen = set()
+    for p in cfg.points:
+        m = p.settings["model"]
+        key = repr((m["name"], m["args"], m["checkpoint"]))
+        if not m["checkpoint"] or key in seen:
+            continue
+        seen.add(key)
+        pre = f"point {p.id} ({p.label}): " if len(cfg.points) > 1 else ""
+        with torch.device("meta"):
+            model = load_model(m["name"], m["args"])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # copying into meta tensors is a no-op, and says so
+                load_checkpoint(model, m["checkpoint"])
+        except ErfError as exc:
+            fail("model.checkpoint", f"{pre}{' '.join(str(exc).split())}")
 
 
 # --------------------------------------------------------------------------- documentation

@@ -1,5 +1,7 @@
-"""A corpus of bad inputs: each must exit with code 2, print one line that names the problem,
-show no traceback, and leave no partial result behind."""
+"""A corpus of bad inputs for ``erf rf``, ``erf measure`` and ``erf run``: each must exit with code 2,
+print one line that names the problem, show no traceback, and leave nothing behind (no results folder,
+no output file, no partial file). Every case runs in its own temporary folder, which is also the
+working directory, so ``results/<name>`` of ``erf run`` would land there too."""
 
 import pickle
 
@@ -25,6 +27,13 @@ FACTORIES = {
                      "        self.a, self.b, self.c = nn.Conv2d(1, 1, 5, 2), nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3)\n"
                      "    def forward(self, x):\n        return self.a(F.pad(x, (2, 1, 2, 1))) + self.c(self.b(x))\n"
                      "def make():\n    return M()\n"),
+    "head.py": ("import torch.nn as nn\ndef make():\n    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), "
+                "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))\n"),
+    # float32 overflows to inf in 'blowup'; the next conv turns inf - inf into NaN
+    "blowup.py": ("import torch.nn as nn\nclass Scale(nn.Module):\n    def forward(self, x):\n"
+                  "        return x * 1e39\ndef make():\n    m = nn.Sequential()\n"
+                  "    m.add_module('conv', nn.Conv2d(1, 4, 3, padding=1))\n    m.add_module('blowup', Scale())\n"
+                  "    m.add_module('head', nn.Conv2d(4, 4, 3, padding=1))\n    return m\n"),
 }
 
 
@@ -43,6 +52,9 @@ def _files(tmp_path):
         pickle.dump({"x": Evil()}, f)
     (tmp_path / "corrupt.pt").write_bytes(b"\x00not a checkpoint")
     (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save({"foo": torch.zeros(3)}, tmp_path / "otherkeys.pt")
+    (tmp_path / "afolder").mkdir()
+    (tmp_path / "afile").write_text("not a folder\n")
 
 
 def _no_timm():
@@ -98,9 +110,200 @@ RF_CASES = [
 ]
 
 
-def _check(capsys, tmp_path, argv, needle):
+# erf measure: the tiny net, 2 samples, and both output files asked for (neither may appear)
+OUT = ["--save", "{d}/erf.npz", "--plot", "{d}/erf.png"]
+M = ["measure", "plain_net", *NET, "--samples", "2", "--batch", "2", *OUT]
+
+MEASURE_CASES = [
+    # unknown model, bad model arguments
+    (["measure", "resnet51", *OUT], "unknown model"),
+    (["measure", "plain_net", "--model-arg", "depth=-3", *OUT], "depth must be a positive integer"),
+    (["measure", "plain_net", "--model-arg", "nope=1", *OUT], "does not accept argument 'nope'"),
+    ([*M, "--model-arg", "depth"], "key=value"),
+    # file.py:factory that does not exist or does not return a module
+    (["measure", "{d}/missing.py:make", *OUT], "model file not found"),
+    (["measure", "{d}/good.py:nothere", *OUT], "no callable 'nothere'"),
+    (["measure", "{d}/notmodule.py:make", *OUT], "not a torch.nn.Module"),
+    (["measure", "{d}/raises.py:make", *OUT], "boom"),
+    (["measure", "{d}/good.py", *OUT], "good.py:FACTORY"),
+    (["measure", "{d}/good.py:", *OUT], "after the colon"),
+    # input size: bad values, too many axes, smaller than the model accepts, wrong channels
+    ([*M, "--input", "0"], "--input must be positive"),
+    ([*M, "--input", "abc"], "--input must be integers"),
+    ([*M, "--input", "16,16,16"], "forward pass failed"),
+    (["measure", "alexnet_caffe", "--model-arg", "width=0.0625", "--input", "32", *OUT], "input large enough"),
+    ([*M, "--in-channels", "3"], "in_channels"),
+    ([*M, "--in-channels", "0"], "argument --in-channels: must be an integer >= 1"),
+    # layers and units
+    ([*M, "--layer", "layers.9"], "no layer named 'layers.9'"),
+    ([*M, "--layer", ""], "no layer named ''"),
+    (["measure", "{d}/head.py:make", "--input", "8", *OUT], "no spatial output"),
+    (["measure", "{d}/head.py:make", "--input", "8", "--layer", "2", *OUT], "no spatial output"),
+    (["measure", "small_cnn", "--model-arg", "width=0.125", "--input", "16", "--layer", "fc", *OUT], "features"),
+    ([*M, "--unit", "16,0"], "outside the layer's 16x16 map"),
+    ([*M, "--unit=-1,0"], "--unit must not be negative"),
+    ([*M, "--unit", "1,2,3"], "one index per axis"),
+    ([*M, "--unit", "a,b"], "--unit must be integers"),
+    ([*M, "--channel", "4"], "channel 4 does not exist"),
+    ([*M, "--channel", "-1"], "channel -1 does not exist"),
+    ([*M, "--channel", "abc"], "argument --channel: invalid int value"),
+    # counts and sizes
+    ([*M, "--samples", "0"], "samples must be a positive integer"),
+    ([*M, "--samples", "abc"], "argument --samples: invalid int value"),
+    ([*M, "--samples", "2.5"], "argument --samples: invalid int value"),
+    ([*M, "--batch", "0"], "batch_size must be a positive integer"),
+    ([*M, "--weight-draws", "-1"], "weight_draws must be 0"),
+    ([*M, "--weight-draws", "2"], "init"),
+    ([*M, "--tol", "0"], "tol must be a positive number"),
+    ([*M, "--tol", "nan"], "tol must be a positive number"),
+    ([*M, "--tol", "0.1", "--max-samples", "1"], "max_samples must be an integer >= samples"),
+    ([*M, "--max-samples", "10"], "only applies with --tol"),
+    # names of options
+    ([*M, "--init", "bogus"], "unknown init 'bogus'"),
+    ([*M, "--signal", "loud"], "signal must be one of"),
+    ([*M, "--preset", "nope"], "unknown ERF preset 'nope'"),
+    ([*M, "--inputs", "noise"], "inputs must be"),
+    ([*M, "--dtype", "float16"], "dtype must be"),
+    ([*M, "--autocast", "fp8"], "autocast must be"),
+    ([*M, "--seed", "abc"], "argument --seed: invalid int value"),
+    # a device that is not there (this CPU machine), or no device at all
+    ([*M, "--device", "tpu"], "unknown device 'tpu'"),
+    ([*M, "--device", ""], "unknown device"),
+    # checkpoints: missing, a folder, corrupt, empty, unsafe, shape-mismatched, other keys
+    ([*M, "--checkpoint", "{d}/nothere.pt"], "checkpoint file not found"),
+    ([*M, "--checkpoint", "{d}/afolder"], "checkpoint file not found"),
+    ([*M, "--checkpoint", "{d}/corrupt.pt"], "corrupt"),
+    ([*M, "--checkpoint", "{d}/empty.pt"], "empty.pt"),
+    ([*M, "--checkpoint", "{d}/evil.pt"], "refused"),
+    ([*M, "--checkpoint", "{d}/wide.pt"], "shape mismatch for 'layers.0.conv.weight'"),
+    ([*M, "--checkpoint", "{d}/otherkeys.pt"], "unexpected key 'foo'"),
+    # output files
+    ([*M, "--plot", "{d}/erf.txt"], "--plot must name a .png"),
+    ([*M, "--save", "{d}/afolder"], "--save {d}/afolder: is a folder"),
+    ([*M, "--plot", "{d}/afile/erf.png"], "is a file, not a folder"),
+    ([*M, "--save", "{d}/afile/sub/erf.npz"], "is a file, not a folder"),
+    # NaN / Inf in the gradients: the message names the layer where they start
+    (["measure", "{d}/blowup.py:make", "--input", "8", "--samples", "2", *OUT], ("nan", "'blowup'")),
+]
+if not torch.cuda.is_available():
+    MEASURE_CASES += [([*M, "--device", "cuda"], "no CUDA device"), ([*M, "--device", "cuda:7"], "no CUDA device")]
+
+# erf run: a tiny config, changed per case ({section: {key: TOML value or None to drop it}}) ---------------
+BASE = {"experiment": {"name": '"bad"'}, "model": {"name": '"plain_net"', "args": "{depth = 3, width = 4}"},
+        "inputs": {"size": "16"}, "measure": {"samples": "2", "batch_size": "2", "n_boot": "20"}}
+
+
+def cfg(extra: str = "", **changes) -> str:
+    text = ""
+    for section, keys in BASE.items():
+        keys = {**keys, **changes.pop(section, {})}
+        text += f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items() if v is not None)
+    assert not changes, changes
+    return text + extra
+
+
+GOOD = cfg()
+C = ["bad.toml"]
+
+# (config text, bytes or None for no file; the arguments after 'run'; a part of the message)
+RUN_CASES = [
+    # the file itself: missing, a folder, malformed TOML, not UTF-8, empty
+    (None, C, "config file not found"),
+    (GOOD, ["afolder"], "is a folder"),
+    ("[experiment\nname = 'bad'\n", C, "malformed TOML"),
+    (GOOD + "samples = 3\n", C, "malformed TOML"),
+    (GOOD.replace("size = 16", "size = "), C, "malformed TOML"),
+    (b"[experiment]\nname = '\xff'\n", C, "not UTF-8"),
+    ("", C, "the [experiment] section is required"),
+    # unknown keys and sections
+    (GOOD + "[measur]\n", C, "measur: unknown section (did you mean 'measure'?)"),
+    (cfg(experiment={"nmae": '"x"'}), C, "experiment.nmae: unknown key (did you mean 'name'?)"),
+    (GOOD + '[[figures]]\nkind = "grid"\ncolour = "red"\n', C, "figures[0].colour: unknown key"),
+    (GOOD + '[sweep.gird]\n"model.args.depth" = [2, 3]\n', C, "sweep.gird: unknown key"),
+    (GOOD + "[train]\nstpes = 3\n", C, "train.stpes: unknown key (did you mean 'steps'?)"),
+    # wrong types
+    (cfg(measure={"samples": '"many"'}), C, "measure.samples: must be an integer"),
+    (cfg(inputs={"size": '"big"'}), C, "inputs.size: must be a positive integer"),
+    (cfg(model={"args": "3"}), C, "model.args: must be a table"),
+    (cfg(measure={"unit": '"centre"'}), C, "measure.unit: must be a list of integers"),
+    (cfg(experiment={"seed": "1.5"}), C, "experiment.seed: must be an integer"),
+    (cfg(measure={"layer": "3"}), C, "measure.layer: must be a string"),
+    (cfg(measure={"channel": '"red"'}), C, "measure.channel: must be 'all' or a channel index"),
+    (cfg(measure={"crop": '"maybe"'}), C, "measure.crop: must be 'auto', true or false"),
+    (GOOD + "[train]\nenabled = \"yes\"\n", C, "train.enabled: must be true or false"),
+    ("inputs = 3\n" + GOOD.replace("[inputs]\nsize = 16\n", ""), C, "inputs: must be a table"),
+    # zero or negative sizes and counts
+    (cfg(measure={"samples": "0"}), C, "measure.samples: must be >= 1; got 0"),
+    (cfg(measure={"batch_size": "-2"}), C, "measure.batch_size: must be >= 1; got -2"),
+    (cfg(measure={"weight_draws": "-1", "init": '"uniform"'}), C, "measure.weight_draws: must be >= 0"),
+    (cfg(measure={"n_boot": "0"}), C, "measure.n_boot: must be >= 20"),
+    (cfg(measure={"max_samples": "1", "tol": "0.1"}), C, "measure.max_samples: must be 0 or >= measure.samples"),
+    (cfg(measure={"tol": "-0.5"}), C, "measure.tol: must be >= 0"),
+    (cfg(measure={"level": "1.5"}), C, "measure.level: must be < 1"),
+    (cfg(inputs={"size": "0"}), C, "inputs.size: must be a positive integer"),
+    (cfg(inputs={"size": "[16, -1]"}), C, "inputs.size: must be a positive integer"),
+    (cfg(inputs={"count": "0"}), C, "inputs.count: must be >= 1"),
+    (cfg(experiment={"seed": "-1"}), C, "experiment.seed: must be >= 0"),
+    (GOOD + "[train]\nenabled = true\nsteps = 0\n", C, "train.steps: must be >= 1"),
+    (GOOD + "[train]\nenabled = true\nlr = 0.0\n", C, "train.lr: must be > 0"),
+    (GOOD + '[sweep.grid]\n"measure.samples" = [2, 0]\n', C, "sweep.grid.measure.samples: must be >= 1"),
+    # unknown model, model argument or layer; a layer with no spatial output; a unit outside the map
+    (cfg(model={"name": '"plainnet"'}), C, "model.name: unknown model 'plainnet'"),
+    (cfg(model={"args": "{depth = 3, width = 4, dpth = 2}"}), C, "takes no argument 'dpth'"),
+    (cfg(model={"args": '{depth = 3, width = 4, activation = "swishy"}'}), C, "unknown activation 'swishy'"),
+    (cfg(model={"args": "{depth = -3, width = 4}"}), C, "depth must be a positive integer"),
+    (cfg(measure={"layer": '"layers.9"'}), C, "measure.layer: no layer named 'layers.9'"),
+    (cfg(model={"name": '"head.py:make"', "args": None}), C, "measure.layer: layer '3' has no spatial output"),
+    (cfg(model={"name": '"small_cnn"', "args": "{width = 0.125}"}, measure={"layer": '"fc"'}), C,
+     "no spatial output"),
+    (cfg(measure={"unit": "[16, 0]"}), C, ("measure.unit: ", "outside")),
+    (cfg(measure={"unit": "[1, 2, 3]"}), C, ("measure.unit: ", "3 indices")),
+    (cfg(measure={"channel": "4"}), C, "measure.channel: channel 4 does not exist"),
+    # an input smaller than the model accepts, or with more axes than it has
+    (cfg(model={"name": '"alexnet_caffe"', "args": "{width = 0.0625}"}, inputs={"size": "32"}), C,
+     "inputs.size"),
+    (cfg(inputs={"size": "[16, 16, 16]"}), C, "inputs.size"),
+    # file.py:factory
+    (cfg(model={"name": '"missing.py:make"', "args": None}), C, "model file not found: missing.py"),
+    (cfg(model={"name": '"good.py:nothere"', "args": None}), C, "no callable 'nothere'"),
+    (cfg(model={"name": '"notmodule.py:make"', "args": None}), C, "not a torch.nn.Module"),
+    (cfg(model={"name": '"syntax.py:make"', "args": None}), C, "importing syntax.py failed"),
+    # checkpoints
+    (cfg(model={"checkpoint": '"nothere.pt"'}), C, "model.checkpoint: file not found: nothere.pt"),
+    (cfg(model={"checkpoint": '"corrupt.pt"'}), C, "model.checkpoint: cannot read checkpoint corrupt.pt"),
+    (cfg(model={"checkpoint": '"evil.pt"'}), C, "model.checkpoint: refused"),
+    (cfg(model={"checkpoint": '"wide.pt"'}), C, "model.checkpoint: checkpoint wide.pt does not fit the model"),
+    # devices
+    (cfg(experiment={"device": '"cuda:7"'}), C, "experiment.device: must be one of"),
+    (cfg(experiment={"device": '"gpu"'}), C, "experiment.device: must be one of"),
+    (GOOD, [*C, "--device", "cuda:7"], "argument --device: invalid choice"),
+    # other command-line values
+    (GOOD, [*C, "--seed", "-1"], "--seed: must be >= 0"),
+    (GOOD, [*C, "--seed", "abc"], "argument --seed: invalid int value"),
+    (GOOD, [*C, "--out", "afile"], "is a file, not a results folder"),
+    (GOOD, [*C, "--out", "afolder2"], "not an erf results folder"),
+    (GOOD + '[quick]\n"measure.sampels" = 2\n', [*C, "--quick"], "quick.measure.sampels: unknown key"),
+    (GOOD, [], "the following arguments are required: CONFIG"),
+    # NaN / Inf in the gradients
+    (cfg(model={"name": '"blowup.py:make"', "args": None}, inputs={"size": "8"}), C, ("nan", "'blowup'")),
+]
+if not torch.cuda.is_available():
+    RUN_CASES += [(cfg(experiment={"device": '"cuda"'}), C, "experiment.device: 'cuda' was asked for"),
+                  (GOOD, [*C, "--device", "cuda"], "no CUDA device")]
+
+
+def _tree(folder):
+    """Every file below ``folder``, and every folder that holds one (bytecode caches left out)."""
+    files = [p for p in folder.rglob("*") if (p.is_file() or any(p.iterdir())) and "__pycache__" not in p.parts]
+    return sorted(str(p.relative_to(folder)) for p in files)
+
+
+def _check(capsys, monkeypatch, tmp_path, argv, needle):
     _files(tmp_path)
-    before = set(p.name for p in tmp_path.iterdir())
+    monkeypatch.chdir(tmp_path)  # erf run's results/<name> would appear here
+    (tmp_path / "afolder2").mkdir()
+    (tmp_path / "afolder2" / "keep.txt").write_text("not results\n")
+    before = _tree(tmp_path)
     argv = [a.replace("{d}", str(tmp_path)) for a in argv]
     try:
         code = main(argv)
@@ -110,10 +313,39 @@ def _check(capsys, tmp_path, argv, needle):
     assert code == 2, (argv, out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert needle.lower() in err.lower(), (needle, err)
-    assert set(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
+    for part in [needle] if isinstance(needle, str) else needle:
+        assert part.replace("{d}", str(tmp_path)).lower() in err.lower(), (part, err)
+    assert _tree(tmp_path) == before  # nothing written, not even half
 
 
-@pytest.mark.parametrize("argv,needle", RF_CASES, ids=[" ".join(c[0])[:60] for c in RF_CASES])
-def test_rf_bad_input(capsys, tmp_path, argv, needle):
-    _check(capsys, tmp_path, argv, needle)
+def _ids(cases):
+    """Test ids: the arguments that differ from the shared prefix (M or OUT)."""
+    def short(argv):
+        if argv[:len(M)] == M:
+            argv = ["M", *argv[len(M):]]
+        return " ".join(a for a in argv if a not in OUT)[:70]
+    return [short(c[0]) for c in cases]
+
+
+@pytest.mark.parametrize("argv,needle", RF_CASES, ids=_ids(RF_CASES))
+def test_rf_bad_input(capsys, monkeypatch, tmp_path, argv, needle):
+    _check(capsys, monkeypatch, tmp_path, argv, needle)
+
+
+@pytest.mark.parametrize("argv,needle", MEASURE_CASES, ids=_ids(MEASURE_CASES))
+def test_measure_bad_input(capsys, monkeypatch, tmp_path, argv, needle):
+    _check(capsys, monkeypatch, tmp_path, argv, needle)
+
+
+@pytest.mark.parametrize("text,args,needle", RUN_CASES, ids=[f"{i:02d} {c[2]}"[:70] for i, c in enumerate(RUN_CASES)])
+def test_run_bad_input(capsys, monkeypatch, tmp_path, text, args, needle):
+    if isinstance(text, bytes):
+        (tmp_path / "bad.toml").write_bytes(text)
+    elif text is not None:
+        (tmp_path / "bad.toml").write_text(text)
+    _check(capsys, monkeypatch, tmp_path, ["run", *args], needle)
+    assert not (tmp_path / "results" / "bad").exists()
+
+
+def test_corpus_size():
+    assert len(RF_CASES) + len(MEASURE_CASES) + len(RUN_CASES) >= 100

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from erf.errors import ErfError
 
@@ -18,6 +19,17 @@ def parse_ints(text: str, what: str, *, positive: bool = True, nonneg: bool = Fa
     if nonneg and any(v < 0 for v in values):
         raise ErfError(f"{what} must not be negative; got {text!r}")
     return values
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts: an integer >= 1 (argparse prints the one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}")
+    return value
 
 
 def input_size(text: str, ndim: int = 2) -> tuple[int, ...]:
@@ -37,8 +49,23 @@ def add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
     p.add_argument("--checkpoint", metavar="FILE", default=None,
                    help="weights to load (a state_dict saved with torch.save; loaded with weights_only=True)")
     p.add_argument("--input", default="224", metavar="H[,W]", help="input size in pixels (default 224)")
-    p.add_argument("--in-channels", type=int, default=None, metavar="C",
+    p.add_argument("--in-channels", type=positive_int, default=None, metavar="C",
                    help="input channels (default: read from the model's first conv, else 3)")
     p.add_argument("--prefix-tokens", type=int, default=None, metavar="N",
                    help="(N, L, C) token layers: non-image tokens before the grid (class, distillation token); "
                         "default: from the traced graph, else the model's num_prefix_tokens / cls_token")
+
+
+def check_output_file(flag: str, path: str | None) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, or a parent that is a file."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise ErfError(f"{flag} {path}: is a folder; give a file name inside it")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ErfError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK):
+        raise ErfError(f"{flag} {path}: the folder {parent} is not writable; choose another path")

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from erf.cli.common import add_model_args, input_size, parse_ints
+from erf.cli.common import add_model_args, check_output_file, input_size, parse_ints
 
 _PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
@@ -52,6 +52,8 @@ def run(args) -> int:
 
     if args.plot and os.path.splitext(args.plot)[1].lower() not in _PLOT_SUFFIXES:
         raise ErfError(f"--plot must name a {', '.join(_PLOT_SUFFIXES)} file; got {args.plot!r}")
+    for flag, path in (("--plot", args.plot), ("--save", args.save)):
+        check_output_file(flag, path)
     if args.tol is None and args.max_samples is not None:
         raise ErfError("--max-samples only applies with --tol; add --tol X or drop --max-samples")
     model = models.load_model(args.model, models.parse_model_args(args.model_arg), args.checkpoint)
@@ -70,10 +72,13 @@ def run(args) -> int:
             written.append(args.plot)
         if args.save:
             written.append(res.save(args.save))
-    except BaseException:
+    except BaseException as exc:
         for path in written:
             if path and os.path.exists(path):
                 os.unlink(path)
+        if isinstance(exc, OSError):
+            raise ErfError(f"cannot write {exc.filename or 'the output file'}: {exc.strerror or exc}; "
+                           "choose another path") from None
         raise
     print(text)
     return 0
