@@ -93,6 +93,7 @@ RF_CASES = [
     (["rf", "{d}/syntax.py:make"], "syntax.py"),
     (["rf", "{d}/good.py:make", "--model-arg", "q=1"], "q"),
     (["rf", "{d}/good.py:make", "--input", "8", "--in-channels", "3"], "channels"),
+    (["rf", "plain_net", *NET, "--in-channels", "0"], "--in-channels: must be an integer >= 1"),
     (["rf", "{d}/leaky.py:make", "--input", "8"], "numpy"),
     (["rf", "{d}/fft.py:make", "--input", "8"], "fft_fft2"),
     (["rf", "{d}/unaligned.py:make", "--input", "8"], "not aligned"),
