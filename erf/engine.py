@@ -258,11 +258,18 @@ def _source(inputs, chans, size, dev, fdtype, window):
         noise = NoiseSource(inputs, (chans, *size), dev, fdtype)
         return lambda seed, d, first, b: noise.batch([sample_key(seed, d, first + i) for i in range(b)], win)
     batches = input_batches(inputs, (chans, *size))
+    read = [0]  # items of this draw's iteration consumed so far
 
     def take(seed, d, first, b):
+        while read[0] < first:  # samples of other ranks, or measured before a resume: skip them
+            skipped = batches(min(first - read[0], 256))
+            if skipped is None:
+                return None
+            read[0] += skipped.shape[0]
         x = batches(b)
         if x is None:
             return None
+        read[0] += x.shape[0]
         return x[(slice(None), slice(None), *win)].to(device=dev, dtype=fdtype)
     return take
 

@@ -76,3 +76,22 @@ def test_adaptive_sampling_is_refused_under_torchrun():
     assert done.returncode != 0 and "exitcode  : 2" in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("erf: error")]
     assert len(errors) == 1 and "tol" in errors[0]  # rank 0 alone reports it
+
+
+def test_shares_of_an_input_list_add_up_to_the_whole(monkeypatch):
+    """Ranks skip the inputs of the others: each share's sum is its part of the one-process sum."""
+    import torch
+
+    from erf.models import create_model
+
+    model = create_model("plain_net", depth=3, width=4)
+    images = [torch.randn(1, 20, 20, generator=torch.Generator().manual_seed(i)) for i in range(11)]
+    kw = dict(samples=11, batch_size=2, inputs=images, dtype="float64", crop=False)
+    whole = engine.measure(model, 20, **kw)
+    total = np.zeros_like(whole.map)
+    for r in range(3):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        monkeypatch.setattr(distributed, "world_size", lambda: 3)
+        part = engine.measure(model, 20, **kw)
+        total += part.map * part.samples
+    np.testing.assert_allclose(total / 11, whole.map, rtol=1e-12)
