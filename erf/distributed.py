@@ -11,7 +11,6 @@ does anything in a single process, so library users never need to call it.
 from __future__ import annotations
 
 import os
-import pickle
 from datetime import timedelta
 
 import torch
@@ -105,17 +104,6 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
     with torch.no_grad():
         for t in [*module.parameters(), *module.buffers()]:
             dist.broadcast(t.data, src=src)
-
-
-def agree(value, what: str) -> None:
-    """Raise on every rank when ranks disagree on ``value`` (pickled and compared to rank 0's)."""
-    if not active():
-        return
-    mine = pickle.dumps(value)
-    ok = torch.tensor([1 if broadcast_object(mine) == mine else 0])
-    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    if not int(ok):
-        raise ErfError(f"the processes disagree on {what}; every rank must run the same command and config")
 
 
 def barrier() -> None:
