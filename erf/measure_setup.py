@@ -82,6 +82,9 @@ def resolve_device(device) -> torch.device:
         raise ErfError("device 'cuda' was asked for but no CUDA device is available; use --device cpu or auto")
     if dev.type not in ("cpu", "cuda"):
         raise ErfError(f"device {device!r} is not supported; use auto, cpu or cuda")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ErfError(f"device {device!r} is not there: this machine has {torch.cuda.device_count()} CUDA "
+                       f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 

@@ -189,6 +189,7 @@ MEASURE_CASES = [
 if not torch.cuda.is_available():
     MEASURE_CASES += [([*M, "--device", "cuda"], "no CUDA device"), ([*M, "--device", "cuda:7"], "no CUDA device")]
 
+
 # erf run: a tiny config, changed per case ({section: {key: TOML value or None to drop it}}) ---------------
 BASE = {"experiment": {"name": '"bad"'}, "model": {"name": '"plain_net"', "args": "{depth = 3, width = 4}"},
         "inputs": {"size": "16"}, "measure": {"samples": "2", "batch_size": "2", "n_boot": "20"}}
@@ -350,3 +351,10 @@ def test_run_bad_input(capsys, monkeypatch, tmp_path, text, args, needle):
 
 def test_corpus_size():
     assert len(RF_CASES) + len(MEASURE_CASES) + len(RUN_CASES) >= 100
+
+
+def test_measure_missing_gpu_index(capsys, monkeypatch, tmp_path):
+    """cuda:7 on a machine with one GPU (pretended here) is refused before anything touches CUDA."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    _check(capsys, monkeypatch, tmp_path, [*M, "--device", "cuda:7"], ("'cuda:7' is not there", "cuda:0 to cuda:0"))
