@@ -143,10 +143,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     "results go to results/<name>/", required=True),
         "title": Key("", _str(), "str", "title of the report (default: the name)"),
         "description": Key("", _str(), "str", "what the experiment shows; printed at the top of report.md"),
-        "seed": Key(0, _int(0), "int", "seed of inputs, weight draws and training (CLI --seed overrides)"),
+        "seed": Key(0, _int(0), "int", "seed of the models, inputs, weight draws and training (CLI --seed overrides)"),
         "device": Key("auto", _choice("auto", "cpu", "cuda"), "str",
                       "auto (CUDA when available), cpu or cuda (CLI --device overrides)"),
         "dtype": Key("float32", _choice("float32", "float64"), "str", "precision of the measurement"),
+        "deterministic": Key(False, _bool, "bool",
+                             "deterministic CUDA kernels, bit-for-bit repeatable GPU runs (CLI --deterministic); "
+                             "CPU runs always are"),
+        "save_every": Key(60.0, _float(0), "float",
+                          "seconds between saves of a running measurement, for erf run --resume (0 = every batch)"),
     },
     "model": {
         "name": Key(None, _str(r"\S+", "a model spec without spaces"), "str",

@@ -167,6 +167,7 @@ MEASURE_CASES = [
     ([*M, "--dtype", "float16"], "dtype must be"),
     ([*M, "--autocast", "fp8"], "autocast must be"),
     ([*M, "--seed", "abc"], "argument --seed: invalid int value"),
+    ([*M, "--seed", "-1"], "--seed must be >= 0"),
     # a device that is not there (this CPU machine), or no device at all
     ([*M, "--device", "tpu"], "unknown device 'tpu'"),
     ([*M, "--device", ""], "unknown device"),

@@ -32,7 +32,9 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", metavar="DEV", help="auto (default: CUDA when available), cpu or cuda")
     p.add_argument("--dtype", default="float32", metavar="T", help="float32 (default) or float64")
     p.add_argument("--autocast", default=None, metavar="MODE", help="bf16 or tf32 (default: off)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the inputs and weight draws (default 0)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the model, inputs and weight draws (default 0)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic CUDA kernels (bit-for-bit repeatable on a GPU; CPU runs always are)")
     p.add_argument("--no-crop", action="store_true", help="never crop the input to the unit's TRF")
     p.add_argument("--tol", type=float, default=None, metavar="X",
                    help="keep sampling until the relative SE of sigma is below X")
@@ -45,7 +47,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from erf import models
+    from erf import distributed, models
     from erf.analytic import spatial_ndim
     from erf.engine import measure
     from erf.errors import ErfError
@@ -54,16 +56,20 @@ def run(args) -> int:
         raise ErfError(f"--plot must name a {', '.join(_PLOT_SUFFIXES)} file; got {args.plot!r}")
     for flag, path in (("--plot", args.plot), ("--save", args.save)):
         check_output_file(flag, path)
+    if args.seed < 0:
+        raise ErfError(f"--seed must be >= 0; got {args.seed}")
     if args.tol is None and args.max_samples is not None:
         raise ErfError("--max-samples only applies with --tol; add --tol X or drop --max-samples")
-    model = models.load_model(args.model, models.parse_model_args(args.model_arg), args.checkpoint)
+    model = models.load_model(args.model, models.parse_model_args(args.model_arg), args.checkpoint, seed=args.seed)
     unit = None if args.unit is None else parse_ints(args.unit, "--unit", positive=False, nonneg=True)
     res = measure(model, input_size(args.input, spatial_ndim(model)), layer=args.layer, unit=unit,
                   channel=args.channel, samples=args.samples, batch_size=args.batch, inputs=args.inputs,
                   weight_draws=args.weight_draws, init=args.init, signal=args.signal, preset=args.preset,
                   device=args.device, dtype=args.dtype, autocast=args.autocast, seed=args.seed,
                   crop=not args.no_crop and "auto", tol=args.tol, max_samples=args.max_samples,
-                  progress=sys.stderr.isatty(), in_channels=args.in_channels)
+                  progress=sys.stderr.isatty(), in_channels=args.in_channels, deterministic=args.deterministic)
+    if not distributed.is_main():
+        return 0
     text = json.dumps(res.to_dict()) if args.json else res.summary()
     written = []
     try:
