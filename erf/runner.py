@@ -305,12 +305,15 @@ def _record(cfg: Config, point: Point, res, state: str, step: int | None) -> Rec
     m = s["measure"]
     seed = cfg.settings["experiment"]["seed"]
     names = s["report"]["metrics"]
+    notes = list(res.notes)
+    if res.trf is None and any("trf" in n for n in names):
+        names = [n for n in names if "trf" not in n]
+        notes.append("no TRF (the model could not be traced): the ERF/TRF metrics are left out")
     mp = res.post_map
     metrics = stats.scalar_metrics(mp, names, trf=res.trf)
     intervals = stats.metric_intervals(*res.groups, metrics=names, level=m["level"], n_boot=m["n_boot"], seed=seed,
                                        trf=res.trf, post=res.post)
     theory, exact = linear_theory(s)
-    notes = list(res.notes)
     summary = _summary(mp, res, notes)
     return Record(point=point, state=state, step=step, map=mp, se_map=res.se_map, trf=res.trf,
                   trf_box=res.trf_box, clipped=res.clipped, samples=res.samples, seconds=res.seconds,

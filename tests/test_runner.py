@@ -246,3 +246,18 @@ kind = "training"
     assert summary["points"][0]["inputs"]["kind"] == "images" and summary["points"][0]["samples"] == 6
     assert "images" in summary["points"][-1]["train"]["task"]
     assert (out / summary["points"][-1]["train"]["weights"]).is_file()
+
+
+def test_a_model_the_tracer_cannot_follow_runs_without_a_trf(tmp_path):
+    """As with erf measure: an op with no RF rule leaves the TRF unknown, not the run refused."""
+    (tmp_path / "spectral.py").write_text(
+        "import torch, torch.nn as nn\nclass M(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = nn.Conv2d(1, 2, 3, padding=1)\n    def forward(self, x):\n"
+        "        return torch.fft.fft2(self.conv(x)).abs()\ndef make():\n    return M()\n")
+    cfg = tmp_path / "f.toml"
+    cfg.write_text(f'[experiment]\nname = "f"\n[model]\nname = "{tmp_path}/spectral.py:make"\n'
+                   '[inputs]\nsize = 8\n[measure]\nsamples = 4\n')
+    assert main(["run", str(cfg), "--out", str(tmp_path / "f")]) == 0
+    point = json.loads((tmp_path / "f" / "summary.json").read_text())["points"][0]
+    assert point["trf"] is None and point["samples"] == 4
+    assert any("fft" in n for n in point["notes"])
