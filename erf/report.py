@@ -312,11 +312,29 @@ def findings(cfg: Config, records, analyses) -> list[str]:
         lo, hi = min(fits), max(fits)
         out.append(f"Shape: a 2-D Gaussian fits the maps with R² from {lo[0]:.3f} ({lo[1]}) to {hi[0]:.3f} "
                    f"({hi[1]}); median {float(np.median([f[0] for f in fits])):.3f}.")
+    out += _global_findings(records)
     clipped = [r.label for r in records if r.clipped]
     if clipped:
         out.append(f"The TRF reaches past the input at {len(clipped)} of {len(records)} maps "
                    f"(e.g. {clipped[0]}): there the ERF is cut by the image border and ERF/TRF uses the full TRF.")
     return out
+
+
+def _global_findings(records) -> list[str]:
+    """Units whose TRF is the whole input (after attention, global pooling): how concentrated the ERF still is."""
+    rows = []
+    for r in records:
+        box, shape = r.trf_box, np.shape(r.map)
+        if ("mass_radius_0.9" not in r.metrics or box is None or len(box) != len(shape)
+                or any(b is None or b[0] > 0 or b[1] < n - 1 for b, n in zip(box, shape))):
+            continue
+        lo, hi = (r.intervals.get("mass_radius_0.9") or (None, None))[:2]
+        rows.append(f"{r.label}: {_fmt(r.metrics['mass_radius_0.9'])} px" + (f" [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None else ""))
+    if not rows:
+        return []
+    return [f"TRF = the whole input, ERF far smaller: at {len(rows)} map(s) the unit's TRF covers the entire "
+            f"{'x'.join(map(str, np.shape(records[0].map)))} input, yet 90% of the ERF mass lies in a disc around its "
+            "centre of mass of radius (mass_radius_0.9) " + "; ".join(rows) + "."]
 
 
 def _growth_findings(fa) -> list[str]:
@@ -778,7 +796,8 @@ def markdown(cfg: Config, records, analyses, notes, figures, env, seconds) -> st
         lines.append("")
     lines += ["Files: `summary.json` (settings, versions, every metric with its interval), `sweep.csv` (one row "
               "per map), " + ("`maps.npz` (every map, not committed), " if cfg.settings["report"]["save_maps"] else "")
-              + "the PNG figures" + (", `weights/` (trained state_dicts)" if base["train"]["enabled"] else "") + ".", ""]
+              + "the PNG figures" + (", `weights/` (trained state_dicts)" if base["train"]["enabled"]
+                                     and base["train"]["save_weights"] else "") + ".", ""]
     return "\n".join(lines)
 
 
