@@ -36,8 +36,8 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
             dtype: str = "float32", autocast: str | None = None, seed: int = 0, crop="auto",
             single_sample: bool = False, tol: float | None = None, max_samples: int | None = None,
             progress: bool = False, in_channels: int | None = None, eval_mode: bool = True,
-            group_size: int | None = None, deterministic: bool = False, state_file=None,
-            save_every: float = 60.0) -> ERFResult:
+            group_size: int | None = None, prefix_tokens: int | None = None, deterministic: bool = False,
+            state_file=None, save_every: float = 60.0) -> ERFResult:
     """Measure the ERF of one unit of ``layer`` (default: the model output) over random inputs.
 
     The map is the mean over samples of ``signal(d target / d input)`` reduced over input
@@ -60,6 +60,10 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
     at most 64 groups (the size doubles until they fit). ``eval_mode=False`` keeps the modules'
     modes (train-mode BatchNorm mixes a batch: it warns; ``single_sample=True`` measures one
     sample per pass). The model is never modified.
+
+    ``prefix_tokens``: tokens before the image grid of a ``(N, L, C)`` layer (class, distillation
+    tokens); None finds them in the trace, else from the model's ``num_prefix_tokens`` /
+    ``cls_token``; a given count is checked against the model.
 
     ``deterministic=True`` makes CUDA runs repeat bit for bit (``erf.determinism``); CPU runs
     always do. ``state_file``: save the sums and the loop position there every ``save_every``
@@ -88,7 +92,8 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
         chans = in_channels or setup.default_in_channels(work)
         zeros = torch.zeros((1, chans, *size), device=dev, dtype=fdtype)
         target = resolve_target(setup.float32_view(model), size, layer, chans,
-                                probe=lambda t: tuple(TargetRunner(work, t)(zeros).shape))
+                                probe=lambda t: tuple(TargetRunner(work, t)(zeros).shape),
+                                prefix_tokens=prefix_tokens)
         notes += target.notes
         unit = stats.center_unit(target.output) if unit is None else check_unit(unit, target.output)
         bs = opts["batch_size"]
@@ -122,6 +127,7 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
             init=init if isinstance(init, str) else getattr(init, "__name__", "callable"), preset=pre.to_dict(),
             device=str(dev), dtype=dtype, autocast=autocast, seed=seed, crop=crop, single_sample=single_sample,
             tol=tol, max_samples=opts["max_samples"] if tol else None, in_channels=chans,
+            prefix_tokens=prefix_tokens,
             input_size=list(size), eval_mode=eval_mode, deterministic=deterministic)
         saver = None if state_file is None else StateFile(state_file, dict(
             settings, window=[[w.start, w.stop] for w in window or ()], group_size=acc.gs,

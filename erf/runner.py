@@ -290,6 +290,7 @@ def _measure(cfg: Config, point: Point, model, device: str, state: str, step: in
                       init=m["init"], signal=m["signal"], preset=m["preset"] or None, device=device,
                       dtype=exp["dtype"], seed=seed, crop=m["crop"], tol=m["tol"] or None,
                       max_samples=(m["max_samples"] or None) if m["tol"] else None,
+                      prefix_tokens=None if m["prefix_tokens"] == "auto" else m["prefix_tokens"],
                       deterministic=exp["deterministic"], state_file=run.engine_state(key),
                       save_every=exp["save_every"])
         if not distributed.is_main():

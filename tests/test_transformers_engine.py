@@ -1,6 +1,5 @@
 """Vision transformers in the gradient engine: token outputs, prefix tokens, the centre token, windows."""
 
-import inspect
 import json
 
 import numpy as np
@@ -159,8 +158,6 @@ def test_user_prefix_tokens_are_checked_against_the_trace():
             _target(model, "blocks.1", prefix_tokens=bad)
 
 
-@pytest.mark.skipif("prefix_tokens" not in inspect.signature(erf.measure).parameters,
-                    reason="erf.measure does not pass prefix_tokens through yet")
 def test_measure_takes_prefix_tokens():
     torch.manual_seed(1)
     model, xs = HandViT(1, attr=None, untraceable=True), _inputs()

@@ -32,7 +32,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", metavar="DEV", help="auto (default: CUDA when available), cpu or cuda")
     p.add_argument("--dtype", default="float32", metavar="T", help="float32 (default) or float64")
     p.add_argument("--autocast", default=None, metavar="MODE", help="bf16 or tf32 (default: off)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the model, inputs and weight draws (default 0)")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of the model, inputs and weight draws (default 0)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic CUDA kernels (bit-for-bit repeatable on a GPU; CPU runs always are)")
     p.add_argument("--no-crop", action="store_true", help="never crop the input to the unit's TRF")
@@ -67,7 +68,8 @@ def run(args) -> int:
                   weight_draws=args.weight_draws, init=args.init, signal=args.signal, preset=args.preset,
                   device=args.device, dtype=args.dtype, autocast=args.autocast, seed=args.seed,
                   crop=not args.no_crop and "auto", tol=args.tol, max_samples=args.max_samples,
-                  progress=sys.stderr.isatty(), in_channels=args.in_channels, deterministic=args.deterministic)
+                  progress=sys.stderr.isatty(), in_channels=args.in_channels, deterministic=args.deterministic,
+                  prefix_tokens=args.prefix_tokens)
     if not distributed.is_main():
         return 0
     text = json.dumps(res.to_dict()) if args.json else res.summary()
