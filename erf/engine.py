@@ -168,6 +168,11 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
         acc.reduce(math.ceil(draws * limit / acc.gs))
         if acc.n == 0:
             raise ErfError("no samples were measured: give samples >= 1 and at least one input")
+        if channel is None and _channels_cancel(acc, probe, seed, chans, size, dev, fdtype, window):
+            why = ("the map is about 0 everywhere while single channels are not: the channel sum of this layer does "
+                   "not move with the input (e.g. a LayerNorm output); measure another layer or pick channel=")
+            warnings.warn(why, stacklevel=2)
+            notes.append(why)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t_end = time.perf_counter()
@@ -233,6 +238,18 @@ class _Probe:
             raise ErfError(f"the input gradient contains NaN or Inf: {where}; check that layer's weights and "
                            "inputs, or try dtype='float64'")
         return m
+
+
+def _channels_cancel(acc, probe, seed, chans, size, dev, fdtype, window) -> bool:
+    """True when the channel-summed map is ~1e-5 of one channel's map: the channels cancel (one extra pass)."""
+    peak = float(acc.total.abs().max()) / acc.n
+    x = _source("gaussian", chans, size, dev, fdtype, window)(seed, 0, 0, 1)
+    one = _Probe(probe.runner, probe.preset, 0, probe.amp, probe.index)
+    try:
+        single = float(one.maps(x).abs().max())
+    except ErfError:
+        return False
+    return single > 0 and peak < 1e-5 * single
 
 
 def _unit_activation(out: torch.Tensor, index: dict, channel) -> torch.Tensor:

@@ -312,3 +312,20 @@ def test_cuda_matches_cpu():
     np.testing.assert_allclose(gpu.map, cpu.map, rtol=1e-9, atol=1e-12)
     f32 = measure(model, 32, samples=8, device="cuda", batch_size=3)
     np.testing.assert_allclose(f32.map, cpu.map, rtol=1e-4, atol=1e-7)
+
+
+def test_a_map_of_zeros_says_why():
+    """The channel sum of a LayerNorm (equal weights) does not depend on the input: float32 noise."""
+
+    class Norm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(1, 4, 3, padding=1), nn.LayerNorm(4)
+
+        def forward(self, x):
+            return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+    with pytest.warns(UserWarning, match="about 0 everywhere"):
+        res = measure(Norm(), 12, samples=4)
+    assert any("LayerNorm" in n for n in res.notes)
+    assert measure(Norm(), 12, samples=4, channel=1).map.max() > 1e-3  # one channel moves
