@@ -14,6 +14,7 @@ alone writes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -136,6 +137,7 @@ class RunFolder:
         self.out = self.path / "out"
 
     def open(self, cfg: Config, resume: bool, restart: bool) -> None:
+        self.new_parent = not self.dest.parent.exists()
         info = self.path / "run.json"
         if self.path.exists():
             if restart:
@@ -180,6 +182,9 @@ class RunFolder:
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        if getattr(self, "new_parent", False):
+            with contextlib.suppress(OSError):  # only if still empty
+                self.dest.parent.rmdir()
 
 
 def resolve_device(cfg: Config) -> str:

@@ -296,8 +296,8 @@ if not torch.cuda.is_available():
 
 
 def _tree(folder):
-    """Every file below ``folder``, and every folder that holds one (bytecode caches left out)."""
-    files = [p for p in folder.rglob("*") if (p.is_file() or any(p.iterdir())) and "__pycache__" not in p.parts]
+    """Every file and folder below ``folder`` (bytecode caches left out)."""
+    files = [p for p in folder.rglob("*") if "__pycache__" not in p.parts]
     return sorted(str(p.relative_to(folder)) for p in files)
 
 
