@@ -25,10 +25,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from erf import distributed
-    from erf.config import check_models, load_config
-    from erf.errors import ErfError
-    from erf.runner import run_experiment
+    from erf import ErfError, check_models, distributed, load_config, run_experiment
 
     if args.resume and args.restart:
         raise ErfError("--resume and --restart exclude each other: keep the interrupted run or discard it")
