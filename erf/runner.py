@@ -98,8 +98,15 @@ def run_experiment(cfg: Config, out: str | os.PathLike | None = None, progress: 
     dest = Path(out) if out is not None else Path(RESULTS_ROOT) / cfg.name
     _check_destination(cfg, dest)
     run = RunFolder(dest, fingerprint(cfg, device))
+    refused = None
     if distributed.is_main():
-        run.open(cfg, resume, restart)
+        try:
+            run.open(cfg, resume, restart)
+        except ConfigError as exc:
+            refused = str(exc)
+    refused = distributed.broadcast_object(refused)  # every rank stops, not only rank 0
+    if refused:
+        raise ConfigError(refused)
     try:
         t0 = time.perf_counter()
         records = measure_all(cfg, device, run, progress)

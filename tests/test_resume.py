@@ -168,3 +168,31 @@ def test_sigkill_mid_measurement_then_resume_equals_one_run(tmp_path):
     assert subprocess.run(cmd + [str(ref)], env=env, capture_output=True).returncode == 0
     _same_results(out, ref)
     assert not (tmp_path / ".killed.partial").exists()
+
+
+@pytest.mark.parametrize("tol,kill_at", [(3e-3, 30), (1e-2, 6)])
+def test_adaptive_run_resumes_exactly(tmp_path, monkeypatch, tol, kill_at):
+    """With tol the groups merge as they grow: the save carries the group size and the stop rule goes on.
+
+    tol 3e-3 runs to the cap (320 samples; killed after 116, groups merged past 64); tol 1e-2
+    stops by the rule at 40 samples (killed after 20).
+    """
+    model = create_model("plain_net", depth=3, width=4, activation="relu")
+    kw = dict(samples=8, batch_size=4, tol=tol, max_samples=320, group_size=1, seed=2)
+    ref = measure(model, 20, **kw)
+    real, calls = measure_accumulate.Accumulator.run, []
+
+    def dies(self, *a):
+        calls.append(1)
+        if len(calls) == kill_at:
+            raise KeyboardInterrupt
+        return real(self, *a)
+
+    monkeypatch.setattr(measure_accumulate.Accumulator, "run", dies)
+    with pytest.raises(KeyboardInterrupt):
+        measure(model, 20, state_file=tmp_path / "s", save_every=0, **kw)
+    monkeypatch.setattr(measure_accumulate.Accumulator, "run", real)
+    res = measure(model, 20, state_file=tmp_path / "s", save_every=0, **kw)
+    assert res.samples == ref.samples > 4 * (kill_at - 1)
+    assert np.array_equal(res.map, ref.map) and np.array_equal(res.groups[0], ref.groups[0])
+    assert res.settings["group_size"] == ref.settings["group_size"]
