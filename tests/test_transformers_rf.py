@@ -67,6 +67,8 @@ def test_vit_rf_is_the_patch_then_global_after_attention():
     assert before.rf == (4, 4) and before.prefix_tokens == 1 and before.output == (4, 4)
     assert r.layer("blocks.0.attn").is_global
     assert r.target.is_global and not r.crop_safe
+    summary = next(line for line in r.table().splitlines() if line.startswith("target "))
+    assert "global: every unit sees the whole input" in summary and "shift-invariant" not in summary
 
 
 def test_manual_attention_is_global_too():

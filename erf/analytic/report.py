@@ -227,7 +227,9 @@ class RFReport:
         alias = f" (= {', '.join(t.aliases)})" if t.aliases else ""
         summary = (f"target {t.name}{alias}: rf {_pair(t.rf)}, jump {_pair(t.jump)}, padding {_pair(t.padding)}, "
                    f"center {_pair(t.center)}, output {_pair(t.output)}")
-        if not t.shift_invariant:
+        if t.is_global:
+            summary += " (global: every unit sees the whole input)"
+        elif not t.shift_invariant:
             summary += f", rf_min {_pair(t.rf_min)} (not shift-invariant: the RF depends on the position)"
         lines += ["", summary, *self.notes]
         return "\n".join(lines)
