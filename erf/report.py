@@ -516,7 +516,7 @@ def _grid(spec, records, _fa, title, sub):
     if scale != "row" and im is not None:
         fig.colorbar(im, ax=list(axes.ravel()), shrink=min(0.8, 2.0 / nrows) if nrows > 2 else 0.8,
                      label="fraction of the map's peak" if scale == "peak" else "ERF (mean |∂unit/∂input|)")
-    fig.suptitle(f"{title}\n{sub}\ncolour: {how}; white box: TRF of the centre unit (dashed: cut by the image)",
+    _suptitle(fig, f"{title}\n{sub}\ncolour: {how}; white box: TRF of the centre unit (dashed: cut by the image)",
                  fontsize=9)
     caption = f"ERF maps, rows: {_name(spec['rows'])}" + (f", columns: {_name(spec['cols'])}" if spec["cols"] else "") \
         + f"; colour: {how}; white box = TRF."
@@ -601,7 +601,7 @@ def _growth_fig(spec, records, fa, title, sub):
         ax2.set_title("ERF/TRF falls as the net gets deeper", fontsize=9)
         ax2.grid(alpha=0.3, which="both")
         ax2.legend(fontsize=7)
-    fig.suptitle(f"{title}\n{sub}; error bars: bootstrap 95% intervals", fontsize=9)
+    _suptitle(fig, f"{title}\n{sub}; error bars: bootstrap 95% intervals", fontsize=9)
     return fig, f"{metric} against {_name(fa['x_key'])} on log-log axes with fitted power laws" + \
         (", the exact linear theory" if spec["theory"] else "") + (" and ERF/TRF with the 1/√n line" if spec["ratio"] else "") + "."
 
@@ -642,7 +642,7 @@ def _bars(spec, records, fa, title, sub):
     ax.set_ylabel(f"{metric} (px)" if not metric.startswith("erf_trf") else metric)
     ax.legend(fontsize=8, title=_name(fa["series_key"]) if fa["series_key"] else None, title_fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"{title}\n{sub}; error bars: bootstrap 95% intervals", fontsize=9)
+    _suptitle(fig, f"{title}\n{sub}; error bars: bootstrap 95% intervals", fontsize=9)
     return fig, f"{metric} per {_name(fa['x_key'])} with 95% intervals" + (" (black line: TRF)" if show_trf else "") + "."
 
 
@@ -682,7 +682,7 @@ def _profiles(spec, records, _fa, title, sub):
         ax.set_title(_show(spec["cols"], pv) if pv is not None else "centre-row profiles", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{title}\n{sub}; dots: measured, lines: 1-D Gaussian fits", fontsize=9)
+    _suptitle(fig, f"{title}\n{sub}; dots: measured, lines: 1-D Gaussian fits", fontsize=9)
     return fig, "Centre-row profiles of the ERF (normalised to their peak) with 1-D Gaussian fits; dotted lines: TRF."
 
 
@@ -730,7 +730,7 @@ def _training_fig(spec, records, fa, title, sub):
         ax2.set_title("training progress", fontsize=9)
         ax2.grid(alpha=0.3)
         ax2.legend(fontsize=7)
-    fig.suptitle(f"{title}\n{sub}", fontsize=9)
+    _suptitle(fig, f"{title}\n{sub}", fontsize=9)
     return fig, f"{metric} at initialisation, at the checkpoints and after training, with 95% intervals."
 
 
@@ -824,3 +824,12 @@ def _table(cfg, records) -> list[str]:
     if len(shown) < len(metrics):
         out += ["", "The y-axis metrics are in `sweep.csv` and `summary.json`."]
     return out
+
+
+def _suptitle(fig, text: str, fontsize: float = 9) -> None:
+    """A figure title whose lines are wrapped to the figure's width (a long line would be cut at the edges)."""
+    import textwrap
+
+    width = max(30, int(fig.get_figwidth() * 72 / (fontsize * 0.6)))
+    lines = [wrapped for line in text.split("\n") for wrapped in textwrap.wrap(line, width) or [""]]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
