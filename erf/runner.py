@@ -129,10 +129,13 @@ def run_experiment(cfg: Config, out: str | os.PathLike | None = None, progress: 
 
 
 def fingerprint(cfg: Config, device: str) -> dict:
-    """What must not change between a run and its resumption: the resolved points and the device."""
+    """What must not change between a run and its resumption: the resolved points and the device.
+
+    The process count may change: saved measurements are reused, and the engine's per-rank saves
+    of the interrupted point are ignored when the count differs (that point starts again).
+    """
     exp = {k: v for k, v in cfg.settings["experiment"].items() if k not in ("save_every", "description", "title")}
-    return stats._json({"experiment": exp, "points": [p.settings for p in cfg.points], "device": device,
-                        "world": distributed.world_size()})
+    return stats._json({"experiment": exp, "points": [p.settings for p in cfg.points], "device": device})
 
 
 class RunFolder:
@@ -142,6 +145,7 @@ class RunFolder:
         self.dest, self.fingerprint = dest, json.dumps(fingerprint, sort_keys=True)
         self.path = dest.parent / f".{dest.name}.partial"
         self.out = self.path / "out"
+        self.new_parent = False  # True when opening created the results root (removed again on discard)
 
     def open(self, cfg: Config, resume: bool, restart: bool) -> None:
         self.new_parent = not self.dest.parent.exists()
@@ -159,14 +163,10 @@ class RunFolder:
                     same = False
                 if not same:
                     raise ConfigError(f"{cfg.path}: the interrupted run in {self.path} was made with other settings "
-                                      "(config, --quick, --seed, --device or process count); use --restart to "
+                                      "(config, --quick, --seed or --device); use --restart to "
                                       "discard it, or resume with the same settings")
         for sub in ("saved", "engine", "out"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        for p in (self.path, self.out):
-            os.chmod(p, 0o777 & ~umask)
         if not info.exists():
             tmp = info.with_suffix(".tmp")
             tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "config": cfg.path}) + "\n")
@@ -189,7 +189,7 @@ class RunFolder:
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-        if getattr(self, "new_parent", False):
+        if self.new_parent:
             with contextlib.suppress(OSError):  # only if still empty
                 self.dest.parent.rmdir()
 
