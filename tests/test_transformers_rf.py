@@ -143,3 +143,31 @@ def test_window_partition_without_window_attributes_is_refused_with_a_hint():
 class Permute(nn.Module):
     def forward(self, x):
         return x.permute(0, 2, 3, 1)
+
+
+class PickToken(nn.Module):
+    """Patch tokens (optionally after a class token), then one token picked by its index."""
+
+    def __init__(self, index, class_token=False):
+        super().__init__()
+        self.embed, self.index = nn.Conv2d(1, 4, 4, 4), index
+        self.cls = nn.Parameter(torch.zeros(1, 1, 4)) if class_token else None
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        if self.cls is not None:
+            t = torch.cat([self.cls.expand(len(t), -1, -1), t], 1)
+        return t[:, self.index]
+
+
+@pytest.mark.parametrize("index,class_token", [(5, False), (0, False), (11, True), (23, False)])
+def test_picking_one_token_gives_its_patch(index, class_token):
+    """``x[:, i]`` on a (N, L, C) token dim (a ViT without class token pooling by token 0, say)."""
+    model = PickToken(index, class_token)
+    r = receptive_field(model, (16, 24))
+    x = torch.randn(1, 1, 16, 24, requires_grad=True)
+    model(x).sum().backward()
+    support = x.grad[0, 0].abs().sum(1).nonzero(), x.grad[0, 0].abs().sum(0).nonzero()
+    box = r.target.box((0, 0))
+    assert [(int(s.min()), int(s.max())) for s in support] == [tuple(b) for b in box]
+    assert r.target.rf == (4, 4)

@@ -393,14 +393,24 @@ def getitem(call: Call):
                         axes[a] = axes[a].globalised(info.axis_sizes()[a])
                     d += 1
                     continue
-                a = single_axis(role)
-                if a is None:
-                    raise UnsupportedOpError(f"indexing a dim of flattened image axes in '{call.name}' "
-                                             "is not supported; pass treat_as for it")
-                b = axes[a].box(int(i) % n)
-                axes[a] = AxisMap.constant(*b) if b else AxisMap(1, 0, (None,), (None,))
+                for a, k in _unravel(role, int(i) % n):  # one position per image axis the dim holds
+                    b = axes[a].box(k)
+                    axes[a] = AxisMap.constant(*b) if b else AxisMap(1, 0, (None,), (None,))
         d += 1
     return Info(tuple(axes), tuple(dims), info.crop_note)
+
+
+def _unravel(role, index: int) -> list[tuple[int, int]]:
+    """(axis, position) of each image axis at ``index`` of a dim (row-major; grid tokens after the prefix)."""
+    comps = role
+    if isinstance(role[0][0], Tokens):
+        index, comps = index - role[0][0].prefix, role[0][0].grid
+    out = []
+    for key, size in reversed(comps):
+        index, k = divmod(index, size)
+        if key is not None:
+            out.append((key, k))
+    return out
 
 
 def _slice_tokens(call, tok: Tokens, start, stop, step, axes):
