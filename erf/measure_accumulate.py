@@ -19,7 +19,7 @@ import torch
 
 from erf import distributed, stats
 from erf.errors import ErfError
-from erf.measure_result import atomic_write
+from erf.measure_result import atomic_write, save_npz
 
 MAX_GROUPS = 64  # host memory for group sums is at most 64 maps
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -179,14 +179,9 @@ class StateFile:
     def save(self, acc: Accumulator, position: dict, now: float) -> None:
         meta = {"fingerprint": self.fingerprint, "group_size": acc.gs, "n": acc.n, **position}
         arrays = {**acc.state(), "meta": np.array(json.dumps(stats._json(meta)))}
-        atomic_write(self.path, lambda f: _save_npz(f, arrays))
+        atomic_write(self.path, lambda f: save_npz(f, arrays))
         self._last = now
 
     def remove(self) -> None:
         if self.path.is_file():
             os.unlink(self.path)
-
-
-def _save_npz(path, arrays) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a temp name
-        np.savez(f, **arrays)

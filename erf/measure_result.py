@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +137,7 @@ class ERFResult:
                   "meta": np.array(json.dumps(stats._json(meta)))}
         if self.se_map is not None:
             arrays["se_map"] = self.se_map
-        return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+        return atomic_write(path, lambda f: save_npz(f, arrays, compressed=True))
 
     @classmethod
     def load(cls, path) -> ERFResult:
@@ -146,8 +147,8 @@ class ERFResult:
                 meta = json.loads(str(z["meta"]))
                 se = z["se_map"] if "se_map" in z.files else None
                 arrays = z["map"], se, (z["group_sums"], z["group_counts"])
-        except (OSError, KeyError, ValueError) as exc:
-            raise ErfError(f"cannot read ERF result {str(path)!r}: {exc}") from None
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ErfError(f"cannot read ERF result {str(path)!r}: {exc or type(exc).__name__}") from None
         box = meta["trf_box"]
         return cls(map=arrays[0], se_map=arrays[1], groups=arrays[2], samples=meta["samples"],
                    trf=None if meta["trf"] is None else tuple(meta["trf"]),
@@ -216,6 +217,12 @@ def atomic_write(path, write) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def save_npz(path, arrays: dict, compressed: bool = False) -> None:
+    """``np.savez`` to exactly ``path`` (through a file object: given a name, numpy appends ``.npz``)."""
+    with open(path, "wb") as f:
+        (np.savez_compressed if compressed else np.savez)(f, **arrays)
 
 
 def place(crop: np.ndarray, window, size) -> np.ndarray:

@@ -329,3 +329,15 @@ def test_a_map_of_zeros_says_why():
         res = measure(Norm(), 12, samples=4)
     assert any("LayerNorm" in n for n in res.notes)
     assert measure(Norm(), 12, samples=4, channel=1).map.max() > 1e-3  # one channel moves
+
+
+def test_save_to_a_name_without_suffix_and_a_bad_file(tmp_path):
+    res = measure(relu_net(), 12, samples=2)
+    path = res.save(tmp_path / "result")  # numpy would add .npz to a bare name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
+    assert np.array_equal(ERFResult.load(path).map, res.map)
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "junk").write_bytes(b"PK\x03\x04 not really a zip")
+    for bad in ("empty", "junk", "missing"):
+        with pytest.raises(ErfError, match="cannot read ERF result"):
+            ERFResult.load(tmp_path / bad)
