@@ -502,6 +502,8 @@ def _num(v):
 
 def write_maps(records: list[Record], path: Path) -> None:
     """Every mean map (and SE map) as float32 in one compressed .npz, keyed by record id."""
+    from erf.measure_result import save_npz
+
     arrays = {}
     for r in records:
         arrays[f"{r.id}_map"] = r.map.astype(np.float32)
@@ -509,7 +511,7 @@ def write_maps(records: list[Record], path: Path) -> None:
             arrays[f"{r.id}_se"] = r.se_map.astype(np.float32)
         if r.trf_box is not None:
             arrays[f"{r.id}_trf_box"] = np.asarray(r.trf_box, dtype=np.int64)
-    np.savez_compressed(path, **arrays)
+    save_npz(path, arrays, compressed=True)
 
 
 def record_dict(r: Record) -> dict:
