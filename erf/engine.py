@@ -132,39 +132,14 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
         saver = None if state_file is None else StateFile(state_file, dict(
             settings, window=[[w.start, w.stop] for w in window or ()], group_size=acc.gs,
             world=distributed.world_size(), model=setup.checksum(work)), save_every)
-        start, done = 0, None
-        saved = saver.load() if saver else None
-        if saved is not None:
-            acc.restore(*saved)
-            start, done, bs = saved[1]["step"], saved[1]["done"], saved[1]["batch_size"]
-            notes[:] = saved[1]["notes"]
+        loop = _Loop(acc, probe, plan, limit, samples, tol, saver, notes, redraw=(
+            (lambda d: setup.redraw(work, init, seed, d)) if opts["redraw"] else None),
+            source=lambda: _source(inputs, chans, size, dev, fdtype, window), seed=seed)
         bar = setup.progress_bar(progress and distributed.is_main(),
                                  sum(hi - lo for _, lo, hi in plan) if not tol else opts["max_samples"] * draws)
-        bar.update(acc.n)
         t_loop = time.perf_counter()
-        drawn = 0
         with amp["tf32"], contextlib.closing(bar):
-            for step in range(start, len(plan)):
-                d, lo, hi = plan[step]
-                if opts["redraw"] and d != drawn:
-                    setup.redraw(work, init, seed, d)
-                    drawn = d
-                source = _source(inputs, chans, size, dev, fdtype, window)
-                done = lo if done is None else done
-                while done < hi:
-                    x = source(seed, d, done, min(bs, hi - done))
-                    if x is None:
-                        break
-                    bs = acc.run(probe, x, d * limit + done, bs)
-                    done += x.shape[0]
-                    bar.update(x.shape[0])
-                    if tol and done >= samples and acc.relative_se() < tol:
-                        break
-                    if saver and saver.due(time.perf_counter()):
-                        saver.save(acc, dict(step=step, done=done, batch_size=bs, notes=notes), time.perf_counter())
-                if done < min(hi, samples):
-                    notes.append(f"inputs ran out after {done} samples in draw {d}")
-                done = None
+            bs = loop.run(bs, bar)
         acc.reduce(math.ceil(draws * limit / acc.gs))
         if acc.n == 0:
             raise ErfError("no samples were measured: give samples >= 1 and at least one input")
@@ -184,6 +159,50 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
     settings.update(batch_size=bs, group_size=acc.gs, timing={
         "setup": t_trace - t0, "crop_check": t_loop - t_trace, "sampling": t_end - t_loop})
     return _result(acc, target, unit, window, size, dev, time.perf_counter() - t0, notes, settings)
+
+
+class _Loop:
+    """The sampling loop over this rank's plan: weight redraws, batches, adaptive stop, saves, resume."""
+
+    def __init__(self, acc, probe, plan, limit, samples, tol, saver, notes, redraw, source, seed):
+        self.acc, self.probe, self.plan, self.limit, self.samples, self.tol = acc, probe, plan, limit, samples, tol
+        self.saver, self.notes, self.redraw, self.source, self.seed = saver, notes, redraw, source, seed
+
+    def run(self, bs: int, bar) -> int:
+        """Measure every planned sample (from the last save when one matches); return the final batch size."""
+        start, done = 0, None
+        saved = self.saver.load() if self.saver else None
+        if saved is not None:
+            self.acc.restore(*saved)
+            start, done, bs = saved[1]["step"], saved[1]["done"], saved[1]["batch_size"]
+            self.notes[:] = saved[1]["notes"]
+        bar.update(self.acc.n)
+        drawn = 0  # the weights hold draw 0 on entry
+        for step in range(start, len(self.plan)):
+            d, lo, hi = self.plan[step]
+            if self.redraw and d != drawn:
+                self.redraw(d)
+                drawn = d
+            bs, done = self._draw(step, d, lo if done is None else done, hi, bs, bar)
+            if done < min(hi, self.samples):
+                self.notes.append(f"inputs ran out after {done} samples in draw {d}")
+            done = None
+        return bs
+
+    def _draw(self, step, d, done, hi, bs, bar) -> tuple[int, int]:
+        source, acc = self.source(), self.acc
+        while done < hi:
+            x = source(self.seed, d, done, min(bs, hi - done))
+            if x is None:
+                break
+            bs = acc.run(self.probe, x, d * self.limit + done, bs)
+            done += x.shape[0]
+            bar.update(x.shape[0])
+            if self.tol and done >= self.samples and acc.relative_se() < self.tol:
+                break
+            if self.saver and self.saver.due(time.perf_counter()):
+                self.saver.save(acc, dict(step=step, done=done, batch_size=bs, notes=self.notes), time.perf_counter())
+        return bs, done
 
 
 def _plan(draws: int, limit: int, batch: int) -> list[tuple[int, int, int]]:
