@@ -178,6 +178,9 @@ class RunFolder:
     def engine_state(self, key: str) -> Path:
         return self.path / "engine" / f"{key}.state"
 
+    def train_state(self, point_id: str) -> str:
+        return str(self.path / "engine" / f"{point_id}.train")
+
     def done(self) -> set[str]:
         """Keys of the measurements already saved (rank 0's view, shared with every rank)."""
         keys = {p.stem for p in (self.path / "saved").glob("*.npz")} if distributed.is_main() else set()
@@ -259,7 +262,8 @@ def measure_point(cfg: Config, point: Point, device: str, run: RunFolder, done: 
     """Build (and train) the point's model and measure it; one Record per training state.
 
     A measurement already in ``done`` (saved by an interrupted run) is read back, not repeated;
-    a training point trains again from the start (CPU training repeats exactly).
+    a training point goes on from the training state saved at its last measured step (one
+    process; under torchrun it trains again from the start).
     """
     from erf.models import load_model
 
@@ -432,16 +436,26 @@ def _train_and_measure(cfg: Config, point: Point, model, device: str, seed: int,
     size = tr["size"] or point.settings["inputs"]["size"]
     size = size if isinstance(size, int) else tuple(size)
     task = make_task(tr["task"], size=size, channels=infer_in_channels(model), seed=seed, **tr["task_args"])
-    records: list[Record] = []
+    by_step: dict[int, Record | None] = {}
+
+    def state_of(step):
+        return "init" if step == 0 else "trained" if step == tr["steps"] else f"step {step}"
 
     def on_checkpoint(step, net):
-        state = "init" if step == 0 else "trained" if step == tr["steps"] else f"step {step}"
-        record = _measure(cfg, point, net, device, state, step, run, saved=Record.key(point, state) in done)
+        state = state_of(step)
+        by_step[step] = _measure(cfg, point, net, device, state, step, run, saved=Record.key(point, state) in done)
+
+    # one process: training saves its state at each measured step, and a resumed run goes on from there
+    state_file = run.train_state(point.id) if distributed.world_size() == 1 else None
+    result = train(model, task, steps=tr["steps"], batch_size=tr["batch_size"], lr=tr["lr"], device=device,
+                   seed=seed, checkpoint_every=sorted(set(tr["checkpoints"])), on_checkpoint=on_checkpoint,
+                   state_file=state_file)
+    records = []
+    for step in result.config["checkpoint_steps"]:  # steps measured before an interruption come from their saves
+        record = by_step[step] if step in by_step else _measure(cfg, point, None, device, state_of(step), step, run,
+                                                                saved=True)
         if record is not None:
             records.append(record)
-
-    result = train(model, task, steps=tr["steps"], batch_size=tr["batch_size"], lr=tr["lr"], device=device,
-                   seed=seed, checkpoint_every=sorted(set(tr["checkpoints"])), on_checkpoint=on_checkpoint)
     info = {"task": task.description, "steps": result.steps, "seconds": result.seconds,
             "eval": result.eval, "train_loss": result.train_loss, "config": result.config}
     if not distributed.is_main():

@@ -21,6 +21,7 @@ and ``head``; its checkpoints load into ``DenseHead(<same body>)`` (see ``dense_
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -217,16 +218,57 @@ def evaluate(model: nn.Module, task, x: torch.Tensor, y: torch.Tensor, batch_siz
 # --------------------------------------------------------------------------- the loop
 
 
+class _TrainState:
+    """The whole training state in one file (``torch.save``, read back with ``weights_only=True``)."""
+
+    def __init__(self, path: str, config: dict):
+        self.path = os.fspath(path)
+        self.fingerprint = json.dumps(config, sort_keys=True, default=str)
+
+    def load(self) -> dict | None:
+        """The saved state when it was written by a run of the same configuration, else None."""
+        if not os.path.isfile(self.path):
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged save: train from the start
+            return None
+        return state if isinstance(state, dict) and state.get("fingerprint") == self.fingerprint else None
+
+    def save(self, step: int, model, opt, gen, history, has_accuracy: bool, result: TrainResult) -> None:
+        dev = history.device
+        state = {"fingerprint": self.fingerprint, "step": step,
+                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "optimizer": opt.state_dict(), "generator": gen.get_state().cpu(),
+                 "torch_rng": torch.get_rng_state(), "history": history.cpu(), "has_accuracy": has_accuracy,
+                 "eval": json.dumps(result.eval), "checkpoints": json.dumps(result.checkpoints)}
+        if dev.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(dev)
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
 def train(model: nn.Module, task, steps: int, batch_size: int = 64, lr: float = 1e-3, device=None,
           seed: int = 0, checkpoint_every: int | Sequence[int] | None = None, checkpoint_dir: str | None = None,
           on_checkpoint: Callable[[int, nn.Module], Any] | None = None, progress: bool = False, *,
           optimizer: str = "adamw", weight_decay: float = 0.0, momentum: float = 0.9,
-          eval_size: int = 512, eval_every: int | None = None, grad_clip: float | None = None) -> TrainResult:
+          eval_size: int = 512, eval_every: int | None = None, grad_clip: float | None = None,
+          state_file: str | None = None) -> TrainResult:
     """Train ``model`` in place on ``task`` for ``steps`` steps and return a ``TrainResult``.
 
     See the module docstring for the schedule of checkpoints, the files written and the
     optimizers. ``eval_every`` adds eval points between checkpoints; ``grad_clip`` clips the
     global gradient norm. The model ends in eval mode on ``device``.
+
+    ``state_file``: after each checkpoint step (and its ``on_checkpoint``) the whole training
+    state (weights, optimizer, random generators, histories) is saved there atomically; a run
+    given a matching file goes on after its step, with the numbers of an uninterrupted run on
+    CPU (``on_checkpoint`` is not called again for the steps before).
     """
     _check_args(model, task, steps, batch_size, lr, eval_size)
     if str(optimizer).lower() not in OPTIMIZERS:
@@ -254,6 +296,22 @@ def train(model: nn.Module, task, steps: int, batch_size: int = 64, lr: float = 
     has_accuracy = True
     fork = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     start = time.perf_counter()
+    saver = None
+    if state_file is not None:
+        from erf.measure_setup import checksum
+
+        saver = _TrainState(state_file, {**config, "initial_weights": checksum(model)})
+    restored = saver.load() if saver else None
+    first = 1
+    if restored is not None:
+        model.load_state_dict(restored["model"])
+        opt.load_state_dict(restored["optimizer"])
+        gen.set_state(restored["generator"].to(gen.get_state().device))
+        history = restored["history"].to(dev)
+        has_accuracy = bool(restored["has_accuracy"])
+        result.eval = json.loads(restored["eval"])
+        result.checkpoints = {int(k): v for k, v in json.loads(restored["checkpoints"]).items()}
+        first = int(restored["step"]) + 1
 
     def checkpoint(step: int) -> None:
         if step in eval_steps:
@@ -270,15 +328,22 @@ def train(model: nn.Module, task, steps: int, batch_size: int = 64, lr: float = 
             if value is not None:
                 result.measurements[step] = value
         model.train()
+        if saver is not None:
+            saver.save(step, model, opt, gen, history, has_accuracy, result)
 
     from tqdm.auto import tqdm
 
     with torch.random.fork_rng(devices=fork):
         torch.manual_seed(mix_seed(seed, "torch"))  # dropout and other in-model randomness
+        if restored is not None:
+            torch.set_rng_state(restored["torch_rng"])
+            if dev.type == "cuda":
+                torch.cuda.set_rng_state(restored["cuda_rng"], dev)
         model.train()
-        bar = tqdm(range(1, steps + 1), desc=f"train {task.name}", disable=not progress, leave=False)
+        bar = tqdm(range(first, steps + 1), desc=f"train {task.name}", disable=not progress, leave=False)
         try:
-            checkpoint(0)
+            if restored is None:
+                checkpoint(0)
             for step in bar:
                 x, y = task.batch(batch_size, gen, dev)
                 out = _forward(model, x, task) if step == 1 else model(x)

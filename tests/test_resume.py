@@ -196,3 +196,49 @@ def test_adaptive_run_resumes_exactly(tmp_path, monkeypatch, tol, kill_at):
     assert res.samples == ref.samples > 4 * (kill_at - 1)
     assert np.array_equal(res.map, ref.map) and np.array_equal(res.groups[0], ref.groups[0])
     assert res.settings["group_size"] == ref.settings["group_size"]
+
+
+TRAINING = """
+[experiment]
+name = "t"
+[model]
+name = "plain_net"
+args = { width = 4, depth = 3, activation = "relu" }
+[inputs]
+size = 16
+[measure]
+samples = 4
+[train]
+enabled = true
+task = "segmentation"
+steps = 12
+batch_size = 8
+checkpoints = [4, 8]
+"""
+
+
+def test_training_point_resumes_from_its_last_measured_step(tmp_path, monkeypatch):
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(TRAINING)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(ref)]) == 0
+    real, measured = runner._measure, []
+
+    def dies_at_step_8(cfg, point, model, device, state, step, run, saved=False):
+        if step == 8 and not saved:
+            raise KeyboardInterrupt
+        measured.append((step, saved))
+        return real(cfg, point, model, device, state, step, run, saved)
+
+    monkeypatch.setattr(runner, "_measure", dies_at_step_8)
+    assert main(["run", str(cfg), "--out", str(out)]) == 130
+    assert measured == [(0, False), (4, False)]
+    monkeypatch.setattr(runner, "_measure", lambda *a, **k: measured.append((a[5], k.get("saved", False)))
+                        or real(*a, **k))
+    measured.clear()
+    assert main(["run", str(cfg), "--out", str(out), "--resume"]) == 0
+    assert measured == [(8, False), (12, False), (0, True), (4, True)]  # training went on after step 4
+    _same_results(out, ref)
+    a, b = (json.loads((p / "summary.json").read_text())["points"] for p in (ref, out))
+    trained_a, trained_b = a[-1]["train"], b[-1]["train"]  # the training info sits on the final state
+    assert trained_a["train_loss"] == trained_b["train_loss"] and trained_a["eval"] == trained_b["eval"]

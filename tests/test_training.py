@@ -448,3 +448,38 @@ def test_images_task_trains_on_a_folder(tmp_path):
     mpimg.imsave(single / "only" / "b.png", np.ones((8, 8, 3)))
     with pytest.raises(ErfError, match="no labels"):
         make_task("images", 8, channels=3, path=str(single))
+
+
+@pytest.mark.parametrize("optimizer,model_name", [("adamw", "small_cnn"), ("sgd", "vit")])
+def test_killed_training_resumes_from_its_state_file_exactly(tmp_path, optimizer, model_name):
+    """Weights, optimizer moments, data stream, dropout-free RNG and histories all carry over."""
+    task = make_task("quadrant", 16, channels=3, seed=0)
+    args = dict(num_classes=4, width=0.25, in_channels=3) if model_name == "small_cnn" else \
+        dict(num_classes=4, img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+    kw = dict(steps=12, batch_size=8, lr=1e-3, device="cpu", seed=7, checkpoint_every=4, eval_size=16,
+              optimizer=optimizer)
+
+    def fresh():
+        torch.manual_seed(0)
+        return create_model(model_name, **args)
+
+    whole = fresh()
+    ref = train(whole, task, **kw)
+    state = tmp_path / "train.state"
+
+    def killed_at_8(step, model):
+        if step == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(fresh(), task, state_file=str(state), on_checkpoint=killed_at_8, **kw)
+    assert state.is_file()  # saved after step 4
+    called = []
+    resumed = fresh()
+    res = train(resumed, task, state_file=str(state), on_checkpoint=lambda s, m: called.append(s), **kw)
+    assert called == [8, 12]  # steps 0 and 4 were done before the kill
+    assert _same_weights(resumed, whole)
+    assert res.train_loss == ref.train_loss and res.eval == ref.eval
+    # another configuration ignores the save
+    other = train(fresh(), task, state_file=str(state), **{**kw, "lr": 2e-3})
+    assert other.train_loss[:4] != ref.train_loss[:4]
