@@ -180,8 +180,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "batch_size": Key(32, _int(1), "int", "samples per forward/backward pass"),
         "weight_draws": Key(0, _int(0), "int", "independent re-initialisations with 'init' (0 = the model's weights)"),
         "init": Key("model", _choice(*_INITS), "str",
-                    "weights: model (as built or loaded), uniform (random U), constant (1/fan_in, Luo's "
-                    "'uniform weights'), kaiming_normal, xavier_normal"),
+                    "weights: model (as built or loaded; with weight_draws, rebuilt by its factory with a new seed "
+                    "per draw), uniform (random U), constant (1/fan_in, Luo's 'uniform weights'), kaiming_normal, "
+                    "xavier_normal"),
+        "normalize_draws": Key(False, _bool, "bool",
+                               "divide each weight draw's map by its total before averaging, so every network counts "
+                               "the same (deep nets' gradient scales differ by orders of magnitude between draws)"),
         "signal": Key("abs", _choice(*_SIGNALS), "str",
                       "what is averaged over samples: abs(grad) (abs), grad (signed), grad^2 (square), max(grad, 0) (positive)"),
         "preset": Key("", _choice(*_PRESETS), "str", "an ERF definition of erf.stats.PRESETS (luo, replknet, openerf; \"\" = none); overrides signal"),
@@ -662,9 +666,13 @@ def _check_point(fail: _Errors, cfg: Config, p: Point) -> None:
         fail("model.checkpoint", f"{pre}file not found: {s['model']['checkpoint']}")
     if mea["max_samples"] and mea["max_samples"] < mea["samples"]:
         fail("measure.max_samples", f"{pre}must be 0 or >= measure.samples ({mea['samples']})")
-    if mea["init"] == "model" and mea["weight_draws"] > 0:
-        fail("measure.weight_draws", f"{pre}weight draws re-initialise the model: set measure.init "
-             "(uniform, constant, kaiming_normal, xavier_normal) or use weight_draws = 0")
+    if mea["init"] == "model" and mea["weight_draws"] > 0 and s["model"]["checkpoint"]:
+        fail("measure.weight_draws", f"{pre}weight draws with init = 'model' rebuild the model per draw, which "
+             "drops model.checkpoint: use weight_draws = 0 to measure the checkpoint")
+    if mea["normalize_draws"] and not 2 <= mea["weight_draws"] <= 64:
+        fail("measure.normalize_draws", f"{pre}needs 2 to 64 weight draws; got weight_draws = {mea['weight_draws']}")
+    if mea["normalize_draws"] and mea["tol"]:
+        fail("measure.normalize_draws", f"{pre}needs a fixed sample count per draw: set measure.tol = 0")
     if tr["enabled"]:
         if mea["init"] != "model" or mea["weight_draws"]:
             fail("measure.init", f"{pre}with training on, the trained weights are measured: "

@@ -20,7 +20,7 @@ import torch.nn as nn
 from erf import determinism, distributed, stats
 from erf import measure_setup as setup
 from erf.errors import ErfError
-from erf.measure_accumulate import Accumulator, StateFile, final_group_size
+from erf.measure_accumulate import MAX_GROUPS, Accumulator, StateFile, final_group_size
 from erf.measure_diagnose import locate_nonfinite
 from erf.measure_inputs import NoiseSource, sample_key
 from erf.measure_result import ERFResult, input_batches, place
@@ -36,8 +36,8 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
             dtype: str = "float32", autocast: str | None = None, seed: int = 0, crop="auto",
             single_sample: bool = False, tol: float | None = None, max_samples: int | None = None,
             progress: bool = False, in_channels: int | None = None, eval_mode: bool = True,
-            group_size: int | None = None, prefix_tokens: int | None = None, deterministic: bool = False,
-            state_file=None, save_every: float = 60.0) -> ERFResult:
+            group_size: int | None = None, prefix_tokens: int | None = None, normalize_draws: bool = False,
+            deterministic: bool = False, state_file=None, save_every: float = 60.0) -> ERFResult:
     """Measure the ERF of one unit of ``layer`` (default: the model output) over random inputs.
 
     The map is the mean over samples of ``signal(d target / d input)`` reduced over input
@@ -61,6 +61,11 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
     modes (train-mode BatchNorm mixes a batch: it warns; ``single_sample=True`` measures one
     sample per pass). The model is never modified.
 
+    ``normalize_draws=True`` (with ``weight_draws`` >= 2): each draw's map is divided by its own
+    total before the draws are averaged, so every network counts the same; the gradient
+    magnitudes of deep nets differ by orders of magnitude between draws, and a plain average is
+    then the map of the loudest draw. Each draw is one group, so intervals are over draws.
+
     ``prefix_tokens``: tokens before the image grid of a ``(N, L, C)`` layer (class, distillation
     tokens); None finds them in the trace, else from the model's ``num_prefix_tokens`` /
     ``cls_token``; a given count is checked against the model.
@@ -74,6 +79,9 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
     t0 = time.perf_counter()
     opts = setup.check_options(samples, batch_size, weight_draws, init, tol, max_samples, crop, autocast, dtype,
                                single_sample, group_size)
+    if normalize_draws and not (2 <= weight_draws <= MAX_GROUPS and group_size in (None, samples) and not tol):
+        raise ErfError(f"normalize_draws needs 2 to {MAX_GROUPS} weight draws of a fixed sample count, one group each "
+                       f"(no group_size, no tol); got weight_draws={weight_draws}")
     dist = distributed.active()
     if dist and tol:
         raise ErfError("tol (adaptive sampling) cannot be split over torchrun processes; give a fixed "
@@ -128,7 +136,7 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
             device=str(dev), dtype=dtype, autocast=autocast, seed=seed, crop=crop, single_sample=single_sample,
             tol=tol, max_samples=opts["max_samples"] if tol else None, in_channels=chans,
             prefix_tokens=prefix_tokens,
-            input_size=list(size), eval_mode=eval_mode, deterministic=deterministic)
+            input_size=list(size), eval_mode=eval_mode, deterministic=deterministic, normalize_draws=normalize_draws)
         saver = None if state_file is None else StateFile(state_file, dict(
             settings, window=[[w.start, w.stop] for w in window or ()], group_size=acc.gs,
             world=distributed.world_size(), model=setup.checksum(work)), save_every)
@@ -143,6 +151,9 @@ def measure(model: nn.Module, input_size, layer: str | None = None, unit=None, c
         acc.reduce(math.ceil(draws * limit / acc.gs))
         if acc.n == 0:
             raise ErfError("no samples were measured: give samples >= 1 and at least one input")
+        if normalize_draws:
+            acc.normalize_groups()
+            notes.append(f"each of the {len(acc.sums)} weight draws normalised to unit total before averaging")
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t_end = time.perf_counter()

@@ -124,6 +124,17 @@ class Accumulator:
         self.sums = {g: dense[g] for g in range(n_groups) if counts[g] > 0}
         self.counts = {g: int(counts[g]) for g in self.sums}
 
+    def normalize_groups(self) -> None:
+        """Scale each group to total mass = its sample count (a mean map of unit total), then re-add the total."""
+        for g, s in self.sums.items():
+            mass = float(s.sum())
+            if not mass > 0:
+                raise ErfError(f"group {g} (a weight draw) has a map with total {mass:g}; it cannot be normalised: "
+                               "drop normalize_draws or use a non-negative signal (abs, square)")
+            self.sums[g] = s * (self.counts[g] / mass)
+        keys = sorted(self.sums)
+        self.total = torch.from_numpy(np.sum([self.sums[g] for g in keys], axis=0)).to(self.total.device)
+
     # ------------------------------------------------------------------ saving
 
     def state(self) -> dict[str, np.ndarray]:

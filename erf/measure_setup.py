@@ -24,7 +24,8 @@ def check_options(samples, batch_size, weight_draws, init, tol, max_samples, cro
     if not isinstance(weight_draws, (int, np.integer)) or weight_draws < 0:
         raise ErfError(f"weight_draws must be 0 (use the model's weights) or a positive count; got {weight_draws!r}")
     if weight_draws and init == "model":
-        raise ErfError("weight_draws needs an init that draws weights (e.g. init='kaiming_normal'), not 'model'")
+        raise ErfError("weight_draws needs an init that draws weights (e.g. init='kaiming_normal', or "
+                       "erf.models.rebuild_init(spec) for the model's own scheme), not 'model'")
     if isinstance(init, str) and init not in init_names():
         raise ErfError(f"unknown init {init!r}; choose one of {', '.join(init_names())} (or pass a callable)")
     if tol is not None and not tol > 0:

@@ -142,6 +142,8 @@ def setup_line(cfg: Config, records, env) -> str:
     size = inp["size"] if isinstance(inp["size"], int) else "x".join(map(str, inp["size"]))
     draws = {r.point.settings["measure"]["weight_draws"] for r in records}
     draw_txt = f" x {max(draws)} weight draws" if max(draws) else ""
+    if any(r.point.settings["measure"]["normalize_draws"] for r in records):
+        draw_txt += " (each normalised to unit total)"
     signal = {"abs": "|grad|", "signed": "grad", "square": "grad²", "positive": "max(grad,0)"}[m["signal"]]
     return (f"{inp['kind']} inputs {size}px, {m['samples']} samples{draw_txt}, ERF = mean {signal}, "
             f"{env['device']}{' (quick mode)' if cfg.quick else ''}")
@@ -640,7 +642,9 @@ def _bars(spec, records, fa, title, sub):
     ax.set_xticks(range(len(cats)), cats, fontsize=8, rotation=10)
     ax.set_xlabel(_name(fa["x_key"]))
     ax.set_ylabel(f"{metric} (px)" if not metric.startswith("erf_trf") else metric)
-    ax.legend(fontsize=8, title=_name(fa["series_key"]) if fa["series_key"] else None, title_fontsize=8)
+    # beside the axes: inside, it would cover the bars' value and TRF labels
+    ax.legend(fontsize=8, title=_name(fa["series_key"]) if fa["series_key"] else None, title_fontsize=8,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3, axis="y")
     _suptitle(fig, f"{title}\n{sub}; error bars: bootstrap 95% intervals", fontsize=9)
     return fig, f"{metric} per {_name(fa['x_key'])} with 95% intervals" + (" (black line: TRF)" if show_trf else "") + "."

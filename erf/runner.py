@@ -300,10 +300,16 @@ def _measure(cfg: Config, point: Point, model, device: str, state: str, step: in
     else:
         size = s["inputs"]["size"]
         size = tuple(size) if isinstance(size, list) else size
+        init = m["init"]
+        if init == "model" and m["weight_draws"]:
+            from erf.models import rebuild_init
+
+            init = rebuild_init(s["model"]["name"], s["model"]["args"])
         res = measure(model, size, layer=m["layer"] or None, unit=tuple(m["unit"]) or None,
                       channel=None if m["channel"] == "all" else m["channel"], samples=m["samples"],
                       batch_size=m["batch_size"], inputs=_inputs(s, model, seed), weight_draws=m["weight_draws"],
-                      init=m["init"], signal=m["signal"], preset=m["preset"] or None, device=device,
+                      init=init, signal=m["signal"], preset=m["preset"] or None, device=device,
+                      normalize_draws=m["normalize_draws"],
                       dtype=exp["dtype"], seed=seed, crop=m["crop"], tol=m["tol"] or None,
                       max_samples=(m["max_samples"] or None) if m["tol"] else None,
                       prefix_tokens=None if m["prefix_tokens"] == "auto" else m["prefix_tokens"],

@@ -52,7 +52,7 @@ BAD = [
     ["--channel", "9"],
     ["--plot", "x.txt"],
     ["--max-samples", "10"],
-    ["--weight-draws", "2"],
+    ["--normalize-draws"],
     ["--dtype", "float16"],
     ["--tol", "-1"],
 ]

@@ -125,7 +125,7 @@ BAD = [
     (GOOD + '[report]\nmetrics = ["sigma_x", "wiggle"]\n', "report.metrics", "unknown metric 'wiggle'"),
     (GOOD + '[quick]\n"measure.sample" = 2\n', "quick.measure.sample", "unknown key"),
     (GOOD + '[quick]\n"sweep.grid.model.args.depth" = [2]\n', "quick.sweep.grid.model.args.depth", "not an axis"),
-    (GOOD.replace("samples = 4", "samples = 4\nweight_draws = 3"), "measure.weight_draws", "set measure.init"),
+    (GOOD.replace("samples = 4", "samples = 4\nnormalize_draws = true"), "measure.normalize_draws", "needs 2 to 64"),
     (GOOD + '[train]\nenabled = true\ntask = "nonsense"\n', "train.task", "unknown task"),
     (GOOD.replace("samples = 4", 'layer = "layers.9"'), "measure.layer", "no layer named 'layers.9'"),
     (GOOD.replace("samples = 4", "unit = [30, 30]"), "measure.unit", "outside"),

@@ -341,3 +341,31 @@ def test_save_to_a_name_without_suffix_and_a_bad_file(tmp_path):
     for bad in ("empty", "junk", "missing"):
         with pytest.raises(ErfError, match="cannot read ERF result"):
             ERFResult.load(tmp_path / bad)
+
+
+def test_normalized_draws_weigh_every_network_the_same():
+    model = relu_net()
+    kw = dict(samples=6, weight_draws=3, init="kaiming_normal", dtype="float64", crop=False)
+    raw = measure(model, 16, **kw)
+    norm = measure(model, 16, normalize_draws=True, **kw)
+    sums, counts = raw.groups
+    assert counts.tolist() == [6, 6, 6]  # one group per draw
+    expected = np.mean([s / s.sum() for s in sums], axis=0)
+    np.testing.assert_allclose(norm.map, expected, rtol=1e-12)
+    assert norm.map.sum() == pytest.approx(1.0) and norm.groups[1].tolist() == [6, 6, 6]
+    with pytest.raises(ErfError, match="normalize_draws needs 2 to 64"):
+        measure(model, 16, samples=4, normalize_draws=True)
+
+
+def test_rebuild_init_draws_the_models_own_scheme_per_draw():
+    from erf.models import apply_init, load_model, rebuild_init
+
+    args = {"depth": 3, "width": 4}
+    model = load_model("plain_net", args)
+    gen = torch.Generator().manual_seed(12345)
+    apply_init(model, rebuild_init("plain_net", args), gen)
+    fresh = load_model("plain_net", args, seed=12345)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    res = measure(model, 16, samples=4, weight_draws=2, init=rebuild_init("plain_net", args))
+    assert res.settings["init"] == "model_rebuild" and res.groups[1].tolist() == [4, 4]
+    assert not np.allclose(res.groups[0][0], res.groups[0][1])  # two different networks

@@ -25,7 +25,11 @@ def register(sub) -> None:
     p.add_argument("--weight-draws", type=int, default=0, metavar="K",
                    help="re-draw the weights K times with --init and average (default 0: the model's weights)")
     p.add_argument("--init", default="model", metavar="NAME",
-                   help="model (default), uniform, constant, kaiming_normal or xavier_normal")
+                   help="model (default: the model's own init; with --weight-draws, the model rebuilt with a new "
+                        "seed per draw), uniform, constant, kaiming_normal or xavier_normal")
+    p.add_argument("--normalize-draws", action="store_true",
+                   help="with --weight-draws: each draw's map to unit total before averaging (every network counts "
+                        "the same)")
     p.add_argument("--signal", default="abs", metavar="NAME",
                    help="abs (default, |grad|), signed, square or positive")
     p.add_argument("--preset", metavar="NAME", help="ERF definition preset: luo, replknet or openerf")
@@ -61,15 +65,22 @@ def run(args) -> int:
         raise ErfError(f"--seed must be >= 0; got {args.seed}")
     if args.tol is None and args.max_samples is not None:
         raise ErfError("--max-samples only applies with --tol; add --tol X or drop --max-samples")
-    model = models.load_model(args.model, models.parse_model_args(args.model_arg), args.checkpoint, seed=args.seed)
+    model_args = models.parse_model_args(args.model_arg)
+    model = models.load_model(args.model, model_args, args.checkpoint, seed=args.seed)
+    init = args.init
+    if init == "model" and args.weight_draws:
+        if args.checkpoint:
+            raise ErfError("--weight-draws with --init model rebuilds the model per draw, which drops --checkpoint; "
+                           "drop one of them")
+        init = models.rebuild_init(args.model, model_args)
     unit = None if args.unit is None else parse_ints(args.unit, "--unit", positive=False, nonneg=True)
     res = measure(model, input_size(args.input, spatial_ndim(model)), layer=args.layer, unit=unit,
                   channel=args.channel, samples=args.samples, batch_size=args.batch, inputs=args.inputs,
-                  weight_draws=args.weight_draws, init=args.init, signal=args.signal, preset=args.preset,
+                  weight_draws=args.weight_draws, init=init, signal=args.signal, preset=args.preset,
                   device=args.device, dtype=args.dtype, autocast=args.autocast, seed=args.seed,
                   crop=not args.no_crop and "auto", tol=args.tol, max_samples=args.max_samples,
                   progress=sys.stderr.isatty(), in_channels=args.in_channels, deterministic=args.deterministic,
-                  prefix_tokens=args.prefix_tokens)
+                  prefix_tokens=args.prefix_tokens, normalize_draws=args.normalize_draws)
     if not distributed.is_main():
         return 0
     text = json.dumps(res.to_dict()) if args.json else res.summary()

@@ -5,7 +5,7 @@ Importing this package registers every built-in model.
 
 from erf.models import builders, reference, transformers  # noqa: F401  (registers the models)
 from erf.models.init import INITS, apply_init
-from erf.models.loading import load_checkpoint, load_model, load_model_file, parse_model_args
+from erf.models.loading import load_checkpoint, load_model, load_model_file, parse_model_args, rebuild_init
 from erf.models.registry import create_model, list_models, register_model
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "load_checkpoint",
     "load_model_file",
     "parse_model_args",
+    "rebuild_init",
     "apply_init",
     "INITS",
 ]

@@ -183,6 +183,19 @@ def load_model(spec: str, model_args: dict[str, Any] | None = None, checkpoint: 
         return _load_model(spec, model_args, checkpoint)
 
 
+def rebuild_init(spec: str, model_args: dict[str, Any] | None = None):
+    """An ``init`` for weight draws of a model's *own* initialisation: build ``spec`` again.
+
+    ``erf.measure(..., weight_draws=K, init=rebuild_init(spec, args))`` measures K networks drawn
+    by the model's factory itself (its init scheme, zero-init tricks and all), each from the
+    seed of its draw's generator, copied into the measured model.
+    """
+    def model_rebuild(model: nn.Module, generator: torch.Generator) -> None:
+        fresh = load_model(spec, model_args, seed=int(generator.initial_seed()))
+        model.load_state_dict(fresh.state_dict())
+    return model_rebuild
+
+
 def _load_model(spec: str, model_args: dict[str, Any] | None, checkpoint: str | None) -> nn.Module:
     spec = str(spec).strip()
     model_args = dict(model_args or {})
