@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +191,3 @@ class StateFile:
         arrays = {**acc.state(), "meta": np.array(json.dumps(stats._json(meta)))}
         atomic_write(self.path, lambda f: save_npz(f, arrays))
         self._last = now
-
-    def remove(self) -> None:
-        if self.path.is_file():
-            os.unlink(self.path)

@@ -33,6 +33,7 @@ import torch
 from erf import distributed, stats
 from erf.config import Config, Point, check_models, format_value
 from erf.errors import ConfigError, ErfError
+from erf.measure_result import atomic_write
 
 RESULTS_ROOT = "results"
 
@@ -168,9 +169,8 @@ class RunFolder:
         for sub in ("saved", "engine", "out"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         if not info.exists():
-            tmp = info.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "config": cfg.path}) + "\n")
-            os.replace(tmp, info)
+            text = json.dumps({"fingerprint": self.fingerprint, "config": cfg.path}) + "\n"
+            atomic_write(info, lambda f: Path(f).write_text(text))
 
     def saved(self, key: str) -> Path:
         return self.path / "saved" / f"{key}.npz"
@@ -318,7 +318,8 @@ def _measure(cfg: Config, point: Point, model, device: str, state: str, step: in
         if not distributed.is_main():
             return None
         res.save(run.saved(key))
-        run.engine_state(key).unlink(missing_ok=True)
+        for path in run.path.glob(f"engine/{key}.state*"):  # every rank's save of this measurement
+            path.unlink(missing_ok=True)
     return _record(cfg, point, res, state, step)
 
 

@@ -34,6 +34,7 @@ import torch.nn as nn
 from erf.datasets import (TASKS, ImageData, Task, list_tasks, load_dataset, load_images, make_generator,  # noqa: F401
                           make_task, mix_seed)
 from erf.errors import ErfError, ModelError
+from erf.measure_result import atomic_write
 from erf.models.registry import create_model
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -244,13 +245,7 @@ class _TrainState:
                  "eval": json.dumps(result.eval), "checkpoints": json.dumps(result.checkpoints)}
         if dev.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(dev)
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write(self.path, lambda f: torch.save(state, f))
 
 
 def train(model: nn.Module, task, steps: int, batch_size: int = 64, lr: float = 1e-3, device=None,
