@@ -18,7 +18,7 @@ import torch
 
 from erf import distributed, stats
 from erf.errors import ErfError
-from erf.measure_result import atomic_write, save_npz
+from erf.io import atomic_write, save_npz, to_json
 
 MAX_GROUPS = 64  # host memory for group sums is at most 64 maps
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -164,7 +164,7 @@ class StateFile:
         if distributed.active():
             path = path.with_name(f"{path.name}.rank{distributed.rank()}of{distributed.world_size()}")
         self.path, self.every = path, float(every)
-        self.fingerprint = json.dumps(stats._json(fingerprint), sort_keys=True)
+        self.fingerprint = json.dumps(to_json(fingerprint), sort_keys=True)
         self._last = None
 
     def load(self) -> tuple[dict, dict] | None:
@@ -188,6 +188,6 @@ class StateFile:
 
     def save(self, acc: Accumulator, position: dict, now: float) -> None:
         meta = {"fingerprint": self.fingerprint, "group_size": acc.gs, "n": acc.n, **position}
-        arrays = {**acc.state(), "meta": np.array(json.dumps(stats._json(meta)))}
+        arrays = {**acc.state(), "meta": np.array(json.dumps(to_json(meta)))}
         atomic_write(self.path, lambda f: save_npz(f, arrays))
         self._last = now

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +12,7 @@ import torch
 
 from erf import stats
 from erf.errors import ErfError
+from erf.io import atomic_write, save_npz, to_json
 
 
 @dataclass(eq=False)
@@ -127,14 +126,14 @@ class ERFResult:
             "trf_box": None if self.trf_box is None else [list(b) for b in self.trf_box],
             "notes": list(self.notes), "settings": self.settings,
         })
-        return stats._json(out)
+        return to_json(out)
 
     def save(self, path) -> Path:
         """Write ``.npz`` (map, se_map, group sums/counts, everything else as JSON); atomic."""
         meta = {k: getattr(self, k) for k in ("samples", "trf", "trf_box", "clipped", "cropped", "unit", "layer",
                                               "device", "seconds", "settings", "notes")}
         arrays = {"map": self.map, "group_sums": self.groups[0], "group_counts": self.groups[1],
-                  "meta": np.array(json.dumps(stats._json(meta)))}
+                  "meta": np.array(json.dumps(to_json(meta)))}
         if self.se_map is not None:
             arrays["se_map"] = self.se_map
         return atomic_write(path, lambda f: save_npz(f, arrays, compressed=True))
@@ -201,28 +200,6 @@ def _fmt(v, digits: int = 3) -> str:
 
 def _list(v):
     return None if v is None else [(_list(x) if isinstance(x, (tuple, list)) else x) for x in v]
-
-
-def atomic_write(path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: no half-written file on error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def save_npz(path, arrays: dict, compressed: bool = False) -> None:
-    """``np.savez`` to exactly ``path`` (through a file object: given a name, numpy appends ``.npz``)."""
-    with open(path, "wb") as f:
-        (np.savez_compressed if compressed else np.savez)(f, **arrays)
 
 
 def place(crop: np.ndarray, window, size) -> np.ndarray:

@@ -91,7 +91,7 @@ def resolve_device(device) -> torch.device:
 
 def make_preset(preset, signal, channel_reduce) -> stats.Preset:
     if preset is not None:
-        return preset if isinstance(preset, stats.Preset) else stats._preset(preset)
+        return preset if isinstance(preset, stats.Preset) else stats.get_preset(preset)
     return stats.Preset("custom", "sum", False, signal, channel_reduce, None)
 
 

@@ -148,7 +148,7 @@ def plot_erf(m, *, trf_box=None, trf=None, fit=None, profiles=True, scale="linea
     ``profiles=False`` drops the panel, an Axes puts it there.  With ``ax`` the heatmap
     and colour bar go into that axes' figure.  1-D maps give a single line plot.
     """
-    a = S._check_map(m, ndims=(1, 2))
+    a = S.check_map(m, ndims=(1, 2))
     trf = _trf_from_box(trf_box, trf)
     line = _stats_line(a, trf)
     full_title = f"{title}\n{line}" if title else f"ERF: {line}"
@@ -244,7 +244,7 @@ def plot_erf_grid(maps, titles=None, *, trf_boxes=None, shared_scale=True, ncols
     ``False``/``'own'`` -- each map on its own scale with its own colour bar.
     Axes: one per map plus one colour bar (two per map with ``'own'``).
     """
-    arrs = [S._check_map(m, what=f"map {i}", ndims=(2,)) for i, m in enumerate(maps)]
+    arrs = [S.check_map(m, what=f"map {i}", ndims=(2,)) for i, m in enumerate(maps)]
     if not arrs:
         raise ErfError("plot_erf_grid needs at least one map")
     n = len(arrs)

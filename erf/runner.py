@@ -33,7 +33,7 @@ import torch
 from erf import distributed, stats
 from erf.config import Config, Point, check_models, format_value
 from erf.errors import ConfigError, ErfError
-from erf.measure_result import atomic_write
+from erf.io import atomic_write, save_npz, to_json
 
 RESULTS_ROOT = "results"
 
@@ -136,7 +136,7 @@ def fingerprint(cfg: Config, device: str) -> dict:
     of the interrupted point are ignored when the count differs (that point starts again).
     """
     exp = {k: v for k, v in cfg.settings["experiment"].items() if k not in ("save_every", "description", "title")}
-    return stats._json({"experiment": exp, "points": [p.settings for p in cfg.points], "device": device})
+    return to_json({"experiment": exp, "points": [p.settings for p in cfg.points], "device": device})
 
 
 class RunFolder:
@@ -472,7 +472,7 @@ def _train_and_measure(cfg: Config, point: Point, model, device: str, seed: int,
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
         info["weights"] = str(path.relative_to(run.out))
-    records[-1].train = stats._json(info)
+    records[-1].train = to_json(info)
     return records
 
 
@@ -523,7 +523,6 @@ def _num(v):
 
 def write_maps(records: list[Record], path: Path) -> None:
     """Every mean map (and SE map) as float32 in one compressed .npz, keyed by record id."""
-    from erf.measure_result import save_npz
 
     arrays = {}
     for r in records:
@@ -552,11 +551,11 @@ def record_dict(r: Record) -> dict:
          "summary": r.summary, "notes": r.notes}
     if r.train is not None:
         d["train"] = r.train
-    return stats._json(d)
+    return to_json(d)
 
 
 def write_json(obj, path: Path) -> None:
     with open(path, "w") as f:
-        json.dump(stats._json(obj), f, indent=1, allow_nan=False)
+        json.dump(to_json(obj), f, indent=1, allow_nan=False)
         f.write("\n")
 

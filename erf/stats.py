@@ -79,6 +79,7 @@ from scipy import optimize
 from scipy import stats as _sps
 
 from erf.errors import ErfError
+from erf.io import to_json
 
 __all__ = [
     "PRESETS", "Preset", "apply_post", "reduce_gradient", "reduce_target",
@@ -185,7 +186,7 @@ def reduce_target(center_activation, preset: Preset | str = "luo"):
 
     Works on numpy arrays and torch tensors (gradients flow through).
     """
-    p = _preset(preset)
+    p = get_preset(preset)
     a = center_activation
     if p.target_relu:
         a = _signal(a, "positive")
@@ -197,13 +198,13 @@ def reduce_gradient(grad, preset: Preset | str = "luo", channel_axis: int = 1):
 
     Order follows ``preset.signal_first``.  Works on numpy arrays and torch tensors.
     """
-    p = _preset(preset)
+    p = get_preset(preset)
     if p.signal_first:
         return _reduce(_signal(grad, p.signal), p.channel_reduce, channel_axis)
     return _signal(_reduce(grad, p.channel_reduce, channel_axis), p.signal)
 
 
-def _preset(preset) -> Preset:
+def get_preset(preset) -> Preset:
     if isinstance(preset, Preset):
         return preset
     try:
@@ -247,7 +248,7 @@ def axis_names(ndim: int) -> tuple[str, ...]:
     return {1: ("x",), 2: ("y", "x"), 3: ("z", "y", "x")}.get(ndim) or tuple(f"a{i}" for i in range(ndim))
 
 
-def _check_map(m, what: str = "ERF map", ndims=(1, 2, 3)) -> np.ndarray:
+def check_map(m, what: str = "ERF map", ndims=(1, 2, 3)) -> np.ndarray:
     try:
         a = np.asarray(m, dtype=np.float64)
     except (TypeError, ValueError):
@@ -266,22 +267,6 @@ def _check_map(m, what: str = "ERF map", ndims=(1, 2, 3)) -> np.ndarray:
     return a
 
 
-def _json(v):
-    """Plain Python types; non-finite floats become None."""
-    if isinstance(v, dict):
-        return {str(k): _json(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, np.ndarray)):
-        return [_json(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        v = float(v)
-        return v if math.isfinite(v) else None
-    return v
-
-
 @dataclass(frozen=True)
 class Moments:
     """Centre of mass, per-axis sigma and covariance (array axis order)."""
@@ -292,12 +277,12 @@ class Moments:
     total: float
 
     def to_dict(self) -> dict:
-        return _json(asdict(self))
+        return to_json(asdict(self))
 
 
 def moments(m) -> Moments:
     """Moments of a non-negative map seen as a mass distribution over pixel coordinates."""
-    a = _check_map(m)
+    a = check_map(m)
     total = a.sum()
     grids = np.indices(a.shape, dtype=np.float64).reshape(a.ndim, -1)
     w = a.ravel() / total
@@ -354,7 +339,7 @@ class GaussianFit:
     stderr: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return _json(asdict(self))
+        return to_json(asdict(self))
 
     def evaluate(self, shape) -> np.ndarray:
         """The model on a grid of ``shape`` (pixel coordinates)."""
@@ -382,7 +367,7 @@ class Gaussian1DFit:
     r2: float = math.nan
 
     def to_dict(self) -> dict:
-        return _json(asdict(self))
+        return to_json(asdict(self))
 
     def evaluate(self, x) -> np.ndarray:
         return _gauss1d(np.asarray(x, dtype=np.float64), self.amplitude, self.center, self.sigma, self.offset)
@@ -420,7 +405,7 @@ def fit_gaussian(m, maxfev: int = 4000) -> GaussianFit:
 
     Never raises for a valid map: a failed fit returns ``ok=False`` with ``reason``.
     """
-    a = _check_map(m, ndims=(2,))
+    a = check_map(m, ndims=(2,))
     base = a.min()
     if a.max() - base <= 0:
         return GaussianFit(False, "map is constant: no peak to fit")
@@ -463,7 +448,7 @@ def fit_gaussian(m, maxfev: int = 4000) -> GaussianFit:
 
 def fit_gaussian_1d(y, x=None, *, name: str = "", axis: str = "x", maxfev: int = 2000) -> Gaussian1DFit:
     """Fit ``amplitude * exp(-(x-c)^2/(2 s^2)) + offset`` to a non-negative 1-D profile."""
-    a = _check_map(y, what=f"profile {name or ''}".strip(), ndims=(1,))
+    a = check_map(y, what=f"profile {name or ''}".strip(), ndims=(1,))
     x = np.arange(a.size, dtype=np.float64) if x is None else np.asarray(x, dtype=np.float64)
     base = a.min()
     if a.max() - base <= 0 or a.size < 4:
@@ -499,7 +484,7 @@ def fit_profiles(m, center=None) -> dict[str, Gaussian1DFit]:
     rounded to the nearest pixel.  For a Gaussian map the marginal sigmas equal the
     moment sigmas; the centre-line sigmas equal them only without rotation.
     """
-    a = _check_map(m, ndims=(2,))
+    a = check_map(m, ndims=(2,))
     if center is None:
         center = moments(a).center
     cy = int(np.clip(round(center[0]), 0, a.shape[0] - 1))
@@ -531,7 +516,7 @@ def mass_radius(m, fractions=(0.5, 0.9, 0.95), center=None) -> dict[float, float
     successive pixel distances (starting from (0, 0)), so the radius is continuous
     in the fraction.  Returns ``{fraction: radius}`` in pixels.
     """
-    a = _check_map(m)
+    a = check_map(m)
     fs = _fractions(fractions, "mass fractions")
     c = np.asarray(moments(a).center if center is None else center, dtype=np.float64)
     if c.shape != (a.ndim,):
@@ -557,7 +542,7 @@ def area_above(m, fractions=(0.1, 0.5)) -> dict[float, dict]:
 
     Returns ``{fraction: {"fraction": share of the map's pixels, "count": n}}``.
     """
-    a = _check_map(m)
+    a = check_map(m)
     fs = _fractions(fractions, "peak fractions")
     peak = a.max()
     out = {}
@@ -578,10 +563,10 @@ def high_contribution_area_ratio(m, thresholds=(0.2, 0.3, 0.5, 0.99), transform=
     script: we start at side 1 (they start at 3), use >= (they use >), and clip
     squares instead of giving up at the border.
     """
-    a = _check_map(m)
+    a = check_map(m)
     ts = _fractions(thresholds, "thresholds")
     if transform is not None:
-        a = _check_map(transform(a) if callable(transform) else apply_post(a, transform), "transformed map")
+        a = check_map(transform(a) if callable(transform) else apply_post(a, transform), "transformed map")
     c = np.asarray(center_unit(a.shape)).reshape(-1, 1)
     grids = np.indices(a.shape).reshape(a.ndim, -1)
     d = np.abs(grids - c).max(0)                      # Chebyshev distance: half-side of the square
@@ -608,7 +593,7 @@ def mass_in_box(m, box) -> tuple[float, bool]:
 
     Returns ``(fraction, clipped)`` where ``clipped`` says the box extends past the map.
     """
-    a = _check_map(m)
+    a = check_map(m)
     b = _box(box, a.shape)
     clipped = bool(np.any(b[:, 0] < 0) or np.any(b[:, 1] > np.asarray(a.shape) - 1))
     sl = tuple(slice(int(max(math.ceil(lo), 0)), int(max(math.floor(hi) + 1, 0))) for lo, hi in b)
@@ -639,7 +624,7 @@ def scalar_metrics(m, names=None, trf=None) -> dict[str, float]:
     ``mass_radius_f, area_above_f, area_above_count_f, hcar_f, hcar_log1p_max_f``.
     ``names=None`` gives the default set of ``summarize``.
     """
-    a = _check_map(m)
+    a = check_map(m)
     ax = axis_names(a.ndim)
     if names is None:
         names = [k for k, v in _scalar_defaults(a.ndim, trf).items()]
@@ -722,7 +707,7 @@ def summarize(m, trf=None, trf_box=None, *, fits: bool = True) -> dict:
     ``trf``: TRF size per axis (one number = all axes); derived from ``trf_box``
     when only the box is given.  ``fits=False`` skips the Gaussian fits (``None``).
     """
-    a = _check_map(m)
+    a = check_map(m)
     ax = axis_names(a.ndim)
     box = None if trf_box is None else _box(trf_box, a.shape)
     if trf is None and box is not None:
@@ -754,7 +739,7 @@ def summarize(m, trf=None, trf_box=None, *, fits: bool = True) -> dict:
         out["profiles"] = {k: v.to_dict() for k, v in fit_profiles(a, mo.center).items()}
     elif fits and a.ndim == 1:
         out["gaussian"] = fit_gaussian_1d(a, name="map").to_dict()
-    return _json(out)
+    return to_json(out)
 
 
 # --------------------------------------------------------------------------- uncertainty
@@ -909,7 +894,7 @@ class PowerLawFit:
         return self.prefactor * np.asarray(x, dtype=np.float64) ** self.exponent
 
     def to_dict(self) -> dict:
-        return _json(asdict(self))
+        return to_json(asdict(self))
 
 
 def fit_power_law(x, y, y_lo=None, y_hi=None, level=0.95) -> PowerLawFit:

@@ -34,7 +34,7 @@ import torch.nn as nn
 from erf.datasets import (TASKS, ImageData, Task, list_tasks, load_dataset, load_images, make_generator,  # noqa: F401
                           make_task, mix_seed)
 from erf.errors import ErfError, ModelError
-from erf.measure_result import atomic_write
+from erf.io import atomic_write
 from erf.models.registry import create_model
 
 OPTIMIZERS = ("adamw", "sgd")

@@ -40,22 +40,22 @@ class Call:
         return self.lookup(t) if isinstance(t, torch.Tensor) else None
 
     def first(self) -> tuple[torch.Tensor, Info]:
-        for t in _tensors((self.args, self.kwargs)):
+        for t in tensors_in((self.args, self.kwargs)):
             i = self.lookup(t)
             if i is not None:
                 return t, i
         raise AssertionError("rule called without a traced input")
 
 
-def _tensors(obj):
+def tensors_in(obj):
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, (list, tuple)):
         for o in obj:
-            yield from _tensors(o)
+            yield from tensors_in(o)
     elif isinstance(obj, dict):
         for o in obj.values():
-            yield from _tensors(o)
+            yield from tensors_in(o)
 
 
 def _pairs(v, n: int) -> tuple[int, ...]:
@@ -163,7 +163,7 @@ def _norm_dims(dim, ndim: int) -> list[int]:
 # ---------------------------------------------------------------- rules
 def pointwise(call: Call):
     outs = call.out if isinstance(call.out, (list, tuple)) else [call.out]
-    tensors = list(_tensors((call.args, call.kwargs)))
+    tensors = list(tensors_in((call.args, call.kwargs)))
     res = [merge(call, tensors, o.shape) for o in outs if isinstance(o, torch.Tensor)]
     return res if isinstance(call.out, (list, tuple)) else res[0]
 
@@ -713,7 +713,7 @@ def identity(call: Call):
 def global_op(call: Call):
     """Anything declared global: every output sees the union of all inputs."""
     outs = call.out if isinstance(call.out, (list, tuple)) else [call.out]
-    tensors = [t for t in _tensors((call.args, call.kwargs)) if call.info(t) is not None]
+    tensors = [t for t in tensors_in((call.args, call.kwargs)) if call.info(t) is not None]
     infos = [globalise(call.info(t), list(range(t.dim())), f"'{call.name}' is treated as global") for t in tensors]
     n_axes = len(infos[0].axes)
     axes = tuple(_union([(None, i.axes[a]) for i in infos], 1) for a in range(n_axes))

@@ -104,7 +104,7 @@ class _Recorder(TorchFunctionMode):
         name = rules.canonical(name)
         if name in rules.IGNORED or not _has_tensor(out):
             return out
-        traced = [t for t in rules._tensors((args, kwargs)) if self.lookup(t) is not None]
+        traced = [t for t in rules.tensors_in((args, kwargs)) if self.lookup(t) is not None]
         if not traced:
             return out
         if name in rules.LEAKS:
