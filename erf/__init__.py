@@ -15,12 +15,12 @@ The public API:
 """
 
 from erf.analytic import Layer, LayerRF, LinearERF, RFReport, center_unit, linear_erf, receptive_field
-from erf.config import Config, check_models, load_config
+from erf.experiment.config import Config, check_models, load_config
 from erf.engine import ERFResult, measure
 from erf.errors import AlignmentError, ConfigError, ErfError, ModelError, TraceError, UnsupportedOpError
 from erf.models import apply_init, create_model, list_models, load_checkpoint, load_model, register_model
 from erf.plots import plot_erf, plot_erf_grid, plot_growth
-from erf.runner import run_experiment
+from erf.experiment.runner import run_experiment
 from erf.stats import (PRESETS, fit_gaussian, fit_power_law, metric_intervals, moments, standard_error_map,
                        summarize)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from erf.cli import main
-from erf.config import QUICK_CAPS, check_models, load_config, parse_config, schema_markdown
+from erf.experiment.config import QUICK_CAPS, check_models, load_config, parse_config, schema_markdown
 from erf.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

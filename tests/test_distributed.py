@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from erf import distributed, engine
+from erf import distributed
+from erf.engine import core as engine
 from erf.engine import ERFResult
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -14,8 +14,8 @@ from erf import stats
 from erf.analytic import Layer, linear_erf
 from erf.engine import ERFResult, measure
 from erf.errors import ErfError
-from erf.measure_accumulate import _OOM as OOM
-from erf.measure_inputs import NoiseSource, sample_key
+from erf.engine.accumulate import _OOM as OOM
+from erf.engine.inputs import NoiseSource, sample_key
 
 
 def linear_chain(n, k=3, stride=1, dilation=1, strided=()):
@@ -224,7 +224,7 @@ def test_adaptive_stopping():
 
 
 def test_oom_halves_the_batch_without_losing_samples(monkeypatch):
-    from erf import engine
+    from erf.engine import core as engine
 
     model = relu_net()
     ref = measure(model, 16, samples=10, batch_size=10, dtype="float64", crop=False)

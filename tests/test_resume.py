@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import erf.runner as runner
-from erf import measure_accumulate
+from erf.experiment import runner
+from erf.engine import accumulate as measure_accumulate
 from erf.cli import main
-from erf.config import load_config
+from erf.experiment.config import load_config
 from erf.engine import measure
 from erf.errors import ErfError
 from erf.models import create_model

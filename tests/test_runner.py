@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import erf.runner as runner
+from erf.experiment import runner
 from erf.cli import main
-from erf.config import load_config
+from erf.experiment.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 _RUNS: dict = {}

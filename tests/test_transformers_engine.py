@@ -11,8 +11,8 @@ from torch import nn
 import erf
 from erf.analytic import receptive_field
 from erf.cli import main
-from erf.measure_target import TargetRunner, resolve_target
-from erf.measure_tokens import PrefixTokensError, token_grid
+from erf.engine.target import TargetRunner, resolve_target
+from erf.engine.tokens import PrefixTokensError, token_grid
 
 
 class Block(nn.Module):
@@ -250,7 +250,7 @@ def test_cli_prefix_tokens_one_line_errors(capsys):
 
 
 def test_config_prefix_tokens_key_is_checked(tmp_path):
-    from erf.config import check_models, parse_config
+    from erf.experiment.config import check_models, parse_config
     from erf.errors import ConfigError
 
     raw = {"experiment": {"name": "t"}, "model": {"name": "vit", "args": {"img_size": 16, "embed_dim": 8,

@@ -27,7 +27,7 @@ def run(args) -> int:
     from erf import models
     from erf.analytic import receptive_field, spatial_ndim
     from erf.errors import ErfError
-    from erf.measure_tokens import check_traced, check_value
+    from erf.engine.tokens import check_traced, check_value
 
     if args.list:
         print("\n".join(models.list_models()))

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from erf.datasets import (TASKS, ImageData, Task, list_tasks, load_dataset, load_images, make_generator,  # noqa: F401
+from erf.training.tasks import (TASKS, ImageData, Task, list_tasks, load_dataset, load_images, make_generator,  # noqa: F401
                           make_task, mix_seed)
 from erf.errors import ErfError, ModelError
 from erf.io import atomic_write
@@ -293,7 +293,7 @@ def train(model: nn.Module, task, steps: int, batch_size: int = 64, lr: float = 
     start = time.perf_counter()
     saver = None
     if state_file is not None:
-        from erf.measure_setup import checksum
+        from erf.engine.setup import checksum
 
         saver = _TrainState(state_file, {**config, "initial_weights": checksum(model)})
     restored = saver.load() if saver else None

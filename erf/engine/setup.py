@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from erf import stats
 from erf.errors import ErfError
-from erf.measure_inputs import sample_key
+from erf.engine.inputs import sample_key
 
 
 def check_options(samples, batch_size, weight_draws, init, tol, max_samples, crop, autocast, dtype, single_sample,

@@ -199,7 +199,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "train": {
         "enabled": Key(False, _bool, "bool", "train each model before (and while) measuring"),
         "task": Key("context", _str(r"\S+", "a task name or a path"), "str",
-                    "a generated task of erf.datasets.make_task (context, quadrant, segmentation, shift) or a "
+                    "a generated task of erf.training.make_task (context, quadrant, segmentation, shift) or a "
                     "folder of images (subfolders = classes) / an .npz with x and y"),
         "task_args": Key({}, _table, "table", "parameters of the task, e.g. {spacing = 8}"),
         "size": Key(0, lambda v: None if v == 0 else _size(v), "int or list[int]",
@@ -684,7 +684,7 @@ def _check_point(fail: _Errors, cfg: Config, p: Point) -> None:
 
 
 def _check_task(fail: _Errors, task: str, pre: str) -> None:
-    from erf.datasets import list_tasks
+    from erf.training.tasks import list_tasks
 
     if task not in list_tasks() and not (os.path.isdir(task) or (task.endswith(".npz") and os.path.isfile(task))):
         fail("train.task", f"{pre}unknown task {task!r}: choose one of {', '.join(list_tasks())}, or give an "
@@ -767,7 +767,7 @@ def check_models(cfg: Config) -> None:
 
     from erf.analytic import receptive_field
     from erf.errors import ErfError, UnsupportedOpError
-    from erf.measure_tokens import PrefixTokensError, check_traced
+    from erf.engine.tokens import PrefixTokensError, check_traced
     from erf.models import load_model
 
     fail = _Errors(cfg.path)
@@ -809,7 +809,7 @@ def _check_target(fail: _Errors, pre: str, rep, measure: dict) -> None:
     """The measured layer has a spatial map, and ``measure.channel`` is one of its channels."""
     from erf import stats
     from erf.errors import ErfError
-    from erf.measure_target import require_spatial
+    from erf.engine.target import require_spatial
 
     try:
         require_spatial(rep)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from erf import distributed, stats
-from erf.config import Config, Point, check_models, format_value
+from erf.experiment.config import Config, Point, check_models, format_value
 from erf.errors import ConfigError, ErfError
 from erf.io import atomic_write, save_npz, to_json
 
@@ -112,7 +112,7 @@ def run_experiment(cfg: Config, out: str | os.PathLike | None = None, progress: 
         t0 = time.perf_counter()
         records = measure_all(cfg, device, run, progress)
         if distributed.is_main():
-            from erf.report import write_outputs
+            from erf.experiment.report import write_outputs
 
             write_outputs(cfg, records, run.out, environment(device), time.perf_counter() - t0)
             run.finish()
@@ -369,7 +369,7 @@ def _inputs(settings: dict, model, seed: int):
     if inp["kind"] != "images":
         return inp["kind"]
     from erf.analytic import infer_in_channels
-    from erf.datasets import load_images
+    from erf.training.tasks import load_images
 
     size = inp["size"]
     images = load_images(inp["path"], size if isinstance(size, int) else tuple(size), count=inp["count"], seed=seed,
@@ -436,8 +436,8 @@ def _train_and_measure(cfg: Config, point: Point, model, device: str, seed: int,
     ``erf measure MODEL --checkpoint`` and ``model.checkpoint`` load).
     """
     from erf.analytic import infer_in_channels
-    from erf.datasets import make_task
-    from erf.training import train
+    from erf.training.tasks import make_task
+    from erf.training.train import train
 
     tr = point.settings["train"]
     size = tr["size"] or point.settings["inputs"]["size"]

@@ -64,9 +64,9 @@ def resolve_target(model: nn.Module, input_size, layer=None, in_channels=None, p
     still be measured: no TRF, no crop, and a note says why. ``probe`` runs a forward on
     a real input to learn the output shape in that case. ``prefix_tokens`` (tokens before
     the image grid of a ``(N, L, C)`` layer; None: found from the trace or the model) is
-    checked against the model (``erf.measure_tokens``).
+    checked against the model (``erf.engine.tokens``).
     """
-    from erf import measure_tokens
+    from erf.engine import tokens as measure_tokens
 
     prefix_tokens = measure_tokens.check_value(prefix_tokens)
     try:
@@ -90,7 +90,7 @@ def resolve_target(model: nn.Module, input_size, layer=None, in_channels=None, p
 
 
 def _untraced(model, layer, probe, note, input_size, prefix_tokens=None) -> Target:
-    from erf.measure_tokens import untraced_layout
+    from erf.engine.tokens import untraced_layout
 
     if layer is not None and layer not in dict(model.named_modules()):
         raise ModelError(f"unknown layer {layer!r}: the model could not be traced, so name a module "

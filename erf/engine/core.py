@@ -18,13 +18,13 @@ import torch
 import torch.nn as nn
 
 from erf import determinism, distributed, stats
-from erf import measure_setup as setup
+from erf.engine import setup
 from erf.errors import ErfError
-from erf.measure_accumulate import MAX_GROUPS, Accumulator, StateFile, final_group_size
-from erf.measure_diagnose import locate_nonfinite
-from erf.measure_inputs import NoiseSource, sample_key
-from erf.measure_result import ERFResult, input_batches, place
-from erf.measure_target import TargetRunner, check_unit, plan_crop, resolve_target
+from erf.engine.accumulate import MAX_GROUPS, Accumulator, StateFile, final_group_size
+from erf.engine.diagnose import locate_nonfinite
+from erf.engine.inputs import NoiseSource, sample_key
+from erf.engine.result import ERFResult, input_batches, place
+from erf.engine.target import TargetRunner, check_unit, plan_crop, resolve_target
 
 __all__ = ["measure", "ERFResult"]
 

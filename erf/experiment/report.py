@@ -19,7 +19,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from erf import stats
-from erf.config import Config, format_value, short_key, show_value
+from erf.experiment.config import Config, format_value, short_key, show_value
 
 DPI = 110
 Z95 = 1.959963984540054
@@ -30,7 +30,7 @@ Z95 = 1.959963984540054
 
 def write_outputs(cfg: Config, records: list, out_dir: Path, env: dict, seconds: float) -> None:
     """Write every output file of a run into ``out_dir``."""
-    from erf.runner import record_dict, write_csv, write_json, write_maps
+    from erf.experiment.runner import record_dict, write_csv, write_json, write_maps
 
     analyses = analyse(cfg, records)
     figures = []
