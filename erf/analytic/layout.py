@@ -16,7 +16,7 @@ A tensor derived from the network input carries an ``Info``:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from math import prod
+from math import gcd, prod
 
 from erf.analytic.axis import AxisMap
 
@@ -142,6 +142,4 @@ def reshape_roles(dims: tuple[Dim, ...], old_shape, new_shape) -> tuple[Dim, ...
 
 
 def _common(a: int, b: int) -> int:
-    from math import gcd
-
     return gcd(a, b)

@@ -256,7 +256,14 @@ def _on_meta(model: nn.Module):
 
 
 def infer_in_channels(model: nn.Module) -> int:
-    """Input channels from the first conv (or linear) layer, else 3."""
+    """Input channels of the model: those of its first conv layer, else 3.
+
+    Args:
+        model: any module; only its ``Conv*d`` / ``ConvTranspose*d`` layers are looked at.
+
+    Returns:
+        ``in_channels`` of the first conv in ``model.modules()`` order, or 3 when it has none.
+    """
     for m in model.modules():
         if isinstance(m, (nn.modules.conv._ConvNd,)):
             return int(m.in_channels)

@@ -1,0 +1,113 @@
+"""Feature mixing and attention: linear layers, matmul, (windowed) attention over tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from erf.analytic import axis as ax
+from erf.analytic.layout import Info, spatial_components
+from erf.analytic.rules.core import Call, globalise, pointwise, union_maps, with_note
+
+
+def linear(call: Call):
+    x, info = call.args[0], call.info(call.args[0])
+    if info is None:
+        return pointwise(call)
+    res = globalise(info, [x.dim() - 1], "'linear' mixes the features of a dim that indexes the image", drop=True)
+    return res
+
+
+def matmul(call: Call):
+    """``a @ b``: rows keep a's positions, columns b's; the contracted dim is mixed."""
+    a, b = call.args[0], call.args[1]
+    out = call.out
+    parts = []  # (tensor, info with dims already placed as in the output)
+    for t, contracted, replaced in ((a, -1, -1), (b, -2 if b.dim() >= 2 else -1, -2)):
+        info = call.info(t)
+        if info is None:
+            continue
+        info = globalise(info, [t.dim() + contracted], f"'{call.name}' contracts image positions", drop=True)
+        dims = list(info.dims)
+        if a.dim() >= 2 and b.dim() >= 2:
+            dims[replaced] = None  # that slot holds the other operand's positions
+        parts.append((t, dims, info))
+    dims = [None] * out.dim()
+    for t, tdims, _ in parts:
+        off = out.dim() - len(tdims)
+        for d, role in enumerate(tdims):
+            if role is not None and 0 <= d + off < out.dim():
+                dims[d + off] = role
+    seen: dict[int, int] = {}
+    for role in dims:
+        for axis, _ in spatial_components(role):
+            seen[axis] = seen.get(axis, 0) + 1
+    n_axes = len(parts[0][2].axes)
+    axes = tuple(union_maps([(None, i.axes[k]) for _, _, i in parts], _size_of_axis(dims, k)) for k in range(n_axes))
+    note = next((i.crop_note for _, _, i in parts if i.crop_note), None)
+    res = Info(axes, tuple(dims), note)
+    twice = {k for k, c in seen.items() if c > 1}
+    if twice:  # an outer product of positions: each entry sees two places; take all
+        mixed = [d for d, role in enumerate(dims) if any(a in twice for a, _ in spatial_components(role))]
+        res = globalise(res, mixed, f"'{call.name}' pairs image positions")
+    return res
+
+
+def _size_of_axis(dims, k) -> int:
+    for role in dims:
+        for a, s in spatial_components(role):
+            if a == k:
+                return s
+    return 1
+
+
+def attention(call: Call):
+    """scaled_dot_product_attention / multi_head_attention_forward: query keeps its
+    positions, every query sees all keys and values."""
+    q, k, v = call.args[0], call.arg(1, "key"), call.arg(2, "value")
+    parts = []
+    qi = call.info(q)
+    for t in (k, v):
+        i = call.info(t)
+        if i is not None:
+            parts.append(globalise(i, list(range(t.dim())), f"'{call.name}' attends over all positions"))
+    base = qi if qi is not None else parts[0]
+    n_axes = len(base.axes)
+    axes = []
+    for a in range(n_axes):
+        maps = ([qi.axes[a]] if qi is not None else []) + [p.axes[a] for p in parts]
+        axes.append(union_maps([(None, m) for m in maps], base.axis_sizes()[a]))
+    note = next((i.crop_note for i in [qi, *parts] if i is not None and i.crop_note), None)
+    res = Info(tuple(axes), base.dims if qi is not None else (None,) * q.dim(), note)
+    if qi is None or any(p.crop_note for p in parts):
+        res = with_note(res, f"'{call.name}' attends over all positions")
+    if isinstance(call.out, tuple):
+        weights = globalise(res, list(range(len(res.dims))), "attention weights")
+        return [res if i == 0 else weights for i, o in enumerate(call.out)]
+    return res
+
+
+def windowed_attention(call: Call, window, shift):
+    """Swin-style attention inside windows of ``window`` tokens, shifted by ``shift``.
+
+    A token sees the tokens of its window; shifted windows are masked at the border, so
+    a window never wraps around. Everything inside the module (MLP, norms) is local.
+    """
+    x, info = call.first()
+    sizes = info.axis_sizes()
+    axes = list(info.axes)
+    grid = [a for role in info.dims for a, _ in spatial_components(role)]
+    for k, a in enumerate(grid):
+        n = sizes[a]
+        ws = window[k] if k < len(window) else window[-1]
+        sh = shift[k] if k < len(shift) else shift[-1]
+        if n <= ws:
+            ws, sh = n, 0
+
+        def taps(o, ws=ws, sh=sh):
+            start = ((o - sh) // ws) * ws + sh
+            return range(start, start + ws)
+
+        axes[a] = ax.rational_index(axes[a], ws, ws, taps)
+    out = call.out if isinstance(call.out, torch.Tensor) else call.out[0]
+    dims = info.dims if tuple(out.shape) == tuple(x.shape) else (None,) * out.dim()
+    return with_note(Info(tuple(axes), dims, info.crop_note), "windowed attention depends on the grid size")

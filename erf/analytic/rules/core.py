@@ -1,0 +1,197 @@
+"""The rule protocol and the helpers every rule family shares.
+
+A rule takes a ``Call`` (the op's name, arguments, result, and a way to look up what
+is known about each input tensor) and returns the ``Info`` of the result (a list of
+them for ops that return several tensors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+from erf.analytic import axis as ax
+from erf.analytic.axis import AxisMap
+from erf.analytic.layout import Info, single_axis, spatial_components
+from erf.errors import AlignmentError, UnsupportedOpError
+
+Rule = Callable[["Call"], Any]  # returns an Info, or a list of them for several outputs
+
+
+@dataclass
+class Call:
+    """One op seen in the forward pass, as a rule sees it."""
+
+    name: str
+    args: tuple
+    kwargs: dict
+    out: Any
+    lookup: Callable[[torch.Tensor], Info | None]
+    describe: Callable[[torch.Tensor], str]  # name of the node that made a tensor
+    allow_unaligned: bool = False
+
+    def arg(self, i: int, key: str, default: Any = None) -> Any:
+        """Argument ``i`` (positional) or ``key`` (keyword) of the call, else ``default``."""
+        if len(self.args) > i:
+            return self.args[i]
+        return self.kwargs.get(key, default)
+
+    def info(self, t: Any) -> Info | None:
+        """What is known about ``t``: its ``Info`` when it is a traced tensor, else None."""
+        return self.lookup(t) if isinstance(t, torch.Tensor) else None
+
+    def first(self) -> tuple[torch.Tensor, Info]:
+        """The first traced tensor among the arguments, with its ``Info``."""
+        for t in tensors_in((self.args, self.kwargs)):
+            i = self.lookup(t)
+            if i is not None:
+                return t, i
+        raise AssertionError("rule called without a traced input")
+
+
+def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor inside ``obj``, looking into lists, tuples and dict values (depth first).
+
+    Args:
+        obj: a tensor, or a (nested) list, tuple or dict of anything.
+
+    Returns:
+        An iterator over the tensors found, in order.
+    """
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from tensors_in(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from tensors_in(o)
+
+
+def pairs(v, n: int) -> tuple[int, ...]:
+    if isinstance(v, (list, tuple)):
+        v = tuple(int(x) for x in v)
+        return v if len(v) == n else v * n if len(v) == 1 else v[-n:]
+    return (int(v),) * n
+
+
+def with_note(info: Info, why: str) -> Info:
+    return info if info.crop_note else info.with_(crop_note=why)
+
+
+def merge(call: Call, tensors: list[torch.Tensor], out_shape) -> Info:
+    """Union of several inputs seen at the same output positions (broadcasting)."""
+    nout = len(out_shape)
+    infos = [(t, call.lookup(t)) for t in tensors]
+    infos = [(t, i) for t, i in infos if i is not None]
+    n_axes = len(infos[0][1].axes)
+    dims: list = [None] * nout
+    per_axis: list[list[tuple[torch.Tensor, AxisMap]]] = [[] for _ in range(n_axes)]
+    note = None
+    for t, info in infos:
+        note = note or info.crop_note
+        offset = nout - len(info.dims)
+        indexed = set()
+        for d, role in enumerate(info.dims):
+            if role is None:
+                continue
+            size_in, size_out = t.shape[d], out_shape[d + offset]
+            if size_in == size_out:
+                if dims[d + offset] is None:
+                    dims[d + offset] = role
+                indexed.update(a for a, _ in spatial_components(role))
+        for a in range(n_axes):
+            m = info.axes[a]
+            if a not in indexed and m.shift != 0:
+                # broadcast along an axis it indexes with one position: constant box
+                m = m.globalised(1)
+            per_axis[a].append((t, m))
+    sizes = [1] * n_axes
+    for role in dims:
+        for a, s in spatial_components(role):
+            sizes[a] = s
+    axes = []
+    for a in range(n_axes):
+        maps = per_axis[a]
+        for k in range(1, len(maps)):
+            why = ax.misalignment(maps[0][1], maps[k][1])
+            if why and maps[0][1].shift_invariant and maps[k][1].shift_invariant and not call.allow_unaligned:
+                raise AlignmentError(
+                    f"paths into '{call.name}' are not aligned on axis {a}: '{call.describe(maps[0][0])}' and "
+                    f"'{call.describe(maps[k][0])}' differ in {why}; the RF would depend on the position "
+                    "(pass allow_unaligned=True to take the union anyway)")
+        axes.append(union_maps(maps, sizes[a]))
+    return Info(tuple(axes), tuple(dims), note)
+
+
+def union_maps(maps, n: int) -> AxisMap:
+    only = [m for _, m in maps]
+    if len({m.jump for m in only if m.shift != 0}) <= 1 and (
+            all(m.shift != 0 for m in only) or all(m.shift == 0 for m in only)):
+        return ax.union(only)
+    # a constant box meets a moving one (or jumps differ): exact on the n real positions
+    local = [m for m in only if m.shift != 0]
+    period = n * local[0].period if local else 1
+    shift = local[0].shift * n if local else 0
+    lo, hi = [], []
+    for i in range(period):
+        boxes = [b for b in (m.box(i) for m in only) if b]
+        lo.append(min(b[0] for b in boxes) if boxes else None)
+        hi.append(max(b[1] for b in boxes) if boxes else None)
+    return AxisMap.build(period, shift, lo, hi)
+
+
+def globalise(info: Info, dims_mixed, why: str, drop: bool = False) -> Info:
+    """Every position of the axes indexed by ``dims_mixed`` now sees all of them.
+
+    ``drop`` when the op removes those dims or turns them into features (reductions,
+    linear layers); otherwise each index still stands for its position.
+    """
+    axes = list(info.axes)
+    sizes = info.axis_sizes()
+    dims = list(info.dims)
+    hit = False
+    for d in dims_mixed:
+        for a, _ in spatial_components(dims[d]):
+            axes[a] = axes[a].globalised(sizes[a])
+            hit = True
+        if drop:
+            dims[d] = None
+    out = Info(tuple(axes), tuple(dims), info.crop_note)
+    return with_note(out, why) if hit else out
+
+
+def norm_dims(dim, ndim: int) -> list[int]:
+    if dim is None:
+        return list(range(ndim))
+    if isinstance(dim, (list, tuple)):
+        return [d % ndim for d in dim]
+    return [int(dim) % ndim]
+
+
+def spatial_window(call: Call, x, info: Info, nd: int, per_axis) -> Info:
+    """Apply ``per_axis(k, map)`` to the last ``nd`` dims of ``x``."""
+    axes = list(info.axes)
+    dims = list(info.dims)
+    first = len(dims) - nd
+    for k in range(nd):
+        d = first + k
+        role = dims[d]
+        if role is None:
+            continue
+        a = single_axis(role)
+        if a is None:
+            raise UnsupportedOpError(f"'{call.name}' slides over a dim that holds several flattened image axes; "
+                                     "reshape the tokens back to a grid first, or pass treat_as for this op")
+        axes[a] = per_axis(k, axes[a])
+        dims[d] = ((a, call.out.shape[d] if isinstance(call.out, torch.Tensor) else call.out[0].shape[d]),)
+    return Info(tuple(axes), tuple(dims), info.crop_note)
+
+
+def pointwise(call: Call):
+    outs = call.out if isinstance(call.out, (list, tuple)) else [call.out]
+    tensors = list(tensors_in((call.args, call.kwargs)))
+    res = [merge(call, tensors, o.shape) for o in outs if isinstance(o, torch.Tensor)]
+    return res if isinstance(call.out, (list, tuple)) else res[0]

@@ -1,0 +1,100 @@
+"""Sliding windows: convolutions, pooling (plain, adaptive) and padding."""
+
+from __future__ import annotations
+
+from math import ceil, floor, gcd
+
+import torch
+
+from erf.analytic import axis as ax
+from erf.analytic.layout import Info, single_axis
+from erf.analytic.rules.core import Call, globalise, pairs, pointwise, spatial_window, with_note
+from erf.errors import UnsupportedOpError
+
+
+def conv(call: Call):
+    x, info = call.args[0], call.info(call.args[0])
+    if info is None:
+        return pointwise(call)  # weights traced, input constant: treat like a broadcast
+    w = call.arg(1, "weight")
+    nd = w.dim() - 2
+    k = tuple(w.shape[2:])
+    s = pairs(call.arg(3, "stride", 1), nd)
+    d = pairs(call.arg(5, "dilation", 1), nd)
+    p = call.arg(4, "padding", 0)
+    if isinstance(p, str):
+        left = [0] * nd if p == "valid" else [dd * (kk - 1) // 2 for dd, kk in zip(d, k)]
+    else:
+        left = pairs(p, nd)
+    res = spatial_window(call, x, info, nd, lambda j, m: ax.window(m, k[j], s[j], d[j], left[j]))
+    if info.dims[-nd - 1] is not None:  # channel dim mixes whatever it indexes
+        res = globalise(res, [len(res.dims) - nd - 1], f"'{call.name}' mixes a dim that indexes the image",
+                        drop=True)
+    return res
+
+
+def pool(call: Call):
+    name = call.name.lstrip("_").replace("_with_indices", "")
+    nd = int(name[-2])
+    x, info = call.args[0], call.info(call.args[0])
+    if name.startswith("lp_pool"):
+        k = pairs(call.arg(2, "kernel_size"), nd)
+        s = pairs(call.arg(3, "stride") or k, nd)
+        p, d = (0,) * nd, (1,) * nd
+    else:
+        k = pairs(call.arg(1, "kernel_size"), nd)
+        s = pairs(call.arg(2, "stride") or k, nd)
+        p = pairs(call.arg(3, "padding", 0), nd)
+        d = pairs(call.arg(4, "dilation", 1), nd) if name.startswith("max") else (1,) * nd
+    res = spatial_window(call, x, info, nd, lambda j, m: ax.window(m, k[j], s[j], d[j], p[j]))
+    return [res, res] if isinstance(call.out, tuple) else res
+
+
+def _bins(n_in: int, n_out: int):
+    g = gcd(n_in, n_out)
+    return n_in // g, n_out // g, lambda o: range(floor(o * n_in / n_out), ceil((o + 1) * n_in / n_out))
+
+
+def adaptive_pool(call: Call):
+    name = call.name.lstrip("_").replace("_with_indices", "")
+    nd = int(name[-2])
+    x, info = call.args[0], call.info(call.args[0])
+    out = call.out[0] if isinstance(call.out, tuple) else call.out
+    n_in, n_out = x.shape[-nd:], out.shape[-nd:]
+    first = x.dim() - nd
+    res = info
+    for j in range(nd):
+        if n_out[j] == 1 and n_in[j] > 1:
+            res = globalise(res, [first + j], f"'{call.name}' pools the whole map")
+            res = res.with_(dims=res.dims[:first + j] + (None,) + res.dims[first + j + 1:])
+    def per_axis(j, m):
+        if n_out[j] == 1 or n_in[j] == n_out[j]:
+            return m
+        num, den, taps = _bins(n_in[j], n_out[j])
+        return ax.rational_index(m, num, den, taps)
+    res = spatial_window(call, x, res, nd, per_axis)
+    if any(a != b and b != 1 for a, b in zip(n_in, n_out)):
+        res = with_note(res, f"'{call.name}' bins depend on the input size")
+    return [res, res] if isinstance(call.out, tuple) else res
+
+
+def pad(call: Call):
+    x, info = call.args[0], call.info(call.args[0])
+    amounts = list(call.arg(1, "pad"))
+    mode = call.arg(2, "mode", "constant")
+    axes, dims = list(info.axes), list(info.dims)
+    for j in range(len(amounts) // 2):
+        d = x.dim() - 1 - j
+        left = int(amounts[2 * j])
+        role = dims[d]
+        if role is None:
+            continue
+        a = single_axis(role)
+        if a is None:
+            raise UnsupportedOpError(f"'{call.name}' pads a dim of flattened image axes; pass treat_as for it")
+        axes[a] = ax.window(axes[a], 1, 1, 1, left)
+        dims[d] = ((a, call.out.shape[d]),)
+    res = Info(tuple(axes), tuple(dims), info.crop_note)
+    if mode == "circular":
+        res = with_note(res, "circular padding wraps the image around")
+    return res
