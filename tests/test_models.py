@@ -10,8 +10,7 @@ import torch.nn as nn
 
 from erf.errors import ErfError, ModelError
 from erf.models import (INITS, apply_init, create_model, list_models, load_checkpoint, load_model,
-                        load_model_file, parse_model_args, register_model)
-from erf.models.registry import _REGISTRY
+                        load_model_file, parse_model_args, register_model, unregister_model)
 
 
 class NotAllowed:
@@ -47,7 +46,8 @@ def test_register_model_custom_name():
         with pytest.raises(ModelError, match="'depth'.*accepted: channels"):
             create_model("tiny_test_model", depth=3)
     finally:
-        _REGISTRY.pop("tiny_test_model")
+        unregister_model("tiny_test_model")
+    assert "tiny_test_model" not in list_models()
 
 
 # --------------------------------------------------------------------------- reference models

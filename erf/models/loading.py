@@ -10,32 +10,22 @@ import ast
 import hashlib
 import importlib
 import importlib.util
-import inspect
 import os
 import sys
 import warnings
 import zipfile
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from erf.errors import ErfError, ModelError
+from erf.models.factory import call_factory, describe_exception
 from erf.models.registry import get_model_factory
 
 MODEL_FILE_SUFFIXES = (".pt", ".pth", ".pt2", ".ts")
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 _WORDS = {"true": True, "false": False, "none": None, "null": None}
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    """Collapse whitespace so a message fits on one line, and cut it at ``limit`` characters."""
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {_one_line(exc)}" if str(exc) else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- model args
@@ -68,30 +58,6 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def call_factory(factory: Callable[..., Any], kwargs: dict[str, Any] | None, what: str) -> nn.Module:
-    """Call ``factory(**kwargs)``; bad keys, exceptions and non-module results become ``ModelError``."""
-    kwargs = dict(kwargs or {})
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        params = None
-    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params):
-        accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        bad = [k for k in kwargs if k not in accepted]
-        if bad:
-            raise ModelError(f"{what} does not accept argument {bad[0]!r}; "
-                             f"accepted: {', '.join(accepted) if accepted else '(none)'}")
-    try:
-        model = factory(**kwargs)
-    except ErfError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{what} failed to build: {_describe(exc)}") from exc
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"{what} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
 # --------------------------------------------------------------------------- model specs
 
 
@@ -110,7 +76,7 @@ def _import_file(path: str):
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(name, None)
-        raise ModelError(f"importing {path} failed: {_describe(exc)}") from exc
+        raise ModelError(f"importing {path} failed: {describe_exception(exc)}") from exc
     return module
 
 
@@ -127,14 +93,15 @@ def _from_file(path: str, factory_name: str, model_args: dict[str, Any]) -> nn.M
 
 def _import_package(name: str):
     try:
+        # lazy: timm and torchvision are optional and slow to import; only their specs need them
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] == name:
             raise ModelError(f"'{name}:' models need the {name} package, which is not installed "
                              f"(pip install {name})") from None
-        raise ModelError(f"{name} failed to import: {_describe(exc)}") from exc
+        raise ModelError(f"{name} failed to import: {describe_exception(exc)}") from exc
     except Exception as exc:
-        raise ModelError(f"{name} failed to import: {_describe(exc)}") from exc
+        raise ModelError(f"{name} failed to import: {describe_exception(exc)}") from exc
 
 
 def _from_timm(name: str, model_args: dict[str, Any]) -> nn.Module:
@@ -258,7 +225,7 @@ def load_model_file(path: str) -> nn.Module:
             if _is_exported(names):
                 return torch.export.load(path).module()
     except Exception as exc:
-        raise ModelError(f"cannot load model file {path}: {_describe(exc)}") from exc
+        raise ModelError(f"cannot load model file {path}: {describe_exception(exc)}") from exc
     if any(n.endswith("/data.pkl") for n in names):
         raise ModelError(f"{path} holds weights or a pickled object, not a TorchScript or torch.export model; "
                          "give the architecture as MODEL and this file as the checkpoint")
@@ -285,7 +252,7 @@ def _read_checkpoint(path: str) -> Any:
             raise ModelError(f"refused: {path} is not a plain weights file (it would run code when loaded); "
                              "save it with torch.save(model.state_dict(), ...)") from None
         raise ModelError(f"cannot read checkpoint {path}: the file is corrupt or not a PyTorch file "
-                         f"({_describe(exc)[:120]})") from None
+                         f"({describe_exception(exc)[:120]})") from None
 
 
 def _extract_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
@@ -330,5 +297,5 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except Exception as exc:
-        raise ModelError(f"loading checkpoint {path} failed: {_describe(exc)}") from exc
+        raise ModelError(f"loading checkpoint {path} failed: {describe_exception(exc)}") from exc
     return model

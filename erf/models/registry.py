@@ -1,4 +1,8 @@
-"""A small model registry in the style of timm: ``@register_model`` and ``create_model``."""
+"""A small model registry in the style of timm: names only (``@register_model``, lookups).
+
+Building a model from its name is ``erf.models.factory.create_model``: the registry
+imports nothing of the rest of ``erf.models``, so nothing cycles.
+"""
 
 from __future__ import annotations
 
@@ -10,30 +14,65 @@ import torch.nn as nn
 
 from erf.errors import ModelError
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+Factory = Callable[..., nn.Module]
+
+_REGISTRY: dict[str, Factory] = {}
 
 
-def register_model(name: str | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator that registers a model factory under ``name`` (default: the function's name)."""
+def register_model(name: str | Factory | None = None) -> Factory | Callable[[Factory], Factory]:
+    """Decorator that registers a model factory under ``name`` (default: the function's name).
+
+    Args:
+        name: the registry name; or the factory itself when used bare as ``@register_model``.
+
+    Returns:
+        The decorator (``@register_model("name")``), or the factory (bare ``@register_model``).
+    """
     if callable(name):  # used bare as ``@register_model``
         fn = name
         _REGISTRY[fn.__name__] = fn
         return fn
 
-    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def decorator(fn: Factory) -> Factory:
         _REGISTRY[name or fn.__name__] = fn
         return fn
 
     return decorator
 
 
+def unregister_model(name: str) -> None:
+    """Remove ``name`` from the registry (a no-op when it is not registered).
+
+    Args:
+        name: a registry name.
+    """
+    _REGISTRY.pop(name, None)
+
+
 def is_model(name: str) -> bool:
-    """True when ``name`` is a registered model."""
+    """True when ``name`` is a registered model.
+
+    Args:
+        name: a candidate registry name.
+
+    Returns:
+        Whether a factory is registered under ``name``.
+    """
     return name in _REGISTRY
 
 
-def get_model_factory(name: str) -> Callable[..., nn.Module]:
-    """The factory registered under ``name``; unknown names raise ``ModelError`` with suggestions."""
+def get_model_factory(name: str) -> Factory:
+    """The factory registered under ``name``.
+
+    Args:
+        name: a registry name.
+
+    Returns:
+        The registered factory.
+
+    Raises:
+        ModelError: ``name`` is not registered (the message suggests close names).
+    """
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -42,15 +81,15 @@ def get_model_factory(name: str) -> Callable[..., nn.Module]:
         raise ModelError(f"unknown model {name!r}{hint} (see `erf rf --list`)") from None
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build the registered model ``name`` with the factory's keyword arguments."""
-    from erf.models.loading import call_factory  # avoid an import cycle
-
-    return call_factory(get_model_factory(name), kwargs, what=f"model {name!r}")
-
-
 def list_models(pattern: str | None = None) -> list[str]:
-    """Sorted registered model names, optionally filtered by a shell-style ``pattern``."""
+    """Sorted registered model names.
+
+    Args:
+        pattern: an optional shell-style filter (``"resnet*"``).
+
+    Returns:
+        The names, sorted.
+    """
     names = sorted(_REGISTRY)
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]

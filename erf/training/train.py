@@ -35,7 +35,7 @@ from erf.training.tasks import (TASKS, ImageData, Task, list_tasks, load_dataset
                           make_task, mix_seed)
 from erf.errors import ErfError, ModelError
 from erf.io import atomic_write
-from erf.models.registry import create_model
+from erf.models import create_model
 
 OPTIMIZERS = ("adamw", "sgd")
 
