@@ -1,0 +1,266 @@
+"""Named scalar metrics of a map, from one table (``METRICS``), and ``summarize``.
+
+A metric name is a family of ``METRICS`` in one of three forms (its ``Metric.kind``):
+
+* ``map``: the family name itself -- ``total``, ``peak``, ``fit_theta``, ``fit_r2``;
+* ``axis``: the family name, ``_`` and an axis suffix of ``axis_names`` -- ``sigma_x``,
+  ``erf_size_y``, ``com_offset_z`` ...;
+* ``fraction``: the family name, ``_`` and a fraction in (0, 1] -- ``mass_radius_0.9``,
+  ``hcar_log1p_max_0.5`` ...
+
+``scalar_metrics`` looks each name up in the table; ``default_metrics`` lists the names that
+``summarize`` reports, also from the table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from erf.errors import ErfError
+from erf.io import to_json
+from erf.stats.fits import GaussianFit, fit_gaussian, fit_gaussian_1d, fit_profiles
+from erf.stats.moments import Moments, axis_names, center_unit, check_map, moments, trf_sizes
+from erf.stats.sizes import area_above, check_box, high_contribution_area_ratio, mass_in_box, mass_radius
+
+__all__ = ["Metric", "METRICS", "default_metrics", "scalar_metrics", "summarize"]
+
+
+class _Evaluation:
+    """One map's metrics being computed: moments, the Gaussian fit and each fraction group once."""
+
+    def __init__(self, a: np.ndarray, names: Sequence[str], trf: Any):
+        self.a, self.names, self.trf = a, names, trf
+        self._moments: Moments | None = None
+        self._fit: GaussianFit | None = None
+        self._groups: dict[str, dict] = {}
+
+    @property
+    def moments(self) -> Moments:
+        if self._moments is None:
+            self._moments = moments(self.a)
+        return self._moments
+
+    @property
+    def fit(self) -> GaussianFit:
+        if self._fit is None:
+            self._fit = fit_gaussian(self.a)
+        return self._fit
+
+    def group(self, group: str, compute: Callable[[np.ndarray, list[float]], dict]) -> dict:
+        """``compute`` over every fraction of ``group`` among the requested names (once per group)."""
+        if group not in self._groups:
+            fs = sorted({p[1] for p in map(_parse_fraction, self.names) if p and METRICS[p[0]].group == group})
+            self._groups[group] = compute(self.a, fs)
+        return self._groups[group]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One family of scalar metrics.
+
+    * ``kind``: ``map`` (one value), ``axis`` (one per axis) or ``fraction`` (one per fraction).
+    * ``value``: ``value(evaluation, name, arg) -> float`` with ``arg`` None, the axis index or
+      the fraction.
+    * ``help``: one line for help texts.
+    * ``default``: whether ``summarize`` reports it (``map``/``axis``), or the fractions it
+      reports (``fraction``); ``trf`` for the axis metrics reported when a TRF is known.
+    * ``group`` (``fraction`` only): families of one group share one computation over all
+      their requested fractions (``area_above`` and ``area_above_count``).
+    """
+
+    kind: str
+    value: Callable[[_Evaluation, str, Any], float]
+    help: str
+    default: bool | str | tuple[float, ...] = False
+    group: str = ""
+
+
+def _erf_trf_ratio(ev: _Evaluation, name: str, i: int) -> float:
+    if ev.trf is None:
+        raise ErfError(f"metric {name!r} needs the TRF size (trf=...)")
+    return 2.0 * ev.moments.sigma[i] / trf_sizes(ev.trf, ev.a.ndim)[i]
+
+
+def _fit_sigma(ev: _Evaluation, name: str, i: int) -> float:
+    if ev.a.ndim != 2:
+        raise ErfError(f"metric {name!r} needs a 2-D map")
+    return float(ev.fit.sigma[i]) if ev.fit.ok else math.nan
+
+
+def _fraction(group: str, compute: Callable[[np.ndarray, list[float]], dict], pick: Callable[[Any], float],
+              help: str, default: tuple[float, ...]) -> Metric:
+    def value(ev: _Evaluation, name: str, f: float) -> float:
+        return pick(ev.group(group, compute)[f])
+
+    return Metric("fraction", value, help, default, group)
+
+
+#: Every scalar metric family, in ``summarize``'s order (see the module docstring for the names).
+METRICS: dict[str, Metric] = {
+    "total": Metric("map", lambda ev, name, _: float(ev.a.sum()), "sum of the map", True),
+    "peak": Metric("map", lambda ev, name, _: float(ev.a.max()), "maximum of the map", True),
+    "fit_theta": Metric("map", lambda ev, name, _: float(ev.fit.theta) if ev.fit.ok else math.nan,
+                        "rotation of the 2-D Gaussian fit (radians)"),
+    "fit_r2": Metric("map", lambda ev, name, _: float(ev.fit.r2) if ev.fit.ok else math.nan,
+                     "R^2 of the 2-D Gaussian fit"),
+    "center": Metric("axis", lambda ev, name, i: ev.moments.center[i], "centre of mass", True),
+    "com_offset": Metric("axis", lambda ev, name, i: ev.moments.center[i] - center_unit(ev.a.shape)[i],
+                         "centre of mass minus the centre unit", True),
+    "sigma": Metric("axis", lambda ev, name, i: ev.moments.sigma[i], "moment sigma", True),
+    "erf_size": Metric("axis", lambda ev, name, i: 2.0 * ev.moments.sigma[i], "ERF size = 2 sigma", True),
+    "erf_trf_ratio": Metric("axis", _erf_trf_ratio, "ERF/TRF = 2 sigma / trf (needs the TRF)", "trf"),
+    "fit_sigma": Metric("axis", _fit_sigma, "sigma of the 2-D Gaussian fit (2-D maps; slow)"),
+    "mass_radius": _fraction("mass_radius", lambda a, fs: mass_radius(a, fs), lambda v: v,
+                             "radius holding the fraction of the mass", (0.5, 0.9, 0.95)),
+    "area_above": _fraction("area_above", lambda a, fs: area_above(a, fs), lambda v: float(v["fraction"]),
+                            "share of pixels above the fraction of the peak", (0.1, 0.5)),
+    "area_above_count": _fraction("area_above", lambda a, fs: area_above(a, fs), lambda v: float(v["count"]),
+                                  "number of pixels above the fraction of the peak", (0.1, 0.5)),
+    "hcar": _fraction("hcar", lambda a, fs: high_contribution_area_ratio(a, fs, None), lambda v: v,
+                      "high-contribution area ratio of the raw map", (0.2, 0.3, 0.5, 0.99)),
+    "hcar_log1p_max": _fraction("hcar_log1p_max", lambda a, fs: high_contribution_area_ratio(a, fs, "log1p_max"),
+                                lambda v: v, "high-contribution area ratio after log10(1+x)/max (RepLKNet)",
+                                (0.2, 0.3, 0.5, 0.99)),
+}
+
+# longest first, so that ``hcar_log1p_max_0.5`` is not read as the family ``hcar``
+_FRACTION_FAMILIES = sorted((k for k, m in METRICS.items() if m.kind == "fraction"), key=len, reverse=True)
+
+
+def _parse_fraction(name: str) -> tuple[str, float] | None:
+    """``(family, fraction)`` of a fraction metric name, else None."""
+    for family in _FRACTION_FAMILIES:
+        if name.startswith(family + "_"):
+            try:
+                return family, float(name[len(family) + 1:])
+            except ValueError:
+                return None
+    return None
+
+
+def _exact_names(ndim: int) -> dict[str, tuple[str, int | None]]:
+    """Every ``map`` and ``axis`` metric name of an ``ndim`` map -> (family, axis index or None)."""
+    out: dict[str, tuple[str, int | None]] = {}
+    for family, metric in METRICS.items():
+        if metric.kind == "map":
+            out[family] = (family, None)
+        elif metric.kind == "axis":
+            out.update({f"{family}_{s}": (family, i) for i, s in enumerate(axis_names(ndim))})
+    return out
+
+
+def default_metrics(ndim: int = 2, trf: Any = None) -> list[str]:
+    """The metric names ``summarize`` reports (and ``scalar_metrics`` computes by default).
+
+    Args:
+        ndim: the map's number of axes.
+        trf: the TRF size, or None; with one the ``erf_trf_ratio_*`` names are included.
+
+    Returns:
+        The names, in ``METRICS`` order.
+    """
+    names: list[str] = []
+    for family, metric in METRICS.items():
+        if metric.default is False or (metric.default == "trf" and trf is None):
+            continue
+        if metric.kind == "map":
+            names.append(family)
+        elif metric.kind == "axis":
+            names += [f"{family}_{s}" for s in axis_names(ndim)]
+        else:
+            names += [f"{family}_{f}" for f in metric.default]
+    return list(dict.fromkeys(names))
+
+
+def scalar_metrics(m: ArrayLike, names: Sequence[str] | None = None, trf: Any = None) -> dict[str, float]:
+    """Flat scalar metrics of a map by name (the ``summarize`` scalar keys).
+
+    Names: ``total, peak``; per axis (suffix from ``axis_names``) ``center_*,
+    com_offset_*, sigma_*, erf_size_*, erf_trf_ratio_*`` (needs ``trf``), ``fit_sigma_*``
+    (2-D Gaussian fit, slow), ``fit_theta, fit_r2``; with any fraction ``f`` in (0, 1]:
+    ``mass_radius_f, area_above_f, area_above_count_f, hcar_f, hcar_log1p_max_f``
+    (the families of ``METRICS``).
+
+    Args:
+        m: the map.
+        names: metric names; None gives ``default_metrics(m.ndim, trf)``.
+        trf: the TRF size (one for all axes or one per axis), needed by ``erf_trf_ratio_*``.
+
+    Returns:
+        ``{name: value}`` in the order of ``names``.
+
+    Raises:
+        ErfError: an invalid map, an unknown name, ``erf_trf_ratio_*`` without ``trf``,
+            ``fit_*`` on a map that is not 2-D, or a fraction outside (0, 1].
+    """
+    a = check_map(m)
+    ax = axis_names(a.ndim)
+    if names is None:
+        names = default_metrics(a.ndim, trf)
+    exact = _exact_names(a.ndim)
+    ev = _Evaluation(a, names, trf)
+    out = {}
+    for name in names:
+        family, arg = _parse_fraction(name) or exact.get(name) or (None, None)
+        if family is None:
+            raise ErfError(f"unknown metric {name!r} for a {a.ndim}-D map; e.g. sigma_{ax[-1]}, "
+                           f"erf_size_{ax[-1]}, mass_radius_0.9, area_above_0.5, hcar_0.5")
+        out[name] = METRICS[family].value(ev, name, arg)
+    return out
+
+
+def summarize(m: ArrayLike, trf: Any = None, trf_box: ArrayLike | None = None, *, fits: bool = True) -> dict:
+    """Every metric of one map as a JSON-ready dict (keys in the ``erf.stats`` docstring).
+
+    Args:
+        m: the map.
+        trf: TRF size per axis (one number = all axes); derived from ``trf_box``
+            when only the box is given.
+        trf_box: the TRF box, inclusive ``(first, last)`` per axis (may extend past the map).
+        fits: False skips the Gaussian fits (``gaussian`` and ``profiles`` are ``None``).
+
+    Returns:
+        The summary (strict JSON: non-finite floats as ``None``).
+
+    Raises:
+        ErfError: an invalid map, TRF size or box.
+    """
+    a = check_map(m)
+    ax = axis_names(a.ndim)
+    box = None if trf_box is None else check_box(trf_box, a.shape)
+    if trf is None and box is not None:
+        trf = tuple((box[:, 1] - box[:, 0] + 1).tolist())
+    t = None if trf is None else trf_sizes(trf, a.ndim)
+    mo = moments(a)
+    out = {"ndim": a.ndim, "shape": list(a.shape), "axes": list(ax),
+           "total": float(a.sum()), "peak": float(a.max()),
+           "peak_index": [int(i) for i in np.unravel_index(int(np.argmax(a)), a.shape)],
+           "center_unit": list(center_unit(a.shape))}
+    scal = scalar_metrics(a, default_metrics(a.ndim, None), trf=None)
+    scal.pop("total"), scal.pop("peak")
+    exact = _exact_names(a.ndim)
+    first = [k for k in scal if k in exact and METRICS[exact[k][0]].kind == "axis"]
+    out.update({k: scal.pop(k) for k in first})
+    out["cov"] = [list(r) for r in mo.cov]
+    for i, s in enumerate(ax):
+        out[f"trf_{s}"] = None if t is None else t[i]
+    for i, s in enumerate(ax):
+        out[f"erf_trf_ratio_{s}"] = None if t is None else 2.0 * mo.sigma[i] / t[i]
+    if box is None:
+        out.update(trf_box=None, trf_clipped=None, mass_in_trf=None)
+    else:
+        frac, clipped = mass_in_box(a, box)
+        out.update(trf_box=box.tolist(), trf_clipped=clipped, mass_in_trf=frac)
+    out.update(scal)
+    out["gaussian"] = out["profiles"] = None
+    if fits and a.ndim == 2:
+        out["gaussian"] = fit_gaussian(a).to_dict()
+        out["profiles"] = {k: v.to_dict() for k, v in fit_profiles(a, mo.center).items()}
+    elif fits and a.ndim == 1:
+        out["gaussian"] = fit_gaussian_1d(a, name="map").to_dict()
+    return to_json(out)
