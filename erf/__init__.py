@@ -12,24 +12,65 @@ The public API:
   its results folder (``erf run``); ``--resume`` is ``run_experiment(..., resume=True)``.
 - ``summarize``, ``fit_gaussian``, ``metric_intervals``, ``fit_power_law``: fits and
   metrics of ERF maps (``erf.stats``); ``plot_erf`` and friends (``erf.plots``).
+
+Every name is imported from its submodule on first use (PEP 562 ``__getattr__``), not
+here: importing ``erf`` must not import torch, so that the ``erf`` command answers
+``--help`` and ``--version`` in well under a second. ``import erf; erf.measure(...)``,
+``from erf import measure`` and ``erf.stats`` work as if everything were imported here.
 """
 
-from erf.analytic import Layer, LayerRF, LinearERF, RFReport, center_unit, linear_erf, receptive_field
-from erf.experiment.config import Config, check_models, load_config
-from erf.engine import ERFResult, measure
-from erf.errors import AlignmentError, ConfigError, ErfError, ModelError, TraceError, UnsupportedOpError
-from erf.models import apply_init, create_model, list_models, load_checkpoint, load_model, register_model
-from erf.plots import plot_erf, plot_erf_grid, plot_growth
-from erf.experiment.runner import run_experiment
-from erf.stats import (PRESETS, fit_gaussian, fit_power_law, metric_intervals, moments, standard_error_map,
-                       summarize)
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-__all__ = [
-    "measure", "ERFResult", "receptive_field", "linear_erf", "Layer", "LayerRF", "LinearERF", "RFReport", "center_unit",
-    "create_model", "list_models", "load_model", "load_checkpoint", "register_model", "apply_init",
-    "summarize", "moments", "fit_gaussian", "metric_intervals", "standard_error_map", "fit_power_law", "PRESETS",
-    "plot_erf", "plot_erf_grid", "plot_growth", "load_config", "check_models", "run_experiment", "Config",
-    "ErfError", "ModelError", "TraceError", "UnsupportedOpError", "AlignmentError", "ConfigError",
-]
+__version__ = "0.1.0"  # the same as pyproject.toml (tests/test_cli_root.py checks it)
+
+# public name -> the module that defines it
+_API: dict[str, str] = {
+    **dict.fromkeys(["receptive_field", "linear_erf", "Layer", "LayerRF", "LinearERF", "RFReport", "center_unit"],
+                    "erf.analytic"),
+    **dict.fromkeys(["measure", "ERFResult"], "erf.engine"),
+    **dict.fromkeys(["create_model", "list_models", "load_model", "load_checkpoint", "register_model",
+                     "apply_init"], "erf.models"),
+    **dict.fromkeys(["summarize", "moments", "fit_gaussian", "metric_intervals", "standard_error_map",
+                     "fit_power_law", "PRESETS"], "erf.stats"),
+    **dict.fromkeys(["plot_erf", "plot_erf_grid", "plot_growth"], "erf.plots"),
+    **dict.fromkeys(["load_config", "check_models", "run_experiment", "Config"], "erf.experiment"),
+    **dict.fromkeys(["ErfError", "ModelError", "TraceError", "UnsupportedOpError", "AlignmentError", "ConfigError"],
+                    "erf.errors"),
+}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name (or a submodule such as ``erf.stats``) on first use.
+
+    Args:
+        name: the attribute asked for.
+
+    Returns:
+        The object, cached in this module's globals for later look-ups.
+
+    Raises:
+        AttributeError: ``name`` is neither a public name nor a submodule of ``erf``.
+    """
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+    elif not name.startswith("__"):
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names (lazy ones included) beside what is already loaded."""
+    return sorted(set(globals()) | set(__all__))

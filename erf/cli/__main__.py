@@ -1,3 +1,5 @@
+"""``python -m erf.cli ...``: the same as the ``erf`` command."""
+
 import sys
 
 from erf.cli import main

@@ -1,4 +1,7 @@
-"""Argument parsing shared by the subcommands: sizes, units, model specs."""
+"""Argument parsing shared by the subcommands: the command table, sizes, units, model specs.
+
+Nothing here imports torch: the parsers are built from this module alone.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,29 @@ import os
 
 from erf.errors import ErfError
 
+# subcommand -> its one-line help; each is the module erf.cli.<name> with register(subparsers)
+COMMANDS: dict[str, str] = {
+    "rf": "theoretical receptive field of every layer",
+    "measure": "measure the effective receptive field (ERF) of one unit",
+    "run": "run an experiment config (TOML) and write its results",
+}
+
 
 def parse_ints(text: str, what: str, *, positive: bool = True, nonneg: bool = False) -> tuple[int, ...]:
-    """Parse ``"224"`` or ``"224,160"`` into a tuple of ints, with a one-line error."""
+    """Parse ``"224"`` or ``"224,160"`` (or ``"224x160"``) into a tuple of ints.
+
+    Args:
+        text: the flag's value.
+        what: how the message names the flag (``"--input"``).
+        positive: refuse values <= 0.
+        nonneg: refuse values < 0.
+
+    Returns:
+        The integers.
+
+    Raises:
+        ErfError: not integers, or out of range (one line naming ``what``).
+    """
     try:
         values = tuple(int(v) for v in str(text).replace("x", ",").split(","))
     except ValueError:
@@ -22,7 +45,17 @@ def parse_ints(text: str, what: str, *, positive: bool = True, nonneg: bool = Fa
 
 
 def positive_int(text: str) -> int:
-    """argparse type for counts: an integer >= 1 (argparse prints the one-line error)."""
+    """argparse type for counts: an integer >= 1 (argparse prints the one-line error).
+
+    Args:
+        text: the flag's value.
+
+    Returns:
+        The integer.
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer, or below 1.
+    """
     try:
         value = int(text)
     except ValueError:
@@ -33,7 +66,18 @@ def positive_int(text: str) -> int:
 
 
 def input_size(text: str, ndim: int = 2) -> tuple[int, ...]:
-    """``--input H[,W]``: one number is used for every spatial axis."""
+    """``--input H[,W]``: one number is used for every spatial axis.
+
+    Args:
+        text: the flag's value.
+        ndim: the model's number of spatial axes.
+
+    Returns:
+        The size per axis.
+
+    Raises:
+        ErfError: see ``parse_ints``.
+    """
     values = parse_ints(text, "--input")
     if len(values) == 1:
         values = values * ndim
@@ -41,7 +85,12 @@ def input_size(text: str, ndim: int = 2) -> tuple[int, ...]:
 
 
 def add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
-    """MODEL, --model-arg, --checkpoint, --input, --in-channels: how every subcommand names a model."""
+    """MODEL, --model-arg, --checkpoint, --input, --in-channels: how every subcommand names a model.
+
+    Args:
+        p: the subcommand's parser.
+        optional: MODEL may be left out (``erf rf --list``).
+    """
     p.add_argument("model", metavar="MODEL", nargs="?" if optional else None,
                    help="registry name (see 'erf rf --list'), path/to/file.py:factory, timm:NAME or torchvision:NAME")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -57,7 +106,15 @@ def add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
 
 
 def check_output_file(flag: str, path: str | None) -> None:
-    """Refuse, before any work, an output file that cannot be written: a folder, or a parent that is a file."""
+    """Refuse, before any work, an output file that cannot be written: a folder, or a parent that is a file.
+
+    Args:
+        flag: how the message names the flag (``"--save"``).
+        path: the file asked for (None or empty: nothing to check).
+
+    Raises:
+        ErfError: ``path`` is a folder, its parent is a file, or the parent is not writable.
+    """
     if not path:
         return
     if os.path.isdir(path):

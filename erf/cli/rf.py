@@ -1,15 +1,23 @@
-"""``erf rf MODEL``: the theoretical receptive field, per layer."""
+"""``erf rf MODEL``: the parser of the theoretical receptive field command.
+
+The work is in ``erf.cli.rf_run``, imported when the command runs, so that
+``erf rf --help`` answers without importing torch.
+"""
 
 from __future__ import annotations
 
-import json
-import time
+import argparse
 
-from erf.cli.common import add_model_args, input_size, parse_ints
+from erf.cli.common import COMMANDS, add_model_args
 
 
-def register(sub) -> None:
-    p = sub.add_parser("rf", help="theoretical receptive field of every layer",
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``rf`` parser to ``sub`` and point its ``func`` at ``run``.
+
+    Args:
+        sub: the ``erf`` parser's subparsers.
+    """
+    p = sub.add_parser("rf", help=COMMANDS["rf"],
                        description="Trace a forward pass and print the theoretical receptive field of every layer.")
     add_model_args(p, optional=True)
     p.add_argument("--layer", metavar="NAME", help="target layer (default: the model output)")
@@ -23,52 +31,16 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from erf import models
-    from erf.analytic import receptive_field, spatial_ndim
-    from erf.errors import ErfError
-    from erf.engine.tokens import check_traced, check_value
+def run(args: argparse.Namespace) -> int:
+    """Run ``erf rf`` on parsed arguments (see ``erf.cli.rf_run.run``).
 
-    if args.list:
-        print("\n".join(models.list_models()))
-        return 0
-    if args.model is None:
-        raise ErfError("give a MODEL (a registry name, path/to/file.py:factory, timm:NAME or torchvision:NAME); "
-                       "'erf rf --list' lists the registry")
-    treat_as = {}
-    for item in args.treat_as:
-        op, sep, kind = item.partition("=")
-        if not sep or kind not in ("pointwise", "global", "identity"):
-            raise ErfError(f"--treat-as takes OP=pointwise|global|identity, got {item!r}")
-        treat_as[op] = kind
-    model = models.load_model(args.model, models.parse_model_args(args.model_arg), args.checkpoint)
-    start = time.perf_counter()
-    report = receptive_field(model, input_size(args.input, spatial_ndim(model)), layer=args.layer,
-                             in_channels=args.in_channels, treat_as=treat_as, allow_unaligned=args.allow_unaligned)
-    notes = check_traced(report.target, check_value(args.prefix_tokens), report.target.name)
-    unit = None
-    if args.unit is not None:
-        unit = parse_ints(args.unit, "--unit", positive=False, nonneg=True)
-        report.box(unit)  # validates the unit
-    if args.json:
-        out = report.to_dict(unit)
-        out["prefix_tokens"] = report.target.prefix_tokens
-        if unit is not None and notes:
-            out["token_index"] = report.target.index_of(unit)
-        out["seconds"] = round(time.perf_counter() - start, 4)
-        print(json.dumps(out))
-        return 0
-    print(report.table())
-    if unit is not None:
-        box, clipped = report.box(unit), report.box(unit, clip=True)
-        print(f"unit {list(unit)} of {report.target.name}: input box {_box(box)} (clipped to the image: "
-              f"{_box(clipped)})")
-    if notes:
-        where = "" if unit is None else f"; unit {list(unit)} is at tensor index {report.target.index_of(unit)}"
-        print(f"{report.target.name} holds tokens: {report.target.prefix_tokens} prefix token(s) before the "
-              f"{'x'.join(map(str, report.target.output))} grid{where}")
-    return 0
+    Args:
+        args: the parsed command line.
 
+    Returns:
+        The exit code.
+    """
+    # lazy: the command's work imports torch; `erf rf --help` builds the parser above without it
+    from erf.cli import rf_run
 
-def _box(box) -> str:
-    return " x ".join("empty" if b is None else f"[{b[0]}, {b[1]}]" for b in box)
+    return rf_run.run(args)

@@ -1,0 +1,73 @@
+"""``erf rf MODEL``: trace the model and print the theoretical receptive field, per layer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from erf import models
+from erf.analytic import receptive_field, spatial_ndim
+from erf.analytic.rules import TREAT_AS
+from erf.cli.common import input_size, parse_ints
+from erf.engine import check_traced, check_value
+from erf.errors import ErfError
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the RF table (or one JSON object) for the model the arguments name.
+
+    Args:
+        args: the parsed ``erf rf`` command line.
+
+    Returns:
+        0.
+
+    Raises:
+        ErfError: no MODEL, a bad ``--treat-as``, ``--unit`` or ``--input``, or any error of
+            loading or tracing the model.
+    """
+    if args.list:
+        print("\n".join(models.list_models()))
+        return 0
+    if args.model is None:
+        raise ErfError("give a MODEL (a registry name, path/to/file.py:factory, timm:NAME or torchvision:NAME); "
+                       "'erf rf --list' lists the registry")
+    treat_as = {}
+    for item in args.treat_as:
+        op, sep, kind = item.partition("=")
+        if not sep or kind not in TREAT_AS:
+            raise ErfError(f"--treat-as takes OP={'|'.join(TREAT_AS)}, got {item!r}")
+        treat_as[op] = kind
+    model = models.load_model(args.model, models.parse_model_args(args.model_arg), args.checkpoint)
+    start = time.perf_counter()
+    report = receptive_field(model, input_size(args.input, spatial_ndim(model)), layer=args.layer,
+                             in_channels=args.in_channels, treat_as=treat_as, allow_unaligned=args.allow_unaligned)
+    notes = check_traced(report.target, check_value(args.prefix_tokens), report.target.name)
+    unit = None
+    if args.unit is not None:
+        unit = parse_ints(args.unit, "--unit", positive=False, nonneg=True)
+        report.box(unit)  # validates the unit
+    if args.json:
+        out = report.to_dict(unit)
+        out["prefix_tokens"] = report.target.prefix_tokens
+        if unit is not None and notes:
+            out["token_index"] = report.target.index_of(unit)
+        out["seconds"] = round(time.perf_counter() - start, 4)
+        print(json.dumps(out))
+        return 0
+    print(report.table())
+    if unit is not None:
+        box, clipped = report.box(unit), report.box(unit, clip=True)
+        print(f"unit {list(unit)} of {report.target.name}: input box {_box(box)} (clipped to the image: "
+              f"{_box(clipped)})")
+    if notes:
+        where = "" if unit is None else f"; unit {list(unit)} is at tensor index {report.target.index_of(unit)}"
+        print(f"{report.target.name} holds tokens: {report.target.prefix_tokens} prefix token(s) before the "
+              f"{'x'.join(map(str, report.target.output))} grid{where}")
+    return 0
+
+
+def _box(box: list[tuple[int, int] | None]) -> str:
+    """``[a, b] x [c, d]`` (``empty`` for an axis with no pixels)."""
+    return " x ".join("empty" if b is None else f"[{b[0]}, {b[1]}]" for b in box)
