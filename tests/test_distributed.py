@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from erf import distributed
-from erf.engine import core as engine
-from erf.engine import ERFResult
+from erf.engine import ERFResult, measure
+from erf.engine.loop import plan_shares
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 NET = ["plain_net", "--model-arg", "depth=4", "--model-arg", "width=4", "--input", "24", "--batch", "3"]
@@ -35,7 +35,7 @@ def test_rank_shares_are_whole_batches_covering_every_sample_once(monkeypatch, w
     for r in range(world):
         monkeypatch.setattr(distributed, "rank", lambda r=r: r)
         monkeypatch.setattr(distributed, "world_size", lambda: world)
-        for d, a, b in engine._plan(draws, limit, batch):
+        for d, a, b in plan_shares(draws, limit, batch):
             assert a % batch == 0 and (b % batch == 0 or b == limit) and 0 <= a < b <= limit
             seen += [(d, i) for i in range(a, b)]
     assert sorted(seen) == [(d, i) for d in range(draws) for i in range(limit)]
@@ -88,12 +88,12 @@ def test_shares_of_an_input_list_add_up_to_the_whole(monkeypatch):
     model = create_model("plain_net", depth=3, width=4)
     images = [torch.randn(1, 20, 20, generator=torch.Generator().manual_seed(i)) for i in range(11)]
     kw = dict(samples=11, batch_size=2, inputs=images, dtype="float64", crop=False)
-    whole = engine.measure(model, 20, **kw)
+    whole = measure(model, 20, **kw)
     total = np.zeros_like(whole.map)
     for r in range(3):
         monkeypatch.setattr(distributed, "rank", lambda r=r: r)
         monkeypatch.setattr(distributed, "world_size", lambda: 3)
-        part = engine.measure(model, 20, **kw)
+        part = measure(model, 20, **kw)
         total += part.map * part.samples
     np.testing.assert_allclose(total / 11, whole.map, rtol=1e-12)
 

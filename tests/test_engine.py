@@ -14,8 +14,9 @@ from erf import stats
 from erf.analytic import Layer, linear_erf
 from erf.engine import ERFResult, measure
 from erf.errors import ErfError
-from erf.engine.accumulate import _OOM as OOM
+from erf.engine.accumulate import OutOfMemory as OOM
 from erf.engine.inputs import NoiseSource, sample_key
+from erf.engine.probe import Probe
 
 
 def linear_chain(n, k=3, stride=1, dilation=1, strided=()):
@@ -224,18 +225,16 @@ def test_adaptive_stopping():
 
 
 def test_oom_halves_the_batch_without_losing_samples(monkeypatch):
-    from erf.engine import core as engine
-
     model = relu_net()
     ref = measure(model, 16, samples=10, batch_size=10, dtype="float64", crop=False)
-    real = engine._Probe.maps
+    real = Probe.maps
 
     def flaky(self, x):
         if x.shape[0] > 3:
             raise OOM("CUDA out of memory (simulated)")
         return real(self, x)
 
-    monkeypatch.setattr(engine._Probe, "maps", flaky)
+    monkeypatch.setattr(Probe, "maps", flaky)
     res = measure(model, 16, samples=10, batch_size=10, dtype="float64", crop=False)
     assert res.samples == 10 and res.settings["batch_size"] <= 3
     np.testing.assert_allclose(res.map, ref.map, rtol=1e-12)
@@ -248,7 +247,7 @@ def test_oom_halves_the_batch_without_losing_samples(monkeypatch):
             raise OOM("CUDA out of memory (simulated)")
         return real(self, x)
 
-    monkeypatch.setattr(engine._Probe, "maps", shrinking)
+    monkeypatch.setattr(Probe, "maps", shrinking)
     res = measure(model, 16, samples=10, batch_size=10, dtype="float64", crop=False, group_size=1)
     assert res.samples == 10 and res.groups[1].tolist() == [1] * 10 and res.settings["batch_size"] == 1
     np.testing.assert_allclose(res.map, ref.map, rtol=1e-12)

@@ -1,15 +1,20 @@
 """The gradient engine: ``measure()`` and its result, ``ERFResult``.
 
-One file per step of a measurement: ``options`` (the parameter list), ``target`` (which
-layer and unit), ``crop`` (the TRF window), ``inputs`` (probe inputs), ``probe`` (one
-batch's maps), ``accumulate`` (float64 sums and groups), ``loop`` (the sampling loop),
-``resume`` (state files), ``result`` (``ERFResult``), ``measure`` (the orchestrator).
+One file per step of a measurement: ``options`` (``MeasureOptions``, the parameter list),
+``context`` (working model, target and unit, autocast), ``target`` (which tensor and how to
+compute it), ``tokens`` (prefix tokens of token layers), ``crop`` (the TRF window),
+``inputs`` (probe inputs), ``probe`` (one batch's maps), ``diagnose`` (where NaNs start),
+``accumulate`` (float64 sums and groups), ``ranks`` (sharing over torchrun processes),
+``resume`` (state files), ``loop`` (the sampling loop), ``result`` (``ERFResult``) and
+``core`` (``measure``, the orchestrator).
 """
 
 from erf.engine.core import measure
+from erf.engine.options import MeasureOptions
 from erf.engine.result import ERFResult
+from erf.engine.resume import checksum
 from erf.engine.target import require_spatial
 from erf.engine.tokens import PrefixTokensError, check_traced, check_value, token_grid
 
-__all__ = ["measure", "ERFResult", "require_spatial", "PrefixTokensError", "check_traced", "check_value",
-           "token_grid"]
+__all__ = ["measure", "MeasureOptions", "ERFResult", "checksum", "require_spatial", "PrefixTokensError",
+           "check_traced", "check_value", "token_grid"]

@@ -1,27 +1,31 @@
-"""Float64 sums of per-sample ERF maps, by group of sample indices; saved and summed over ranks.
+"""Float64 sums of per-sample ERF maps, by group of sample indices.
 
 A group is a run of consecutive sample indices (``index // group_size``; index = draw x
 samples per draw + sample). The group sums carry the uncertainty (``stats``); the running
-total gives the mean. ``StateFile`` saves the sums with the loop position atomically so a
-killed run resumes where it stopped, and ``Accumulator.reduce`` sums them over
-``torch.distributed`` ranks, so the map does not depend on how many processes measured it.
+total gives the mean. ``Accumulator.state``/``restore`` are what ``erf.engine.resume`` saves,
+and ``Accumulator.sum_over`` adds the sums of ``torch.distributed`` ranks
+(``erf.engine.ranks``), so the map does not depend on how many processes measured it.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
-from erf import distributed, stats
+from erf import stats
 from erf.errors import ErfError
-from erf.io import atomic_write, save_npz, to_json
+
+__all__ = ["Accumulator", "MAX_GROUPS", "OutOfMemory", "final_group_size"]
 
 MAX_GROUPS = 64  # host memory for group sums is at most 64 maps
-_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+OutOfMemory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # what a CUDA OOM raises
+
+
+class MapSource(Protocol):
+    def maps(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 def final_group_size(group_size: int, total: int) -> int:
@@ -39,14 +43,25 @@ class Accumulator:
     (``final_group_size``) so every rank and every resumed run groups alike.
     """
 
-    def __init__(self, shape, device, group_size: int, merge: bool = False):
+    def __init__(self, shape: tuple[int, ...], device: torch.device, group_size: int, merge: bool = False):
         self.total = torch.zeros(shape, dtype=torch.float64, device=device)
         self.gs, self.n, self.merge = group_size, 0, merge
         self.sums: dict[int, np.ndarray] = {}
         self.counts: dict[int, int] = {}
 
-    def run(self, probe, x: torch.Tensor, first: int, bs: int) -> int:
-        """Measure ``x`` (sample indices first, first+1, ...); on CUDA OOM halve and retry."""
+    def run(self, probe: MapSource, x: torch.Tensor, first: int, bs: int) -> int:
+        """Measure ``x`` (sample indices first, first+1, ...); on CUDA OOM halve and retry.
+
+        Args:
+            probe: gives the per-sample float64 maps of a batch (``erf.engine.probe.Probe``).
+            x: the batch; ``first``: its first sample index; ``bs``: the batch size so far.
+
+        Returns:
+            The batch size that fits (lower after an out-of-memory).
+
+        Raises:
+            ErfError: out of memory with a batch of one.
+        """
         b = x.shape[0]
         if b > bs:  # an earlier OOM lowered the batch size
             head = bs
@@ -54,7 +69,7 @@ class Accumulator:
             return self.run(probe, x[head:], first + head, bs)
         try:
             m = probe.maps(x)
-        except _OOM:
+        except OutOfMemory:
             if b == 1:
                 raise ErfError("CUDA out of memory with a batch of one: use a smaller input, a lower "
                                "dtype/autocast, or --device cpu") from None
@@ -94,19 +109,19 @@ class Accumulator:
         self.sums, self.counts, self.gs = sums, counts, self.gs * 2
 
     def groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sums, counts) of the groups in index order."""
         keys = sorted(self.sums)
         return np.stack([self.sums[g] for g in keys]), np.array([self.counts[g] for g in keys], dtype=np.int64)
 
     def relative_se(self) -> float:
+        """Jackknife relative SE of sigma over the groups (inf for a map without moments)."""
         try:
             return stats.relative_se_of_sigma(*self.groups())
         except ErfError:  # a signed map has no moments: never converges by this rule
             return math.inf
 
-    def reduce(self, n_groups: int) -> None:
-        """Sum the total, the count and groups ``0..n_groups-1`` over ranks (every rank gets the sums)."""
-        if not distributed.active():
-            return
+    def sum_over(self, n_groups: int, all_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Sum the total, the count and groups ``0..n_groups-1`` with ``all_sum`` (in place, over ranks)."""
         dev = self.total.device
         shape = tuple(self.total.shape)
         dense = torch.zeros((n_groups, *shape), dtype=torch.float64, device=dev)
@@ -116,7 +131,7 @@ class Accumulator:
             counts[g] = self.counts[g]
         counts[n_groups] = self.n
         for t in (self.total, dense, counts):
-            distributed.all_sum(t)
+            all_sum(t)
         counts = counts.cpu().numpy()
         dense = dense.cpu().numpy()
         self.n = int(counts[n_groups])
@@ -137,6 +152,7 @@ class Accumulator:
     # ------------------------------------------------------------------ saving
 
     def state(self) -> dict[str, np.ndarray]:
+        """The arrays a state file saves (total, group ids, counts, sums)."""
         keys = sorted(self.sums)
         return {"total": self.total.cpu().numpy(), "group_ids": np.array(keys, dtype=np.int64),
                 "group_counts": np.array([self.counts[g] for g in keys], dtype=np.int64),
@@ -144,50 +160,8 @@ class Accumulator:
                 else np.zeros((0, *self.total.shape))}
 
     def restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Back to a saved ``state()`` (``meta`` holds the group size and the count)."""
         self.total = torch.from_numpy(arrays["total"]).to(self.total.device)
         self.sums = {int(g): s for g, s in zip(arrays["group_ids"], arrays["group_sums"])}
         self.counts = {int(g): int(c) for g, c in zip(arrays["group_ids"], arrays["group_counts"])}
         self.gs, self.n = int(meta["group_size"]), int(meta["n"])
-
-
-class StateFile:
-    """A saved accumulator with its loop position, for resuming a killed measurement.
-
-    ``path`` gets ``.rank{r}of{w}`` under ``torchrun``: each rank saves its own share. A file
-    whose fingerprint (settings, model checksum, world size) differs from this run's is ignored.
-    Saves happen after a batch once ``every`` seconds have passed since the last one; each is
-    written to a temporary file and renamed, so a kill leaves the previous save intact.
-    """
-
-    def __init__(self, path, fingerprint: dict, every: float):
-        path = Path(path)
-        if distributed.active():
-            path = path.with_name(f"{path.name}.rank{distributed.rank()}of{distributed.world_size()}")
-        self.path, self.every = path, float(every)
-        self.fingerprint = json.dumps(to_json(fingerprint), sort_keys=True)
-        self._last = None
-
-    def load(self) -> tuple[dict, dict] | None:
-        """(arrays, meta) of a matching save, else None."""
-        if not self.path.is_file():
-            return None
-        try:
-            with np.load(self.path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                arrays = {k: z[k] for k in z.files if k != "meta"}
-        except (OSError, KeyError, ValueError):
-            return None
-        if meta.get("fingerprint") != self.fingerprint:
-            return None
-        return arrays, meta
-
-    def due(self, now: float) -> bool:
-        if self._last is None:
-            self._last = now
-        return now - self._last >= self.every
-
-    def save(self, acc: Accumulator, position: dict, now: float) -> None:
-        meta = {"fingerprint": self.fingerprint, "group_size": acc.gs, "n": acc.n, **position}
-        arrays = {**acc.state(), "meta": np.array(json.dumps(to_json(meta)))}
-        atomic_write(self.path, lambda f: save_npz(f, arrays))
-        self._last = now

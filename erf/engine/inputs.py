@@ -11,9 +11,17 @@ where slicing a full-size ``torch.randn`` image would cost the full image every 
 
 from __future__ import annotations
 
+from typing import Any, Callable, Iterable, Optional
+
 import torch
 
+from erf.errors import ErfError
+
+__all__ = ["NoiseSource", "Source", "hash32", "input_batches", "make_source", "sample_key"]
+
 _M32 = 0xFFFFFFFF
+
+Source = Callable[[int, int, int, int], Optional[torch.Tensor]]  # (seed, draw, first, count) -> batch or None
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
@@ -81,3 +89,76 @@ class NoiseSource:
         if self.kind == "gaussian":
             u = torch.special.ndtri(u)
         return u.to(self.dtype)
+
+
+def make_source(inputs: str | Iterable[Any], shape: tuple[int, ...], dev: torch.device, fdtype: torch.dtype,
+                window: tuple[slice, ...] | None) -> Source:
+    """``(seed, draw, first, count) -> batch`` (None when the inputs ran out), cut to ``window``.
+
+    Args:
+        inputs: ``'gaussian'``, ``'uniform'``, ``'constant'`` or an iterable of tensors (read anew
+            by each call of ``make_source``: one per weight draw).
+        shape: ``(channels, *spatial size)`` of one full-size input.
+        dev, fdtype: where and in which dtype the batches are made.
+        window: the crop (one slice per spatial axis), or None for the full input.
+
+    Returns:
+        The source.
+
+    Raises:
+        ErfError: an unknown kind of input.
+    """
+    size = shape[1:]
+    win = window or tuple(slice(0, n) for n in size)
+    if isinstance(inputs, str):
+        if inputs not in ("gaussian", "uniform", "constant"):
+            raise ErfError(f"inputs must be 'gaussian', 'uniform', 'constant' or an iterable of tensors; "
+                           f"got {inputs!r}")
+        noise = NoiseSource(inputs, shape, dev, fdtype)
+        return lambda seed, d, first, b: noise.batch([sample_key(seed, d, first + i) for i in range(b)], win)
+    batches = input_batches(inputs, shape)
+    read = [0]  # items of this draw's iteration consumed so far
+
+    def take(seed: int, d: int, first: int, b: int) -> torch.Tensor | None:
+        while read[0] < first:  # samples of other ranks, or measured before a resume: skip them
+            skipped = batches(min(first - read[0], 256))
+            if skipped is None:
+                return None
+            read[0] += skipped.shape[0]
+        x = batches(b)
+        if x is None:
+            return None
+        read[0] += x.shape[0]
+        return x[(slice(None), slice(None), *win)].to(device=dev, dtype=fdtype)
+    return take
+
+
+def input_batches(inputs: Iterable[Any], shape: tuple[int, ...]) -> Callable[[int], torch.Tensor | None]:
+    """``take(b) -> (b', C, *size) tensor`` from an iterable of (C, *size) / (N, C, *size) tensors.
+
+    Raises:
+        ErfError: (when taking) a tensor of another shape.
+    """
+    it = iter(inputs)
+    pending: list[torch.Tensor] = []
+
+    def take(b: int) -> torch.Tensor | None:
+        while sum(t.shape[0] for t in pending) < b:
+            try:
+                t = torch.as_tensor(next(it))
+            except StopIteration:
+                break
+            if tuple(t.shape) == tuple(shape):
+                t = t.unsqueeze(0)
+            if t.dim() != len(shape) + 1 or tuple(t.shape[1:]) != tuple(shape):
+                raise ErfError(f"an input tensor has shape {list(t.shape)}; expected {list(shape)} or "
+                               f"[N, {', '.join(map(str, shape))}] (channels, then the input size)")
+            pending.append(t)
+        if not pending:
+            return None
+        x = torch.cat(pending)
+        pending.clear()
+        if x.shape[0] > b:
+            pending.append(x[b:])
+        return x[:b]
+    return take

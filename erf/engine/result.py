@@ -6,13 +6,17 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from erf import stats
+from erf.engine.accumulate import Accumulator
+from erf.engine.context import Context
 from erf.errors import ErfError
 from erf.io import atomic_write, save_npz, to_json
+
+__all__ = ["ERFResult", "make_result", "place", "settings_of"]
 
 
 @dataclass(eq=False)
@@ -211,28 +215,43 @@ def place(crop: np.ndarray, window, size) -> np.ndarray:
     return out
 
 
-def input_batches(inputs, shape):
-    """``take(b) -> (b', C, *size) tensor`` from an iterable of (C, *size) / (N, C, *size) tensors."""
-    it = iter(inputs)
-    pending: list[torch.Tensor] = []
+def settings_of(ctx: Context) -> dict[str, Any]:
+    """The settings a result records (and a state file's fingerprint starts from), before the loop runs."""
+    o = ctx.opts
+    return dict(
+        layer=ctx.target.layer, unit=list(ctx.unit), channel=o.channel, samples=o.samples,
+        inputs=o.inputs if isinstance(o.inputs, str) else "custom", weight_draws=o.weight_draws,
+        init=o.init if isinstance(o.init, str) else getattr(o.init, "__name__", "callable"),
+        preset=ctx.preset.to_dict(), device=str(ctx.device), dtype=o.dtype, autocast=o.autocast, seed=o.seed,
+        crop=o.crop, single_sample=o.single_sample, tol=o.tol, max_samples=o.most_samples if o.tol else None,
+        in_channels=ctx.chans, prefix_tokens=o.prefix_tokens, input_size=list(ctx.size), eval_mode=o.eval_mode,
+        deterministic=o.deterministic, normalize_draws=o.normalize_draws)
 
-    def take(b):
-        while sum(t.shape[0] for t in pending) < b:
-            try:
-                t = torch.as_tensor(next(it))
-            except StopIteration:
-                break
-            if tuple(t.shape) == tuple(shape):
-                t = t.unsqueeze(0)
-            if t.dim() != len(shape) + 1 or tuple(t.shape[1:]) != tuple(shape):
-                raise ErfError(f"an input tensor has shape {list(t.shape)}; expected {list(shape)} or "
-                               f"[N, {', '.join(map(str, shape))}] (channels, then the input size)")
-            pending.append(t)
-        if not pending:
-            return None
-        x = torch.cat(pending)
-        pending.clear()
-        if x.shape[0] > b:
-            pending.append(x[b:])
-        return x[:b]
-    return take
+
+def make_result(ctx: Context, acc: Accumulator, window: tuple[slice, ...] | None, seconds: float,
+                settings: dict[str, Any]) -> ERFResult:
+    """The ``ERFResult`` of a finished (and reduced) accumulator, maps placed back at full size.
+
+    Args:
+        ctx: the measurement (target, unit, size, device, notes; a border note may be added).
+        acc: the summed maps; ``window``: the crop or None.
+        seconds: the run's wall time; ``settings``: ``settings_of`` plus what the loop learned.
+
+    Returns:
+        The result.
+    """
+    target, unit, size, notes = ctx.target, ctx.unit, ctx.size, ctx.notes
+    sums, counts = acc.groups()
+    sums = place(sums, window, size)
+    mean = place((acc.total / acc.n).cpu().numpy(), window, size)
+    se = stats.standard_error_map(sums, counts) if len(counts) >= 2 else None
+    box = target.box(unit, clip=False)
+    clipped = box is not None and any(b is None or b[0] < 0 or b[1] > n - 1 for b, n in zip(box, size))
+    if clipped:
+        notes.append(f"the unit's TRF {[list(b) for b in box]} reaches past the {'x'.join(map(str, size))} input: "
+                     "the ERF is cut at the border")
+    settings["crop_window"] = None if window is None else [[w.start, w.stop] for w in window]
+    return ERFResult(map=mean, se_map=se, samples=acc.n, groups=(sums, counts), trf=target.rf,
+                     trf_box=target.box(unit, clip=True), clipped=bool(clipped), cropped=window is not None,
+                     unit=tuple(unit), layer=target.layer, device=str(ctx.device), seconds=seconds,
+                     settings=settings, notes=notes)

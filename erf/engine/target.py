@@ -1,10 +1,10 @@
-"""Which tensor the engine differentiates, how to compute it cheaply, and where to crop.
+"""Which tensor the engine differentiates and how to compute it cheaply (the crop is ``erf.engine.crop``).
 
 ``resolve_target`` asks ``erf.analytic.receptive_field`` for the layer's geometry (TRF, jump,
 crop safety). ``TargetRunner`` computes that layer's output: a forward hook on the module that
 produces it, which raises to stop the forward once the tensor exists (later layers cost
-nothing); functional targets go through ``erf.analytic.capture``. ``plan_crop`` picks the
-smallest input window that holds a unit's TRF.
+nothing); functional targets go through ``erf.analytic.capture``. ``check_unit`` checks a
+unit against the layer's map.
 """
 
 from __future__ import annotations
@@ -171,29 +171,6 @@ class TargetRunner:
             raise ModelError(f"layer {t.layer or 'output'!r} returns {type(out).__name__}, not a tensor; "
                              "pick a layer that returns one tensor with --layer")
         return out
-
-
-def plan_crop(target: Target, unit, input_size):
-    """Smallest window holding ``unit``'s TRF, snapped to the target's jump.
-
-    Returns ``(window, unit_in_crop)`` with one ``slice`` per spatial axis, or None when the
-    window would be the whole input. The start is snapped down to a multiple of the jump so
-    every strided layer samples the same phase; the far side gets a margin of one jump; an
-    axis whose TRF reaches the image border keeps that border (and its padding).
-    """
-    box, jump = target.box(unit, clip=False), target.jump
-    if any(b is None for b in box) or any(not float(j).is_integer() for j in jump):
-        return None
-    window, new_unit = [], []
-    for (lo, hi), j, u, n in zip(box, jump, unit, input_size):
-        j = max(1, int(j))
-        start = 0 if lo <= 0 else (lo // j) * j
-        stop = n if hi >= n - 1 else min(n, hi + 1 + j)
-        window.append(slice(start, stop))
-        new_unit.append(u - start // j)
-    if all(w.start == 0 and w.stop == n for w, n in zip(window, input_size)):
-        return None
-    return tuple(window), tuple(new_unit)
 
 
 def check_unit(unit, output) -> tuple[int, ...]:

@@ -1,0 +1,121 @@
+"""Cropping the input to the unit's TRF: the window, whether it is safe, and the one-sample check.
+
+Where ``erf.analytic`` says the target's receptive field is known and crop-safe, the input is
+cut to the smallest window holding the unit's TRF (snapped to the target's jump), which makes
+every pass cheaper. With ``crop='auto'`` one sample's full-size input gradient must agree with
+the cropped one first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from erf.engine.context import Context, has_train_bn
+from erf.engine.inputs import NoiseSource, sample_key
+from erf.engine.probe import Probe
+from erf.engine.target import Target, TargetRunner
+from erf.errors import ErfError
+
+__all__ = ["choose_crop", "crop_check", "crop_index", "plan_crop"]
+
+Window = tuple[slice, ...]
+
+
+def choose_crop(ctx: Context) -> tuple[Window | None, tuple[int, ...] | None, list[str]]:
+    """Window, unit-in-crop and notes; ``(None, None, notes)`` to run at full size (a note says why).
+
+    Args:
+        ctx: the measurement (``ctx.opts.crop``: 'auto', True or False).
+
+    Returns:
+        ``(window, unit in the crop, notes)``.
+
+    Raises:
+        ErfError: ``crop=True`` for a target that cannot be cropped.
+    """
+    notes: list[str] = []
+    crop, target, unit = ctx.opts.crop, ctx.target, ctx.unit
+    if crop is False:
+        return None, None, notes
+    if not target.crop_safe or has_train_bn(ctx.model):
+        why = target.crop_note or ("BatchNorm in train mode mixes the batch" if target.crop_safe
+                                   else "the receptive field is unknown")
+        if crop is True:
+            raise ErfError(f"cannot crop the input for this target: {why}; use crop='auto' or False")
+        notes.append(f"not cropped: {why}")
+        return None, None, notes
+    if None in target.spatial_dims or target.index_of(unit) != crop_index(target, unit):
+        notes.append("not cropped: the layer's positions are not one tensor dim per axis")
+        return None, None, notes
+    plan = plan_crop(target, unit, ctx.size)
+    if plan is None:
+        return None, None, notes
+    window, cunit = plan
+    text = "cropped to the unit's TRF: " + " x ".join(f"[{w.start}:{w.stop}]" for w in window)
+    if crop == "auto":
+        diff = crop_check(ctx, window, cunit)
+        if diff is not None:
+            notes.append(f"not cropped: a cropped pass differs from the full-size pass ({diff}); measured at full size")
+            return None, None, notes
+        notes.append(text + " (checked against a full-size pass)")
+    else:
+        notes.append(text + " (not checked)")
+    return window, cunit, notes
+
+
+def crop_index(target: Target, cunit: tuple[int, ...]) -> dict[int, int]:
+    """Tensor indices of the unit in the cropped map (one tensor dim per spatial axis)."""
+    return dict(zip(target.spatial_dims, cunit))
+
+
+def crop_check(ctx: Context, window: Window, cunit: tuple[int, ...]) -> str | None:
+    """Compare one sample's full-size input gradient with the cropped one; None when they agree.
+
+    Both run in the measurement dtype (no autocast) and are compared in float64: a float64
+    measurement must agree to 1e-9 of the largest gradient, a float32 one to 1e-3 (its
+    rounding differs between input sizes; a wrong crop differs by O(1)). A float64 check of a
+    float32 model would cost 3x a float32 pass on CPU, for no better detection.
+
+    Returns:
+        None, or the difference found (for the note).
+    """
+    target, size, fdtype, channel, pre = ctx.target, ctx.size, ctx.dtype, ctx.opts.channel, ctx.preset
+    rtol = 1e-9 if fdtype == torch.float64 else 1e-3
+    x = NoiseSource("gaussian", (ctx.chans, *size), ctx.device, fdtype).batch(
+        [sample_key(ctx.opts.seed, 0, 0)], tuple(slice(0, n) for n in size))
+    amp = {"ctx": contextlib.nullcontext}
+    full = Probe(TargetRunner(ctx.model, target), pre, channel, amp, target.index_of(ctx.unit)).grad(x).double()
+    part = Probe(TargetRunner(ctx.model, target), pre, channel, amp, crop_index(target, cunit))
+    part = part.grad(x[(slice(None), slice(None), *window)]).double()
+    placed = torch.zeros_like(full)
+    placed[(slice(None), slice(None), *window)] = part
+    scale = float(full.abs().max())
+    err = float((placed - full).abs().max())
+    if not scale > 0 or not err <= rtol * scale:
+        return f"max difference {err:.3g} of max {scale:.3g}"
+    return None
+
+
+def plan_crop(target: Target, unit: tuple[int, ...], input_size: tuple[int, ...]) -> tuple[Window, tuple[int, ...]] | None:
+    """Smallest window holding ``unit``'s TRF, snapped to the target's jump.
+
+    Returns ``(window, unit_in_crop)`` with one ``slice`` per spatial axis, or None when the
+    window would be the whole input. The start is snapped down to a multiple of the jump so
+    every strided layer samples the same phase; the far side gets a margin of one jump; an
+    axis whose TRF reaches the image border keeps that border (and its padding).
+    """
+    box, jump = target.box(unit, clip=False), target.jump
+    if any(b is None for b in box) or any(not float(j).is_integer() for j in jump):
+        return None
+    window, new_unit = [], []
+    for (lo, hi), j, u, n in zip(box, jump, unit, input_size):
+        j = max(1, int(j))
+        start = 0 if lo <= 0 else (lo // j) * j
+        stop = n if hi >= n - 1 else min(n, hi + 1 + j)
+        window.append(slice(start, stop))
+        new_unit.append(u - start // j)
+    if all(w.start == 0 and w.stop == n for w, n in zip(window, input_size)):
+        return None
+    return tuple(window), tuple(new_unit)
