@@ -1,4 +1,7 @@
-"""The analytic module against published numbers and against a formula-free ground truth."""
+"""The analytic module against published numbers and against a formula-free ground truth.
+
+The published numbers and their sources are in tests/REFERENCE.md.
+"""
 
 import random
 
@@ -11,7 +14,7 @@ from erf.analytic import Layer, linear_erf, receptive_field
 from erf.errors import AlignmentError, ErfError, ModelError, UnsupportedOpError
 
 
-# ---------------------------------------------------------------- small cases (REFERENCE.md)
+# ---------------------------------------------------------------- small cases (tests/REFERENCE.md)
 def test_two_strided_convs_on_5x5():
     m = nn.Sequential(nn.Conv2d(1, 1, 3, 2, 1), nn.Conv2d(1, 1, 3, 2, 1))
     r = receptive_field(m, 5)
@@ -54,7 +57,8 @@ def test_layer_list_forms_and_errors():
         receptive_field([(0, 1, 0)], 5)
 
 
-# ---------------------------------------------------------------- Araujo et al.'s graphs
+# ---------------------------------------------------------------- Araujo et al.'s graphs (tests/REFERENCE.md,
+# google-research/receptive_field)
 class TwoBranch(nn.Module):
     def __init__(self, pool=False):
         super().__init__()
@@ -278,6 +282,7 @@ def test_nested_module_names_and_aliases():
 
 
 def test_linear_erf_uniform_sigma_and_sum():
+    """sigma = sqrt(2n/3) for n uniform 3x3 layers (Luo et al. 2016; tests/REFERENCE.md, exact ERF values)."""
     for n in (1, 3, 6):
         e = linear_erf([Layer(3)] * n)
         assert e.map.shape == (1 + 2 * n,) * 2

@@ -22,6 +22,7 @@ def test_json_keys_and_values(capsys):
     d = json.loads(out)
     for key in ("rf", "rf_min", "jump", "padding", "center", "shift_invariant", "output", "layers", "box"):
         assert key in d
+    # ResNet-50 layer4: r=427, j=32, P=213 (tests/REFERENCE.md, classic architectures)
     assert d["rf"] == [427, 427] and d["jump"] == [32, 32] and d["padding"] == [213, 213]
     assert d["output"] == [7, 7] and d["shift_invariant"] is True
     assert d["box"] == [[-213, 213], [-213, 213]]

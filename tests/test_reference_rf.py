@@ -1,4 +1,4 @@
-"""Every row of shared/REFERENCE.md that the reference models express, via the traced graph."""
+"""Every row of tests/REFERENCE.md ("Classic architectures") that the reference models express, via the traced graph."""
 
 import pytest
 
