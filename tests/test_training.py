@@ -1,4 +1,4 @@
-"""Tests for erf.datasets and erf.training: generated tasks, local images, the training loop."""
+"""Tests for erf.training: generated tasks, local images, the training loop."""
 
 from __future__ import annotations
 
@@ -315,7 +315,7 @@ def test_train_errors(tmp_path):
     with pytest.raises(ErfError, match="is a file"):
         train(_small_rf_net(), task, steps=1, device="cpu", checkpoint_dir=str(tmp_path / "file"))
     if not torch.cuda.is_available():
-        with pytest.raises(ErfError, match="CUDA is not available"):
+        with pytest.raises(ErfError, match="no CUDA device is available"):
             train(_small_rf_net(), task, steps=1, device="cuda")
 
 

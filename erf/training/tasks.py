@@ -1,4 +1,4 @@
-"""Training data for ERF-through-training experiments: generated tasks and local images.
+"""Training tasks for ERF-through-training experiments: generated tasks, and local images as a task.
 
 Generated tasks (``make_task``) are drawn in batches on the chosen device from a
 ``torch.Generator``; nothing is read from disk. A batch is a pure function of the generator's
@@ -41,7 +41,7 @@ reproducible, streams).
 
 ``images``
     A local folder of images (subfolders = classes) or an ``.npz`` with ``x`` and ``y``:
-    a seeded split into train and held-out eval images (see ``load_dataset``).
+    a seeded split into train and held-out eval images (loaded by ``erf.training.images.load_dataset``).
 
 Classification losses are cross-entropy on ``(N, classes)`` logits, or on the global average
 of the first ``classes`` channels of a spatial output ``(N, C, h, w)``. Dense losses are the
@@ -51,53 +51,25 @@ linear read-outs all work); a pixel counts as correct when both sides agree abou
 
 from __future__ import annotations
 
-import hashlib
+import inspect
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from erf.errors import ErfError
+from erf.training.images import ImageData, check_channels, image_size, load_dataset
+from erf.training.seeds import make_generator, mix_seed
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-_LUMA = (0.299, 0.587, 0.114)
-
-
-# --------------------------------------------------------------------------- seeds and helpers
-
-
-def mix_seed(seed: int, stream: str) -> int:
-    """A 63-bit seed for one named stream (``train``, ``eval``, ...) of ``seed``; stable across runs."""
-    digest = hashlib.sha256(f"{int(seed)}:{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+__all__ = ["Task", "ContextTask", "QuadrantTask", "SegmentationTask", "ShiftTask", "ImageTask", "TASKS",
+           "list_tasks", "make_task"]
 
 
-def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` seeded with ``seed``."""
-    return torch.Generator(device=torch.device(device)).manual_seed(int(seed))
-
-
-def _size2(size, minimum: int = 8) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    try:
-        h, w = (int(v) for v in size)
-        ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or h < minimum or w < minimum:
-        raise ErfError(f"image size must be an int or (H, W) of ints >= {minimum}; got {size!r}")
-    return h, w
-
-
-def _check_channels(channels) -> int:
-    if channels not in (1, 3) or isinstance(channels, bool):
-        raise ErfError(f"channels must be 1 (grey) or 3 (RGB); got {channels!r}")
-    return int(channels)
+# --------------------------------------------------------------------------- drawing helpers
 
 
 def _rand(gen: torch.Generator, *shape: int) -> torch.Tensor:
@@ -179,11 +151,23 @@ class Task:
     def _draw(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def batch(self, n: int, generator: torch.Generator | None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, n: int, generator: torch.Generator | None,
+              device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` examples drawn with ``generator`` on the generator's device, returned on ``device``.
 
         Give a generator on the training device (``make_generator(seed, device)``) to generate
         there. ``None`` draws a seed from torch's global RNG (reproducible after ``torch.manual_seed``).
+
+        Args:
+            n: the batch size.
+            generator: the data stream, or None.
+            device: where the batch is returned (default: where it was drawn).
+
+        Returns:
+            ``(x, y)``: float32 images (N, C, H, W) and labels or dense targets.
+
+        Raises:
+            ErfError: ``n`` < 1.
         """
         if int(n) < 1:
             raise ErfError(f"batch size must be >= 1; got {n!r}")
@@ -196,8 +180,16 @@ class Task:
             x, y = x.to(device), y.to(device)
         return x, y
 
-    def eval_set(self, n: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fixed held-out set of ``n`` examples: the ``eval`` stream of the task's seed, in chunks of 256."""
+    def eval_set(self, n: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed held-out set of ``n`` examples: the ``eval`` stream of the task's seed, in chunks of 256.
+
+        Args:
+            n: the number of examples.
+            device: where they are drawn and returned (default CPU).
+
+        Returns:
+            ``(x, y)`` as ``batch``.
+        """
         dev = torch.device(device) if device is not None else torch.device("cpu")
         gen = make_generator(mix_seed(self.seed, "eval"), dev)
         parts = [self.batch(min(256, n - i), gen, dev) for i in range(0, n, 256)]
@@ -223,14 +215,36 @@ class Task:
         return output[:, :k], y
 
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy (classification) or per-pixel mean squared error on channel 0 (dense)."""
+        """Cross-entropy (classification) or per-pixel mean squared error on channel 0 (dense).
+
+        Args:
+            output: the model's output: logits (N, K), a map (N, C, h, w).
+            y: the batch's labels or targets.
+
+        Returns:
+            The mean loss (a 0-d tensor).
+
+        Raises:
+            ErfError: an output shape that does not fit the task.
+        """
         out, target = self._prepare(output, y)
         if self.dense:
             return F.mse_loss(out, target)
         return F.cross_entropy(out, target)
 
     def correct(self, output: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int] | None:
-        """(number correct as a 0-d tensor, number of predictions); None for a regression target."""
+        """(number correct as a 0-d tensor, number of predictions); None for a regression target.
+
+        Args:
+            output: the model's output.
+            y: the batch's labels or targets.
+
+        Returns:
+            ``(correct, total)``, or None for a regression target.
+
+        Raises:
+            ErfError: an output shape that does not fit the task.
+        """
         out, target = self._prepare(output, y)
         if self.dense:
             if not self.params.get("binary", True):
@@ -335,7 +349,8 @@ class ImageTask(Task):
         idx = self.train_idx[pick]
         return self.data.x[idx].to(gen.device), self.data.y[idx].to(gen.device)
 
-    def eval_set(self, n, device=None):
+    def eval_set(self, n: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` held-out images (the seeded split), on ``device`` (default CPU)."""
         idx = self.eval_idx[:n]
         dev = torch.device(device) if device is not None else torch.device("cpu")
         return self.data.x[idx].to(dev), self.data.y[idx].to(dev)
@@ -414,7 +429,8 @@ def _images(size, channels, seed, path=None, count=None, eval_fraction=0.2):
     return task
 
 
-TASKS = {
+#: Task name -> factory ``(size (H, W), channels, seed, **params) -> Task``.
+TASKS: dict[str, Callable[..., Task]] = {
     "context": _context,
     "quadrant": _quadrant,
     "segmentation": _segmentation,
@@ -424,16 +440,33 @@ TASKS = {
 
 
 def list_tasks() -> list[str]:
-    """Names accepted by ``make_task``."""
+    """Names accepted by ``make_task``.
+
+    Returns:
+        The names of ``TASKS``.
+    """
     return list(TASKS)
 
 
-def make_task(name: str, size=64, channels: int = 1, seed: int = 0, **kw) -> Task:
+def make_task(name: str, size: int | Sequence[int] = 64, channels: int = 1, seed: int = 0, **kw: Any) -> Task:
     """Build task ``name`` (see the module docstring) for ``channels`` x ``size`` images.
 
     ``seed`` fixes the held-out eval set (``task.eval_set``) and, for ``images``, the split.
     ``kw`` are the task's parameters. A ``name`` that is an existing folder or ``.npz`` file
     means ``images`` with that path.
+
+    Args:
+        name: a name of ``TASKS``, or an image folder / ``.npz`` path.
+        size: image size, one int or ``(H, W)`` (at least 8).
+        channels: 1 or 3.
+        seed: the task's seed (eval set, image split).
+        **kw: the task's parameters.
+
+    Returns:
+        The ``Task``.
+
+    Raises:
+        ErfError: an unknown task or parameter, or a bad size, channel count, seed or parameter value.
     """
     key = str(name)
     if key not in TASKS and (key.endswith(".npz") or os.path.isdir(key)):
@@ -441,8 +474,8 @@ def make_task(name: str, size=64, channels: int = 1, seed: int = 0, **kw) -> Tas
         key = "images"
     if key not in TASKS:
         raise ErfError(f"unknown task {name!r}; choose one of {', '.join(TASKS)} (or give an image folder / .npz)")
-    hw = _size2(size)
-    channels = _check_channels(channels)
+    hw = image_size(size)
+    channels = check_channels(channels)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ErfError(f"seed must be an integer; got {seed!r}")
     try:
@@ -450,187 +483,8 @@ def make_task(name: str, size=64, channels: int = 1, seed: int = 0, **kw) -> Tas
     except TypeError as exc:
         if "unexpected keyword" not in str(exc):
             raise
-        import inspect
         accepted = [p for p in inspect.signature(TASKS[key]).parameters if p not in ("size", "channels", "seed")]
         bad = [k for k in kw if k not in accepted]
         raise ErfError(f"task {key!r} does not accept parameter {bad[0] if bad else '?'!r}; "
                        f"accepted: {', '.join(accepted) or '(none)'}") from None
 
-
-# --------------------------------------------------------------------------- local images
-
-
-@dataclass
-class ImageData:
-    """Loaded images ``x`` (N, C, H, W) float32, labels ``y`` (N,) int64 or None, class names, sources."""
-
-    x: torch.Tensor
-    y: torch.Tensor | None
-    classes: list[str]
-    sources: list[str]
-    mean: list[float]
-    std: list[float]
-
-
-def _fit(img: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Resize (N, C, h, w) so it covers ``hw`` keeping the aspect ratio, then centre-crop to ``hw``."""
-    h, w = img.shape[-2:]
-    th, tw = hw
-    scale = max(th / h, tw / w)
-    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
-    if (nh, nw) != (h, w):
-        img = F.interpolate(img, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
-    top, left = (nh - th) // 2, (nw - tw) // 2
-    return img[..., top:top + th, left:left + tw]
-
-
-def _convert_channels(img: torch.Tensor, channels: int, source: str) -> torch.Tensor:
-    """(N, c, H, W) with c in 1, 2 (grey + alpha), 3, 4 (RGBA) -> (N, channels, H, W); alpha dropped."""
-    c = img.shape[1]
-    if c in (2, 4):
-        img, c = img[:, : c - 1], c - 1
-    if c not in (1, 3):
-        raise ErfError(f"{source}: images must have 1, 3 or 4 channels; got {img.shape[1]}")
-    if c == channels:
-        return img
-    if channels == 1:
-        w = torch.tensor(_LUMA, dtype=img.dtype).view(1, 3, 1, 1)
-        return (img * w).sum(1, keepdim=True)
-    return img.expand(-1, 3, -1, -1)
-
-
-def _as_float(arr: np.ndarray, source: str) -> torch.Tensor:
-    if arr.dtype == np.uint8:
-        return torch.from_numpy(arr.astype(np.float32) / 255.0)
-    if arr.dtype == np.uint16:
-        return torch.from_numpy(arr.astype(np.float32) / 65535.0)
-    if arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.number):
-        out = torch.from_numpy(np.asarray(arr, dtype=np.float32))
-        if not torch.isfinite(out).all():
-            raise ErfError(f"{source}: the images contain NaN or infinite values; clean the data")
-        return out
-    raise ErfError(f"{source}: images must be numeric arrays; got dtype {arr.dtype}")
-
-
-def _pick(n: int, count, seed: int, source: str) -> torch.Tensor:
-    """Indices of ``count`` items out of ``n`` (all when None), in a seeded random order."""
-    if count is None:
-        return torch.arange(n)
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
-        raise ErfError(f"image count must be a positive integer; got {count!r}")
-    if count > n:
-        raise ErfError(f"asked for {count} images but {source} holds only {n}; lower the count or add images")
-    return torch.randperm(n, generator=make_generator(mix_seed(seed, "images")))[: int(count)]
-
-
-def _image_files(root: str) -> list[str]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [os.path.join(dirpath, f) for f in sorted(filenames)
-                  if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")]
-    return files
-
-
-def _read_image(path: str) -> torch.Tensor:
-    import matplotlib.image as mpimg
-
-    try:
-        arr = np.asarray(mpimg.imread(path))
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
-        msg = " ".join(str(exc).split())[:120]
-        raise ErfError(f"cannot read image {path} ({type(exc).__name__}: {msg}); fix or remove the file") from None
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ErfError(f"image {path} has shape {arr.shape}; expected H x W or H x W x channels")
-    return _as_float(np.ascontiguousarray(arr.transpose(2, 0, 1))[None], path)
-
-
-def _from_folder(root: str, hw, count, seed, channels):
-    files = _image_files(root)
-    if not files:
-        raise ErfError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}; point at a folder of images")
-    names = [os.path.relpath(os.path.dirname(f), root).split(os.sep)[0] for f in files]
-    classes = sorted(set(names))
-    idx = _pick(len(files), count, seed, root)
-    chosen = [files[i] for i in idx.tolist()]
-    x = torch.cat([_fit(_convert_channels(_read_image(f), channels, f), hw) for f in chosen])
-    y = torch.tensor([classes.index(names[i]) for i in idx.tolist()], dtype=torch.int64)
-    return x, (y if len(classes) > 1 else None), classes, chosen
-
-
-def _from_npz(path: str, hw, count, seed, channels):
-    try:
-        data = np.load(path, allow_pickle=False)
-        keys = list(data.keys())
-    except Exception as exc:  # noqa: BLE001
-        raise ErfError(f"cannot read {path} as an .npz archive ({type(exc).__name__}); "
-                       "save it with numpy.savez(path, x=images, y=labels)") from None
-    if "x" not in keys:
-        raise ErfError(f"{path} has no 'x' array (keys: {', '.join(keys) or 'none'}); "
-                       "save it with numpy.savez(path, x=images, y=labels)")
-    try:
-        x = data["x"]
-        y = data["y"] if "y" in keys else None
-    except ValueError as exc:  # object arrays need pickle
-        raise ErfError(f"{path}: cannot load arrays without pickle ({exc}); store plain numeric arrays") from None
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4:
-        if x.shape[1] not in (1, 2, 3, 4) and x.shape[-1] in (1, 2, 3, 4):
-            x = x.transpose(0, 3, 1, 2)
-        elif x.shape[1] not in (1, 2, 3, 4):
-            raise ErfError(f"{path}: x must have 1, 3 or 4 channels as (N, C, H, W) or (N, H, W, C); "
-                           f"got shape {x.shape}")
-    else:
-        raise ErfError(f"{path}: x must be (N, C, H, W), (N, H, W, C) or (N, H, W); got shape {x.shape}")
-    n = x.shape[0]
-    if n < 1 or min(x.shape[-2:]) < 1:
-        raise ErfError(f"{path}: x holds no images (shape {x.shape})")
-    classes: list[str] = []
-    if y is not None:
-        if y.ndim != 1 or len(y) != n:
-            raise ErfError(f"{path}: y must be a 1-D array with one label per image ({n}); got shape {y.shape}")
-        if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.str_)):
-            raise ErfError(f"{path}: y must hold integer (or string) class labels; got dtype {y.dtype}")
-        values, y = np.unique(y, return_inverse=True)
-        classes = [str(v) for v in values]
-    idx = _pick(n, count, seed, path)
-    xs = _convert_channels(_as_float(np.ascontiguousarray(x[idx.numpy()]), path), channels, path)
-    out_y = torch.from_numpy(y.reshape(-1)[idx.numpy()].astype(np.int64)) if y is not None else None
-    sources = [f"{path}[{i}]" for i in idx.tolist()]
-    return _fit(xs, hw), out_y, classes or ["."], sources
-
-
-def load_dataset(path, size=64, count: int | None = None, seed: int = 0, channels: int = 3) -> ImageData:
-    """Load local images: a folder (recursive; first-level subfolders = classes) or an ``.npz``.
-
-    The ``.npz`` holds ``x`` as (N, C, H, W), (N, H, W, C) or (N, H, W) (uint8 in 0..255 or
-    floats) and optionally ``y`` (N,) labels. ``count`` images (all when None) are drawn in a
-    random order fixed by ``seed``, converted to ``channels`` (luma for grey), resized with
-    ``interpolate`` so they cover ``size`` and centre-cropped, then normalised per channel to
-    zero mean and unit std over the loaded set.
-    """
-    hw = _size2(size, minimum=1)
-    channels = _check_channels(channels)
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ErfError(f"image path not found: {path}; give a folder of images or an .npz file")
-    if os.path.isdir(path):
-        x, y, classes, sources = _from_folder(path, hw, count, seed, channels)
-    elif path.lower().endswith(".npz"):
-        x, y, classes, sources = _from_npz(path, hw, count, seed, channels)
-    else:
-        raise ErfError(f"{path} is neither a folder of images nor an .npz file")
-    x = x.float().contiguous()
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3), unbiased=False)
-    std = torch.where(std > 1e-6, std, torch.ones_like(std))
-    x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-    return ImageData(x, y, classes, sources, mean.tolist(), std.tolist())
-
-
-def load_images(path, size=64, count: int | None = None, seed: int = 0, channels: int = 3) -> torch.Tensor:
-    """``count`` local images as an (N, C, H, W) float32 tensor normalised per channel (see ``load_dataset``)."""
-    return load_dataset(path, size, count=count, seed=seed, channels=channels).x

@@ -31,11 +31,13 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from erf.training.tasks import (TASKS, ImageData, Task, list_tasks, load_dataset, load_images, make_generator,  # noqa: F401
-                          make_task, mix_seed)
+from erf.device import resolve_device
+from erf.engine import checksum
 from erf.errors import ErfError, ModelError
 from erf.io import atomic_write
 from erf.models import create_model
+from erf.training.seeds import make_generator, mix_seed
+from erf.training.tasks import Task
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -59,14 +61,26 @@ class DenseHead(nn.Module):
         self.head = nn.Conv2d(body_channels or _last_conv_channels(body), out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``head(body(x))``."""
         return self.head(self.body(x))
 
 
-def dense_head(body: str = "plain_net", out_channels: int = 1, **body_kwargs) -> DenseHead:
+def dense_head(body: str = "plain_net", out_channels: int = 1, **body_kwargs: Any) -> DenseHead:
     """``DenseHead`` around the registered model ``body`` built with ``body_kwargs``.
 
     Usable as a model spec for the CLI through a file, e.g. ``my.py:net`` with
     ``net = functools.partial(dense_head, "plain_net", depth=8)``.
+
+    Args:
+        body: a registered model name.
+        out_channels: maps the 1x1 head outputs.
+        **body_kwargs: the body's build arguments.
+
+    Returns:
+        The ``DenseHead``.
+
+    Raises:
+        ModelError: an unknown model, bad build arguments, or a body without a Conv2d.
     """
     return DenseHead(create_model(body, **body_kwargs), out_channels)
 
@@ -111,21 +125,20 @@ class TrainResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def resolve_device(device=None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU; otherwise the named device (checked)."""
-    if device is None or (isinstance(device, str) and device.lower() == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ErfError(f"bad device {device!r} ({exc}); use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ErfError(f"device {device!r} asked for but CUDA is not available; use --device cpu (or auto)")
-    return dev
+def checkpoint_steps(checkpoint_every: int | Sequence[int] | None, steps: int) -> list[int]:
+    """Step 0, every ``checkpoint_every`` steps (an int) or the listed steps, and ``steps``.
 
+    Args:
+        checkpoint_every: an interval, a list of steps, or None (first and last step only).
+        steps: the number of training steps.
 
-def checkpoint_steps(checkpoint_every, steps: int) -> list[int]:
-    """Step 0, every ``checkpoint_every`` steps (an int) or the listed steps, and ``steps``."""
+    Returns:
+        The sorted checkpoint steps.
+
+    Raises:
+        ErfError: an interval < 1, a bool, something else than an int or a list, or a listed
+            step outside 0..steps.
+    """
     points = {0, steps}
     if checkpoint_every is None:
         return sorted(points)
@@ -147,7 +160,15 @@ def checkpoint_steps(checkpoint_every, steps: int) -> list[int]:
 
 
 def save_state_dict(model: nn.Module, path: str) -> str:
-    """Save ``model.state_dict()`` (as CPU tensors) to ``path`` atomically: temp file, then rename."""
+    """Save ``model.state_dict()`` (as CPU tensors) to ``path`` atomically: temp file, then rename.
+
+    Args:
+        model: the model.
+        path: the file (its folder must exist).
+
+    Returns:
+        ``path``.
+    """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{name}.tmp{os.getpid()}")
@@ -198,8 +219,22 @@ def _forward(model: nn.Module, x: torch.Tensor, task) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
-    """Mean loss and accuracy (None for regression) of ``model`` on (x, y), in eval mode."""
+def evaluate(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
+    """Mean loss and accuracy (None for regression) of ``model`` on (x, y), in eval mode.
+
+    Args:
+        model: the model (its training mode is restored afterwards).
+        task: gives the loss and the accuracy.
+        x: inputs.
+        y: labels or targets.
+        batch_size: examples per forward pass.
+
+    Returns:
+        ``{"loss": float, "accuracy": float or None}``.
+
+    Raises:
+        ErfError: the model fails on the inputs or its output does not fit the task.
+    """
     was_training = model.training
     model.eval()
     loss_sum, correct, total = 0.0, 0, 0
@@ -248,7 +283,8 @@ class _TrainState:
         atomic_write(self.path, lambda f: torch.save(state, f))
 
 
-def train(model: nn.Module, task, steps: int, batch_size: int = 64, lr: float = 1e-3, device=None,
+def train(model: nn.Module, task: Task, steps: int, batch_size: int = 64, lr: float = 1e-3,
+          device: str | torch.device | None = None,
           seed: int = 0, checkpoint_every: int | Sequence[int] | None = None, checkpoint_dir: str | None = None,
           on_checkpoint: Callable[[int, nn.Module], Any] | None = None, progress: bool = False, *,
           optimizer: str = "adamw", weight_decay: float = 0.0, momentum: float = 0.9,
@@ -264,6 +300,33 @@ def train(model: nn.Module, task, steps: int, batch_size: int = 64, lr: float = 
     state (weights, optimizer, random generators, histories) is saved there atomically; a run
     given a matching file goes on after its step, with the numbers of an uninterrupted run on
     CPU (``on_checkpoint`` is not called again for the steps before).
+
+    Args:
+        model: the network, trained in place.
+        task: a ``Task`` (``make_task``).
+        steps: optimizer steps.
+        batch_size: examples per step.
+        lr: the constant learning rate.
+        device: ``None``/``"auto"``, ``"cpu"``, ``"cuda"`` ... (``erf.device.resolve_device``).
+        seed: the training data stream and in-model randomness.
+        checkpoint_every: an interval or a list of steps (see ``checkpoint_steps``).
+        checkpoint_dir: where ``step_XXXXX.pt`` and ``final.pt`` go (none written when None).
+        on_checkpoint: called as ``on_checkpoint(step, model)``; what it returns is kept.
+        progress: show a progress bar.
+        optimizer: a name of ``OPTIMIZERS``.
+        weight_decay: the optimizer's weight decay.
+        momentum: SGD's momentum.
+        eval_size: held-out examples scored at each eval point.
+        eval_every: extra eval points every so many steps.
+        grad_clip: the largest global gradient norm, or None.
+        state_file: the resume file, or None.
+
+    Returns:
+        The ``TrainResult``.
+
+    Raises:
+        ErfError: bad arguments, a model that does not fit the task, a device that is not
+            there, or a loss that is not finite (divergence).
     """
     _check_args(model, task, steps, batch_size, lr, eval_size)
     if str(optimizer).lower() not in OPTIMIZERS:
@@ -293,8 +356,6 @@ def train(model: nn.Module, task, steps: int, batch_size: int = 64, lr: float = 
     start = time.perf_counter()
     saver = None
     if state_file is not None:
-        from erf.engine.setup import checksum
-
         saver = _TrainState(state_file, {**config, "initial_weights": checksum(model)})
     restored = saver.load() if saver else None
     first = 1
@@ -326,7 +387,7 @@ def train(model: nn.Module, task, steps: int, batch_size: int = 64, lr: float = 
         if saver is not None:
             saver.save(step, model, opt, gen, history, has_accuracy, result)
 
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: tqdm is an optional progress bar, imported only when training runs
 
     with torch.random.fork_rng(devices=fork):
         torch.manual_seed(mix_seed(seed, "torch"))  # dropout and other in-model randomness
