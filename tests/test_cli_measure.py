@@ -76,3 +76,23 @@ def test_bad_command_line_is_exit_2(capsys):
         main(BASE + ["--samples", "many"])
     assert info.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_every_measure_option_has_a_flag_or_a_reason_and_every_flag_an_option():
+    import dataclasses
+
+    from erf.cli import build_parser
+    from erf.cli.measure import option_flags
+    from erf.engine import MeasureOptions
+
+    parser = build_parser(["measure"])
+    measure_parser = parser._subparsers._group_actions[0].choices["measure"]
+    flags = {s for a in measure_parser._actions for s in a.option_strings if s.startswith("--")}
+    for f in dataclasses.fields(MeasureOptions):
+        assert f.metadata["help"], f.name
+        assert bool(f.metadata["flag"]) != bool(f.metadata["python_only"]), f.name  # a flag, or why not
+        if f.metadata["flag"]:
+            assert f.metadata["flag"] in flags, f.name
+    not_options = {"--help", "--model-arg", "--checkpoint", "--input", "--json", "--plot", "--log-scale", "--save"}
+    assert flags - not_options == set(option_flags().values())
+    assert set(MeasureOptions.field_names()) == {f.name for f in dataclasses.fields(MeasureOptions)}
