@@ -9,7 +9,8 @@ the exact ERF of a linear chain.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,14 @@ __all__ = ["receptive_field", "RFReport", "LayerRF", "Layer", "linear_erf", "Lin
 
 
 def spatial_ndim(model: nn.Module) -> int:
-    """Number of spatial axes the model's convs slide over (2 when it has none)."""
+    """Number of spatial axes the model's convs slide over (2 when it has none).
+
+    Args:
+        model: any module.
+
+    Returns:
+        1, 2 or 3, from the first ``Conv*d`` / ``ConvTranspose*d`` in ``model.modules()``.
+    """
     for m in model.modules():
         if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
             return 1
@@ -37,9 +45,20 @@ def spatial_ndim(model: nn.Module) -> int:
     return 2
 
 
-def spatial_size(model_or_ndim, input_size) -> tuple[int, ...]:
+def spatial_size(model_or_ndim: nn.Module | int, input_size: int | Sequence[int]) -> tuple[int, ...]:
     """``input_size`` as a tuple of positive ints; an int is used on every spatial axis
-    of the model (or of ``model_or_ndim`` axes)."""
+    of the model (or of ``model_or_ndim`` axes).
+
+    Args:
+        model_or_ndim: the model (its ``spatial_ndim``) or a number of axes.
+        input_size: one int for every axis, or one per axis.
+
+    Returns:
+        The size per spatial axis.
+
+    Raises:
+        ErfError: not ints, or not positive.
+    """
     ndim = model_or_ndim if isinstance(model_or_ndim, int) else spatial_ndim(model_or_ndim)
     if isinstance(input_size, (int, np.integer)):
         input_size = (int(input_size),) * ndim
@@ -52,7 +71,8 @@ def spatial_size(model_or_ndim, input_size) -> tuple[int, ...]:
     return size
 
 
-def receptive_field(model_or_layers, input_size, layer: str | None = None, in_channels: int | None = None,
+def receptive_field(model_or_layers: nn.Module | Sequence[Any], input_size: int | Sequence[int],
+                    layer: str | None = None, in_channels: int | None = None,
                     treat_as: dict[str, str] | None = None, allow_unaligned: bool = False) -> RFReport:
     """Theoretical receptive field of every layer of a network on an input of ``input_size``.
 
@@ -62,6 +82,21 @@ def receptive_field(model_or_layers, input_size, layer: str | None = None, in_ch
     op name (or a module class name) to ``"pointwise"``, ``"global"`` or ``"identity"``
     for ops erf has no rule for. Multi-path nodes whose paths disagree on jump or
     centre raise ``AlignmentError`` unless ``allow_unaligned``.
+
+    Args:
+        model_or_layers: the network, or its layer list.
+        input_size: the input's spatial size (one int for every axis, or one per axis).
+        layer: the target row's name (default: the model output).
+        in_channels: input channels (default: the first conv's, else 3).
+        treat_as: op or module class name -> ``"pointwise"``, ``"global"`` or ``"identity"``.
+        allow_unaligned: take the union where paths disagree instead of refusing.
+
+    Returns:
+        The report: one row per traced op (or per layer), and the target row.
+
+    Raises:
+        ErfError: a bad size, layer list or layer name; ``UnsupportedOpError`` for an op erf
+            cannot follow; ``AlignmentError``; ``TraceError`` when the forward pass fails.
     """
     if isinstance(model_or_layers, nn.Module):
         size = spatial_size(model_or_layers, input_size)
@@ -91,10 +126,19 @@ def _row(node, input_size) -> LayerRF:
                    shape=node.shape, crop_note=info.crop_note, dims=info.dims)
 
 
-def capture(model: nn.Module, x: torch.Tensor, names) -> dict[str, torch.Tensor]:
+def capture(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
     """Run ``model(x)`` for real and return the tensors of the named nodes (graph intact).
 
-    Names are the primary node names of ``receptive_field`` rows (``layer.name``).
+    Args:
+        model: the network.
+        x: its input batch.
+        names: primary node names of ``receptive_field`` rows (``layer.name``).
+
+    Returns:
+        Node name -> the tensor it computed in this pass.
+
+    Raises:
+        ErfError: a name that was not computed in this pass.
     """
     names = set(names)
     rec, _ = run_traced(model, x, keep=names, meta=False)

@@ -9,7 +9,8 @@ from erf.analytic.layout import Info, spatial_components
 from erf.analytic.rules.core import Call, globalise, pointwise, union_maps, with_note
 
 
-def linear(call: Call):
+def linear(call: Call) -> Info | list[Info]:
+    """Linear layers: the last dim is mixed; a dim that indexes the image becomes features."""
     x, info = call.args[0], call.info(call.args[0])
     if info is None:
         return pointwise(call)
@@ -17,7 +18,7 @@ def linear(call: Call):
     return res
 
 
-def matmul(call: Call):
+def matmul(call: Call) -> Info | list[Info]:
     """``a @ b``: rows keep a's positions, columns b's; the contracted dim is mixed."""
     a, b = call.args[0], call.args[1]
     out = call.out
@@ -60,7 +61,7 @@ def _size_of_axis(dims, k) -> int:
     return 1
 
 
-def attention(call: Call):
+def attention(call: Call) -> Info | list[Info]:
     """scaled_dot_product_attention / multi_head_attention_forward: query keeps its
     positions, every query sees all keys and values."""
     q, k, v = call.args[0], call.arg(1, "key"), call.arg(2, "value")
@@ -86,7 +87,7 @@ def attention(call: Call):
     return res
 
 
-def windowed_attention(call: Call, window, shift):
+def windowed_attention(call: Call, window: tuple[int, ...], shift: tuple[int, ...]) -> Info:
     """Swin-style attention inside windows of ``window`` tokens, shifted by ``shift``.
 
     A token sees the tokens of its window; shifted windows are masked at the border, so

@@ -2,7 +2,17 @@
 
 A rule takes a ``Call`` (the op's name, arguments, result, and a way to look up what
 is known about each input tensor) and returns the ``Info`` of the result (a list of
-them for ops that return several tensors).
+them for ops that return several tensors). Every rule function has that one signature:
+
+    Args:
+        call: the op, its arguments and result, and the lookup of what inputs know.
+
+    Returns:
+        The ``Info`` of the result, or a list of them (one per output tensor).
+
+    Raises:
+        UnsupportedOpError: a use of the op erf cannot follow (one line, suggesting ``treat_as``).
+        AlignmentError: paths into the op disagree on jump or centre (unless ``allow_unaligned``).
 """
 
 from __future__ import annotations
@@ -70,7 +80,8 @@ def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
             yield from tensors_in(o)
 
 
-def pairs(v, n: int) -> tuple[int, ...]:
+def pairs(v: Any, n: int) -> tuple[int, ...]:
+    """An int or a sequence as ``n`` ints (one value repeated; a longer sequence: its last ``n``)."""
     if isinstance(v, (list, tuple)):
         v = tuple(int(x) for x in v)
         return v if len(v) == n else v * n if len(v) == 1 else v[-n:]
@@ -78,6 +89,7 @@ def pairs(v, n: int) -> tuple[int, ...]:
 
 
 def with_note(info: Info, why: str) -> Info:
+    """``info`` marked not crop-safe because ``why`` (a first reason is kept)."""
     return info if info.crop_note else info.with_(crop_note=why)
 
 
@@ -126,7 +138,8 @@ def merge(call: Call, tensors: list[torch.Tensor], out_shape) -> Info:
     return Info(tuple(axes), tuple(dims), note)
 
 
-def union_maps(maps, n: int) -> AxisMap:
+def union_maps(maps: list[tuple[Any, AxisMap]], n: int) -> AxisMap:
+    """The union of the maps of several paths, exact on the ``n`` real positions where they differ in kind."""
     only = [m for _, m in maps]
     if len({m.jump for m in only if m.shift != 0}) <= 1 and (
             all(m.shift != 0 for m in only) or all(m.shift == 0 for m in only)):
@@ -163,7 +176,8 @@ def globalise(info: Info, dims_mixed, why: str, drop: bool = False) -> Info:
     return with_note(out, why) if hit else out
 
 
-def norm_dims(dim, ndim: int) -> list[int]:
+def norm_dims(dim: int | list[int] | tuple[int, ...] | None, ndim: int) -> list[int]:
+    """``dim`` as non-negative dims of an ``ndim``-dim tensor (None: all of them)."""
     if dim is None:
         return list(range(ndim))
     if isinstance(dim, (list, tuple)):
@@ -190,7 +204,8 @@ def spatial_window(call: Call, x, info: Info, nd: int, per_axis) -> Info:
     return Info(tuple(axes), tuple(dims), info.crop_note)
 
 
-def pointwise(call: Call):
+def pointwise(call: Call) -> Info | list[Info]:
+    """Ops that act on each position alone: the union of the inputs seen at each output position."""
     outs = call.out if isinstance(call.out, (list, tuple)) else [call.out]
     tensors = list(tensors_in((call.args, call.kwargs)))
     res = [merge(call, tensors, o.shape) for o in outs if isinstance(o, torch.Tensor)]

@@ -8,7 +8,7 @@ from erf.analytic.layout import Info
 from erf.analytic.rules.core import Call, globalise, norm_dims, pointwise, tensors_in, union_maps
 
 
-def reduce_dims(call: Call):
+def reduce_dims(call: Call) -> Info | list[Info]:
     """Reductions and normalisations along dims (mean, sum, softmax, norm...)."""
     x, info = call.args[0], call.info(call.args[0])
     name = call.name
@@ -40,19 +40,22 @@ def reduce_dims(call: Call):
     return results if isinstance(call.out, (tuple, list)) else results[0]
 
 
-def layer_norm(call: Call):
+def layer_norm(call: Call) -> Info | list[Info]:
+    """layer_norm / rms_norm: the normalised trailing dims see each other."""
     x, info = call.args[0], call.info(call.args[0])
     shape = call.arg(1, "normalized_shape")
     k = len(shape) if isinstance(shape, (list, tuple, torch.Size)) else 1
     return globalise(info, list(range(x.dim() - k, x.dim())), "'layer_norm' normalises over image positions")
 
 
-def group_norm(call: Call):
+def group_norm(call: Call) -> Info | list[Info]:
+    """group_norm / instance_norm: every position of a sample sees all others."""
     x, info = call.args[0], call.info(call.args[0])
     return globalise(info, list(range(1, x.dim())), f"'{call.name}' normalises over image positions")
 
 
-def batch_norm(call: Call):
+def batch_norm(call: Call) -> Info | list[Info]:
+    """batch_norm: a per-channel affine map in eval mode; global over positions in train mode."""
     x, info = call.args[0], call.info(call.args[0])
     training = call.arg(5, "training", False)
     if training:
@@ -61,12 +64,13 @@ def batch_norm(call: Call):
     return info
 
 
-def identity(call: Call):
+def identity(call: Call) -> Info | list[Info]:
+    """``treat_as="identity"``: the result knows what its first traced input knows."""
     x, info = call.first()
     return info
 
 
-def global_op(call: Call):
+def global_op(call: Call) -> Info | list[Info]:
     """Anything declared global: every output sees the union of all inputs."""
     outs = call.out if isinstance(call.out, (list, tuple)) else [call.out]
     tensors = [t for t in tensors_in((call.args, call.kwargs)) if call.info(t) is not None]

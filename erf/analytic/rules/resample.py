@@ -6,12 +6,14 @@ from fractions import Fraction
 from math import floor
 
 from erf.analytic import axis as ax
+from erf.analytic.layout import Info
 from erf.analytic.rules.core import Call, pairs, spatial_window, with_note
 from erf.analytic.rules.window import adaptive_pool
 from erf.errors import UnsupportedOpError
 
 
-def conv_transpose(call: Call):
+def conv_transpose(call: Call) -> Info | list[Info]:
+    """conv_transpose1d/2d/3d: a transposed window on each spatial dim."""
     x, info = call.args[0], call.info(call.args[0])
     w = call.arg(1, "weight")
     nd = w.dim() - 2
@@ -22,7 +24,8 @@ def conv_transpose(call: Call):
     return spatial_window(call, x, info, nd, lambda j, m: ax.transposed_window(m, k[j], s[j], d[j], p[j]))
 
 
-def interpolate(call: Call):
+def interpolate(call: Call) -> Info | list[Info]:
+    """interpolate / upsample: nearest, linear-family and bicubic sampling, area as adaptive pooling."""
     x, info = call.args[0], call.info(call.args[0])
     mode = call.arg(3, "mode", "nearest")
     align = bool(call.arg(4, "align_corners", False))
@@ -82,13 +85,15 @@ def _pairs_float(v, n):
     return (float(v),) * n
 
 
-def pixel_shuffle(call: Call):
+def pixel_shuffle(call: Call) -> Info | list[Info]:
+    """pixel_shuffle: each output position reads input position ``o // r`` per axis."""
     x, info = call.args[0], call.info(call.args[0])
     r = int(call.arg(1, "upscale_factor"))
     return spatial_window(call, x, info, 2, lambda j, m: ax.rational_index(m, 1, r, lambda o: [o // r]))
 
 
-def pixel_unshuffle(call: Call):
+def pixel_unshuffle(call: Call) -> Info | list[Info]:
+    """pixel_unshuffle: an ``r`` x ``r`` window with stride ``r``."""
     x, info = call.args[0], call.info(call.args[0])
     r = int(call.arg(1, "downscale_factor"))
     return spatial_window(call, x, info, 2, lambda j, m: ax.window(m, r, r, 1, 0))

@@ -11,7 +11,8 @@ from erf.analytic.rules.core import Call, merge, norm_dims
 from erf.errors import UnsupportedOpError
 
 
-def getitem(call: Call):
+def getitem(call: Call) -> Info | list[Info]:
+    """``x[...]``: slices shift and stride an axis, integers pick one position, None adds a dim."""
     x, info = call.args[0], call.info(call.args[0])
     idx = call.args[1]
     if not isinstance(idx, tuple):
@@ -103,7 +104,8 @@ def _advanced_index(call, x, info, idx):
     return info
 
 
-def reshape(call: Call):
+def reshape(call: Call) -> Info | list[Info]:
+    """view / reshape / unflatten: dims regroup; an image axis may not be split across dims."""
     x, info = call.args[0], call.info(call.args[0])
     roles = reshape_roles(info.dims, tuple(x.shape), tuple(call.out.shape))
     if roles is None:
@@ -113,7 +115,8 @@ def reshape(call: Call):
     return info.with_(dims=roles)
 
 
-def permute(call: Call):
+def permute(call: Call) -> Info | list[Info]:
+    """permute / transpose / movedim and friends: dims reorder."""
     x, info = call.args[0], call.info(call.args[0])
     n = x.dim()
     name = call.name
@@ -143,22 +146,26 @@ def permute(call: Call):
     return info.with_(dims=tuple(info.dims[o] for o in order))
 
 
-def flatten(call: Call):
+def flatten(call: Call) -> Info | list[Info]:
+    """flatten: a reshape."""
     x, info = call.args[0], call.info(call.args[0])
     return reshape(Call(call.name, (x,), {}, call.out, call.lookup, call.describe))
 
 
-def squeeze_like(call: Call):
+def squeeze_like(call: Call) -> Info | list[Info]:
+    """squeeze / unsqueeze: a reshape."""
     x, info = call.args[0], call.info(call.args[0])
     return reshape(Call(call.name, (x,), {}, call.out, call.lookup, call.describe))
 
 
-def expand(call: Call):
+def expand(call: Call) -> Info | list[Info]:
+    """expand / broadcast_to / expand_as: a broadcast of one input."""
     x, info = call.args[0], call.info(call.args[0])
     return merge(call, [x], call.out.shape)
 
 
-def cat(call: Call):
+def cat(call: Call) -> Info | list[Info]:
+    """cat: along a dim that does not index the image, a merge; else constant tokens before the grid."""
     tensors = list(call.arg(0, "tensors"))
     dim = int(call.arg(1, "dim", 0))
     ref = next(t for t in tensors if call.info(t) is not None)
@@ -183,7 +190,8 @@ def cat(call: Call):
     return info.with_(dims=tuple(dims))
 
 
-def stack(call: Call):
+def stack(call: Call) -> Info | list[Info]:
+    """stack: a merge with a new dim that does not index the image."""
     tensors = list(call.arg(0, "tensors"))
     dim = int(call.arg(1, "dim", 0)) % call.out.dim()
     traced = [t for t in tensors if call.info(t) is not None]
@@ -195,7 +203,8 @@ def stack(call: Call):
     return info.with_(dims=tuple(dims))
 
 
-def split(call: Call):
+def split(call: Call) -> Info | list[Info]:
+    """split / chunk / tensor_split / unbind: each piece shifts the axis by its start."""
     x, info = call.args[0], call.info(call.args[0])
     name = call.name
     dim = call.arg(2, "dim", 0) if name in ("split", "chunk", "tensor_split", "split_with_sizes") else 0

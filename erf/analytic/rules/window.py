@@ -12,7 +12,8 @@ from erf.analytic.rules.core import Call, globalise, pairs, pointwise, spatial_w
 from erf.errors import UnsupportedOpError
 
 
-def conv(call: Call):
+def conv(call: Call) -> Info | list[Info]:
+    """conv1d/2d/3d: a window on each spatial dim; the channel dim mixes what it indexes."""
     x, info = call.args[0], call.info(call.args[0])
     if info is None:
         return pointwise(call)  # weights traced, input constant: treat like a broadcast
@@ -33,7 +34,8 @@ def conv(call: Call):
     return res
 
 
-def pool(call: Call):
+def pool(call: Call) -> Info | list[Info]:
+    """max/avg/lp pooling: a window on each spatial dim."""
     name = call.name.lstrip("_").replace("_with_indices", "")
     nd = int(name[-2])
     x, info = call.args[0], call.info(call.args[0])
@@ -55,7 +57,8 @@ def _bins(n_in: int, n_out: int):
     return n_in // g, n_out // g, lambda o: range(floor(o * n_in / n_out), ceil((o + 1) * n_in / n_out))
 
 
-def adaptive_pool(call: Call):
+def adaptive_pool(call: Call) -> Info | list[Info]:
+    """adaptive pooling: input-size-dependent bins, or the whole map for output size 1."""
     name = call.name.lstrip("_").replace("_with_indices", "")
     nd = int(name[-2])
     x, info = call.args[0], call.info(call.args[0])
@@ -78,7 +81,8 @@ def adaptive_pool(call: Call):
     return [res, res] if isinstance(call.out, tuple) else res
 
 
-def pad(call: Call):
+def pad(call: Call) -> Info | list[Info]:
+    """F.pad: shifts the axes by the left padding (circular padding is noted as not crop-safe)."""
     x, info = call.args[0], call.info(call.args[0])
     amounts = list(call.arg(1, "pad"))
     mode = call.arg(2, "mode", "constant")
