@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 import zipfile
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -47,6 +47,15 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
 
     Values are Python literals where possible (ints, floats, True/False/true/false, None,
     lists, tuples, dicts); anything else stays a string. A later key overrides an earlier one.
+
+    Args:
+        items: ``key=value`` strings (None: none).
+
+    Returns:
+        The keyword arguments.
+
+    Raises:
+        ErfError: an item that is not ``key=value`` with a Python name as key.
     """
     out: dict[str, Any] = {}
     for item in items or []:
@@ -142,6 +151,18 @@ def load_model(spec: str, model_args: dict[str, Any] | None = None, checkpoint: 
     initial weights are drawn with torch's generator seeded with ``seed`` (the global random
     state is left as it was), so the same spec and seed give the same model in every process;
     ``seed=None`` draws from the global state.
+
+    Args:
+        spec: the model spec.
+        model_args: keyword arguments for the factory.
+        checkpoint: a state_dict file to load (see ``load_checkpoint``).
+        seed: the seed of the initial weights (None: the global random state).
+
+    Returns:
+        The model.
+
+    Raises:
+        ModelError: any spec, factory or checkpoint that cannot be used (one line).
     """
     if seed is None:
         return _load_model(spec, model_args, checkpoint)
@@ -150,12 +171,21 @@ def load_model(spec: str, model_args: dict[str, Any] | None = None, checkpoint: 
         return _load_model(spec, model_args, checkpoint)
 
 
-def rebuild_init(spec: str, model_args: dict[str, Any] | None = None):
+def rebuild_init(spec: str, model_args: dict[str, Any] | None = None
+                 ) -> Callable[[nn.Module, torch.Generator], None]:
     """An ``init`` for weight draws of a model's *own* initialisation: build ``spec`` again.
 
     ``erf.measure(..., weight_draws=K, init=rebuild_init(spec, args))`` measures K networks drawn
     by the model's factory itself (its init scheme, zero-init tricks and all), each from the
     seed of its draw's generator, copied into the measured model.
+
+    Args:
+        spec: the model spec (as for ``load_model``).
+        model_args: keyword arguments for the factory.
+
+    Returns:
+        ``init(model, generator)``: loads into ``model`` the weights of ``spec`` built with
+        the generator's seed.
     """
     def model_rebuild(model: nn.Module, generator: torch.Generator) -> None:
         fresh = load_model(spec, model_args, seed=int(generator.initial_seed()))
@@ -213,6 +243,15 @@ def load_model_file(path: str) -> nn.Module:
 
     A torch.export program is returned as ``ExportedProgram.module()``. A file holding only
     weights is refused with a hint to pass it as a checkpoint instead.
+
+    Args:
+        path: the model file.
+
+    Returns:
+        The loaded module.
+
+    Raises:
+        ModelError: a missing file, weights only, or a file that fails to load.
     """
     if not os.path.isfile(path):
         raise ModelError(f"model file not found: {path}")
@@ -277,6 +316,16 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
 
     Reads with ``weights_only=True``; accepts a bare state_dict or one stored under
     ``state_dict``/``model``/``model_state_dict``, and strips a DDP ``module.`` prefix.
+
+    Args:
+        model: the model to load into.
+        path: the state_dict file.
+
+    Returns:
+        ``model``, with the weights loaded.
+
+    Raises:
+        ModelError: a missing, unsafe or corrupt file, or keys and shapes that do not fit the model.
     """
     state = _extract_state_dict(_read_checkpoint(path), path)
     expected = model.state_dict()
