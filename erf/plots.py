@@ -11,32 +11,46 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 from matplotlib.patches import Ellipse, Rectangle
+from numpy.typing import ArrayLike
 
 from erf import stats as S
 from erf.errors import ErfError
 
-__all__ = ["plot_erf", "plot_erf_grid", "plot_growth"]
+__all__ = ["plot_erf", "plot_erf_grid", "plot_growth", "new_figure"]
 
 DPI = 120
 TRF_COLOR = "white"
 FIT_COLORS = ("orange", "red")
 
 
-def _new_figure(figsize, dpi=DPI) -> Figure:
+def new_figure(figsize: tuple[float, float], dpi: float = DPI) -> Figure:
+    """An empty figure with constrained layout on its own Agg canvas (no pyplot, no global state).
+
+    Every figure of ``erf`` (these plots and the experiment report) starts here.
+
+    Args:
+        figsize: (width, height) in inches.
+        dpi: dots per inch of the figure (``savefig`` may give another).
+
+    Returns:
+        The ``matplotlib.figure.Figure``, ready for ``add_subplot``/``subplots`` and ``savefig``.
+    """
     fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path, dpi) -> None:
+def _save(fig: Figure, path: str | Path | None, dpi: float) -> None:
     if path is not None:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -136,9 +150,11 @@ def _heatmap(ax, m, norm, cmap, trf_box, title):
     return im
 
 
-def plot_erf(m, *, trf_box=None, trf=None, fit=None, profiles=True, scale="linear", title=None,
-             path=None, ax=None, vmin=None, vmax=None, cmap="viridis",
-             cbar_label="ERF (mean |∂unit/∂input|)", dpi=DPI) -> Figure:
+def plot_erf(m: ArrayLike, *, trf_box: ArrayLike | None = None, trf: float | Sequence[float] | None = None,
+             fit: S.GaussianFit | dict | bool | None = None, profiles: bool | Axes = True, scale: str = "linear",
+             title: str | None = None, path: str | Path | None = None, ax: Axes | None = None,
+             vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis",
+             cbar_label: str = "ERF (mean |∂unit/∂input|)", dpi: float = DPI) -> Figure:
     """Heatmap of one ERF map with TRF box, Gaussian-fit ellipses and centre profiles.
 
     ``fit``: a ``GaussianFit`` (or its dict); ``None`` fits one here; ``False`` draws no
@@ -147,6 +163,28 @@ def plot_erf(m, *, trf_box=None, trf=None, fit=None, profiles=True, scale="linea
     profile panel (row and column through the centre of mass with their 1-D fits);
     ``profiles=False`` drops the panel, an Axes puts it there.  With ``ax`` the heatmap
     and colour bar go into that axes' figure.  1-D maps give a single line plot.
+
+    Args:
+        m: the map (1-D or 2-D).
+        trf_box: the TRF box, inclusive ``(first, last)`` per axis, drawn clipped to the map.
+        trf: the TRF size for the ERF/TRF ratio (default: the box's size).
+        fit: see above.
+        profiles: see above.
+        scale: ``'linear'`` or ``'log'`` colours.
+        title: the first title line (the second gives sigma and ERF/TRF).
+        path: write a PNG there too.
+        ax: draw into this axes.
+        vmin: the colour scale's low end (default: the map's minimum).
+        vmax: the colour scale's high end (default: the map's maximum).
+        cmap: a matplotlib colour map name.
+        cbar_label: the colour bar's label.
+        dpi: figure resolution.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ErfError: an invalid map, a bad ``scale`` or log limits.
     """
     a = S.check_map(m, ndims=(1, 2))
     trf = _trf_from_box(trf_box, trf)
@@ -157,7 +195,7 @@ def plot_erf(m, *, trf_box=None, trf=None, fit=None, profiles=True, scale="linea
     fig_fit = _as_fit(fit, a)
     prof_ax = profiles if hasattr(profiles, "plot") else None
     if ax is None:
-        fig = _new_figure((10.5, 4.6) if profiles else (5.8, 4.8), dpi)
+        fig = new_figure((10.5, 4.6) if profiles else (5.8, 4.8), dpi)
         if profiles:
             ax, prof_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
         else:
@@ -211,7 +249,7 @@ def _profile_panel(ax, a, trf_box, scale):
 
 def _plot_erf_1d(a, trf_box, title, scale, path, ax, dpi):
     if ax is None:
-        ax = _new_figure((6.4, 4.0), dpi).add_subplot()
+        ax = new_figure((6.4, 4.0), dpi).add_subplot()
     fig = ax.figure
     x = np.arange(a.size)
     ax.plot(x, a, marker="o", markersize=3, linestyle="none", label="ERF")
@@ -233,9 +271,11 @@ def _plot_erf_1d(a, trf_box, title, scale, path, ax, dpi):
     return fig
 
 
-def plot_erf_grid(maps, titles=None, *, trf_boxes=None, shared_scale=True, ncols=None, path=None,
-                  suptitle=None, scale="linear", cmap="viridis", dpi=DPI,
-                  cbar_label="ERF (mean |∂unit/∂input|)") -> Figure:
+def plot_erf_grid(maps: Sequence[ArrayLike], titles: Sequence[str] | None = None, *,
+                  trf_boxes: Sequence[ArrayLike | None] | None = None, shared_scale: bool | str | None = True,
+                  ncols: int | None = None, path: str | Path | None = None, suptitle: str | None = None,
+                  scale: str = "linear", cmap: str = "viridis", dpi: float = DPI,
+                  cbar_label: str = "ERF (mean |∂unit/∂input|)") -> Figure:
     """Grid of 2-D ERF heatmaps, each titled with its sigma (and ERF/TRF when a box is given).
 
     ``shared_scale``: ``True``/``'shared'`` -- one colour scale (min..max over all maps)
@@ -243,6 +283,26 @@ def plot_erf_grid(maps, titles=None, *, trf_boxes=None, shared_scale=True, ncols
     own peak, one 0..1 colour bar, to compare shapes whatever the magnitudes;
     ``False``/``'own'`` -- each map on its own scale with its own colour bar.
     Axes: one per map plus one colour bar (two per map with ``'own'``).
+
+    Args:
+        maps: 2-D maps.
+        titles: one per map (default ``map i``).
+        trf_boxes: one box (or None) per map.
+        shared_scale: see above.
+        ncols: columns (default up to 4).
+        path: write a PNG there too.
+        suptitle: the figure's title.
+        scale: ``'linear'`` or ``'log'`` colours.
+        cmap: a matplotlib colour map name.
+        dpi: figure resolution.
+        cbar_label: the shared colour bar's label.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ErfError: no maps, an invalid map, counts of titles or boxes that differ from the
+            maps, or a bad ``shared_scale`` or ``scale``.
     """
     arrs = [S.check_map(m, what=f"map {i}", ndims=(2,)) for i, m in enumerate(maps)]
     if not arrs:
@@ -257,7 +317,7 @@ def plot_erf_grid(maps, titles=None, *, trf_boxes=None, shared_scale=True, ncols
         raise ErfError(f"shared_scale must be True, 'peak' or False; got {shared_scale!r}")
     ncols = min(n, 4) if ncols is None else max(1, int(ncols))
     nrows = math.ceil(n / ncols)
-    fig = _new_figure((3.3 * ncols + (0.8 if mode != "own" else 0), 3.2 * nrows + (0.4 if suptitle else 0)), dpi)
+    fig = new_figure((3.3 * ncols + (0.8 if mode != "own" else 0), 3.2 * nrows + (0.4 if suptitle else 0)), dpi)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for extra in axes[n:]:
         fig.delaxes(extra)
@@ -303,9 +363,11 @@ def _as_power_fit(fit, x, y, lo, hi):
     return fit
 
 
-def plot_growth(x, y, y_err=None, fit=None, theory=None, ratio=None, path=None, *,
-                xlabel="depth n (layers)", ylabel="ERF size 2σ (px)", title=None,
-                ratio_label="ERF/TRF (2σ / TRF)", dpi=DPI) -> Figure:
+def plot_growth(x: ArrayLike, y: ArrayLike, y_err: ArrayLike | tuple[ArrayLike, ArrayLike] | None = None,
+                fit: S.PowerLawFit | dict | bool | None = None, theory: Sequence | None = None,
+                ratio: ArrayLike | None = None, path: str | Path | None = None, *,
+                xlabel: str = "depth n (layers)", ylabel: str = "ERF size 2σ (px)", title: str | None = None,
+                ratio_label: str = "ERF/TRF (2σ / TRF)", dpi: float = DPI) -> Figure:
     """Log-log growth plot of an ERF size against ``x`` (e.g. depth), with optional ERF/TRF panel.
 
     ``y_err``: symmetric errors (array) or a ``(lo, hi)`` pair of interval bounds.
@@ -313,6 +375,26 @@ def plot_growth(x, y, y_err=None, fit=None, theory=None, ratio=None, path=None, 
     the legend shows the exponent and its CI.  ``theory``: ``(x, y)`` or
     ``(x, y, label)`` drawn dashed.  ``ratio``: ERF/TRF per ``x`` -- adds a second
     panel with a ``1/sqrt(x)`` reference through its first point.
+
+    Args:
+        x: positions (e.g. depths).
+        y: values, one per ``x``.
+        y_err: see above.
+        fit: see above.
+        theory: see above.
+        ratio: see above.
+        path: write a PNG there too.
+        xlabel: the x axis label.
+        ylabel: the y axis label.
+        title: the title (default ``ylabel vs xlabel``).
+        ratio_label: the ratio panel's y label.
+        dpi: figure resolution.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ErfError: lengths that differ or are zero, bad errors or ratios, or a fit that fails.
     """
     x = np.asarray(x, dtype=float).ravel()
     y = np.asarray(y, dtype=float).ravel()
@@ -329,7 +411,7 @@ def plot_growth(x, y, y_err=None, fit=None, theory=None, ratio=None, path=None, 
         if np.shape(yerr)[-1] != x.size or np.any(np.asarray(yerr) < 0):
             raise ErfError("y_err must be one non-negative error per point or (lo, hi) bounds around y")
     pf = _as_power_fit(fit, x, y, lo, hi)
-    fig = _new_figure((11, 4.4) if ratio is not None else (6, 4.4), dpi)
+    fig = new_figure((11, 4.4) if ratio is not None else (6, 4.4), dpi)
     axes = fig.subplots(1, 2 if ratio is not None else 1, squeeze=False).ravel()
     ax = axes[0]
     ax.errorbar(x, y, yerr=yerr, fmt="o", color="C0", capsize=3, label="measured")
