@@ -108,3 +108,9 @@ def test_plot_growth(tmp_path):
     assert len(fig1.axes) == 1
     with pytest.raises(ErfError):
         P.plot_growth(x, y[:2])
+
+
+def test_new_figure():
+    fig = P.new_figure((4, 3), dpi=80)
+    assert isinstance(fig, Figure) and fig.get_dpi() == 80 and tuple(fig.get_size_inches()) == (4, 3)
+    assert fig.canvas.get_renderer() is not None and fig.get_layout_engine() is not None

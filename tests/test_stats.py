@@ -218,10 +218,27 @@ def test_scalar_metrics_names():
         S.scalar_metrics(m, ["erf_trf_ratio_x"])
 
 
+def test_metric_table_gives_the_names():
+    m = gauss((21, 21), 10, 10, 2.0, 3.0)
+    names = S.default_metrics(2, trf=9)
+    assert list(S.scalar_metrics(m, trf=9)) == names
+    assert names[:2] == ["total", "peak"] and "erf_trf_ratio_x" in names and "hcar_log1p_max_0.99" in names
+    assert "erf_trf_ratio_x" not in S.default_metrics(2)
+    assert set(S.default_interval_metrics(2, trf=9)) <= set(names)
+    for family, metric in S.METRICS.items():        # every family answers on a 2-D map
+        name = {"map": family, "axis": f"{family}_x", "fraction": f"{family}_0.5"}[metric.kind]
+        assert name in S.scalar_metrics(m, [name], trf=9)
+    with pytest.raises(ErfError, match="unknown metric"):
+        S.scalar_metrics(m, ["hcar_log1p_max_x"])
+
+
 # ------------------------------------------------------------------ presets
 
 def test_presets():
     assert set(S.PRESETS) == {"luo", "replknet", "openerf"}
+    assert set(S.SIGNALS) == {"abs", "positive", "signed", "square"} and set(S.REDUCTIONS) == {"sum", "mean"}
+    assert all(p.signal in S.SIGNALS and p.post in S.POSTS for p in S.PRESETS.values())
+    assert S.get_preset("luo") is S.PRESETS["luo"]
     g = np.array([[[1.0, -2.0]], [[-3.0, 1.0]]])       # (C=2, 1, 2)
     assert S.reduce_gradient(g, "luo", channel_axis=0).tolist() == [[4.0, 3.0]]
     assert S.reduce_gradient(g, "replknet", channel_axis=0).tolist() == [[1.0, 1.0]]
