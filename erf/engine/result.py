@@ -161,7 +161,7 @@ class ERFResult:
 
     def plot(self, path=None, scale: str = "linear", title: str | None = None):
         """Heatmap with TRF box and Gaussian fit (``erf.plots.plot_erf``); the file is written atomically."""
-        from erf.plots import plot_erf
+        from erf.plots import plot_erf  # lazy: erf.plots loads matplotlib, only needed to draw
 
         fit = self.fit if self.fit is not None and getattr(self.fit, "ok", False) else False
         title = title or f"{self.layer or 'output'} unit {tuple(self.unit)}, {self.samples} samples"

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from erf.errors import ErfError, ModelError
+from erf.analytic import capture, receptive_field
+from erf.engine import tokens as measure_tokens
+from erf.engine.tokens import untraced_layout
+from erf.errors import ErfError, ModelError, TraceError
 
 
 @dataclass
@@ -66,14 +69,7 @@ def resolve_target(model: nn.Module, input_size, layer=None, in_channels=None, p
     the image grid of a ``(N, L, C)`` layer; None: found from the trace or the model) is
     checked against the model (``erf.engine.tokens``).
     """
-    from erf.engine import tokens as measure_tokens
-
     prefix_tokens = measure_tokens.check_value(prefix_tokens)
-    try:
-        from erf.analytic import receptive_field
-        from erf.errors import TraceError
-    except ImportError as exc:  # pragma: no cover - the analytic module is part of erf
-        return _untraced(model, layer, probe, f"receptive field unavailable ({exc})")
     try:
         rep = receptive_field(model, tuple(input_size), layer=layer, in_channels=in_channels)
     except TraceError as exc:
@@ -90,8 +86,6 @@ def resolve_target(model: nn.Module, input_size, layer=None, in_channels=None, p
 
 
 def _untraced(model, layer, probe, note, input_size, prefix_tokens=None) -> Target:
-    from erf.engine.tokens import untraced_layout
-
     if layer is not None and layer not in dict(model.named_modules()):
         raise ModelError(f"unknown layer {layer!r}: the model could not be traced, so name a module "
                          "from model.named_modules()")
@@ -142,8 +136,6 @@ class TargetRunner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         t = self.target
         if t.functional is not None:
-            from erf.analytic import capture
-
             out = capture(self.model, x, [t.functional])[t.functional]
         elif self.module is None or self.module is self.model:
             out = self.model(x)

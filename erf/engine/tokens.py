@@ -11,6 +11,7 @@ fits the image. A user's ``prefix_tokens`` is checked against whatever the model
 
 from __future__ import annotations
 
+from erf.analytic.layout import Tokens, single_axis
 from erf.errors import ErfError
 
 
@@ -41,8 +42,6 @@ def model_prefix_tokens(model) -> int | None:
 
 def is_token_layout(dims) -> bool:
     """True when a traced layer's positions are tokens (not one tensor dim per image axis)."""
-    from erf.analytic.layout import Tokens, single_axis
-
     roles = [r for r in dims if r is not None]
     return any(single_axis(r) is None or isinstance(r[0][0], Tokens) for r in roles)
 
