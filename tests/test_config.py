@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from erf.cli import main
-from erf.experiment.config import QUICK_CAPS, check_models, load_config, parse_config, schema_markdown
+from erf.experiment import check_models, load_config, parse_config
+from erf.experiment.schema import QUICK_CAPS, schema_markdown
 from erf.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

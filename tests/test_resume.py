@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from erf.experiment import runner
+from erf.experiment import load_config, points, runner
 from erf.engine import accumulate as measure_accumulate
 from erf.cli import main
-from erf.experiment.config import load_config
 from erf.engine import measure
 from erf.errors import ErfError
 from erf.models import create_model
@@ -222,7 +221,7 @@ def test_training_point_resumes_from_its_last_measured_step(tmp_path, monkeypatc
     cfg.write_text(TRAINING)
     ref, out = tmp_path / "ref", tmp_path / "out"
     assert main(["run", str(cfg), "--out", str(ref)]) == 0
-    real, measured = runner._measure, []
+    real, measured = points.measure_state, []
 
     def dies_at_step_8(cfg, point, model, device, state, step, run, saved=False):
         if step == 8 and not saved:
@@ -230,10 +229,10 @@ def test_training_point_resumes_from_its_last_measured_step(tmp_path, monkeypatc
         measured.append((step, saved))
         return real(cfg, point, model, device, state, step, run, saved)
 
-    monkeypatch.setattr(runner, "_measure", dies_at_step_8)
+    monkeypatch.setattr(points, "measure_state", dies_at_step_8)
     assert main(["run", str(cfg), "--out", str(out)]) == 130
     assert measured == [(0, False), (4, False)]
-    monkeypatch.setattr(runner, "_measure", lambda *a, **k: measured.append((a[5], k.get("saved", False)))
+    monkeypatch.setattr(points, "measure_state", lambda *a, **k: measured.append((a[5], k.get("saved", False)))
                         or real(*a, **k))
     measured.clear()
     assert main(["run", str(cfg), "--out", str(out), "--resume"]) == 0

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from erf.experiment import runner
 from erf.cli import main
-from erf.experiment.config import load_config
+from erf.experiment import load_config, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 _RUNS: dict = {}
@@ -204,7 +203,7 @@ def test_rerun_replaces_results_and_refuses_foreign_folder(tmp_path, capsys):
 def test_summary_is_strict_json_and_csv_has_intervals(tmp_path):
     cfg = tmp_path / "small.toml"
     cfg.write_text(SMALL)
-    out = runner.run_experiment(load_config(cfg), out=tmp_path / "o")
+    out = run_experiment(load_config(cfg), out=tmp_path / "o")
     summary = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert summary["device"] == "cpu" and summary["seed"] == 0
     rows = list(csv.DictReader(open(out / "sweep.csv")))
@@ -240,7 +239,7 @@ batch_size = 4
 [[figures]]
 kind = "training"
 """)
-    out = runner.run_experiment(load_config(cfg), out=tmp_path / "o")
+    out = run_experiment(load_config(cfg), out=tmp_path / "o")
     summary = json.loads((out / "summary.json").read_text())
     assert [p["state"] for p in summary["points"]] == ["init", "trained"]
     assert summary["points"][0]["inputs"]["kind"] == "images" and summary["points"][0]["samples"] == 6

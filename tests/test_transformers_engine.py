@@ -250,7 +250,7 @@ def test_cli_prefix_tokens_one_line_errors(capsys):
 
 
 def test_config_prefix_tokens_key_is_checked(tmp_path):
-    from erf.experiment.config import check_models, parse_config
+    from erf.experiment import check_models, parse_config
     from erf.errors import ConfigError
 
     raw = {"experiment": {"name": "t"}, "model": {"name": "vit", "args": {"img_size": 16, "embed_dim": 8,

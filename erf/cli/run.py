@@ -1,10 +1,24 @@
-"""``erf run CONFIG``: run one experiment config and write its results folder."""
+"""``erf run CONFIG``: run one experiment config and write its results folder.
+
+The parser imports no torch (``erf run --help`` answers at once); the experiment layer is
+imported when the command runs.
+"""
 
 from __future__ import annotations
 
+import argparse
 
-def register(sub) -> None:
-    p = sub.add_parser("run", help="run an experiment config (TOML) and write its results",
+from erf.cli.common import COMMANDS
+from erf.errors import ErfError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``run`` parser to ``sub`` and point its ``func`` at ``run``.
+
+    Args:
+        sub: the ``erf`` parser's subparsers.
+    """
+    p = sub.add_parser("run", help=COMMANDS["run"],
                        description="Run the experiment a TOML config describes (see configs/README.md) and "
                                    "write summary.json, sweep.csv, maps.npz, figures and report.md.")
     p.add_argument("config", metavar="CONFIG", help="a TOML experiment config, e.g. configs/luo_growth.toml")
@@ -24,8 +38,22 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from erf import ErfError, check_models, distributed, load_config, run_experiment
+def run(args: argparse.Namespace) -> int:
+    """Check (``--check``) or run the config the arguments name.
+
+    Args:
+        args: the parsed ``erf run`` command line.
+
+    Returns:
+        0.
+
+    Raises:
+        ErfError: ``--resume`` with ``--restart``; ``ConfigError`` for a bad config, model or
+            destination, or an interrupted run found without ``--resume``/``--restart``.
+    """
+    # lazy: the experiment layer imports torch; `erf run --help` builds the parser above without it
+    from erf import distributed
+    from erf.experiment import check_models, load_config, run_experiment
 
     if args.resume and args.restart:
         raise ErfError("--resume and --restart exclude each other: keep the interrupted run or discard it")

@@ -1,0 +1,105 @@
+"""The model checker: build every distinct model of a sweep on the meta device and trace it.
+
+``check_models`` runs before any measurement (``erf run`` and ``erf run --check``), so bad model
+arguments, unknown layers, units outside the layer's map, inputs too small for the network,
+bad channels and checkpoints that do not fit are refused in one ``ConfigError`` line first.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from erf import stats
+from erf.analytic import RFReport, receptive_field
+from erf.engine import PrefixTokensError, check_traced, require_spatial
+from erf.errors import ErfError, UnsupportedOpError
+from erf.experiment.schema import Fail
+from erf.experiment.sweeps import Config
+from erf.models import load_checkpoint, load_model
+
+
+def check_models(cfg: Config) -> None:
+    """Build every distinct model of the sweep on the meta device and trace its target layer.
+
+    Catches bad model arguments (a wrong activation, an odd residual depth), unknown layers,
+    units outside the layer's map and inputs too small for the network, all before any
+    measurement.
+
+    Args:
+        cfg: a config from ``load_config`` / ``parse_config``.
+
+    Raises:
+        ConfigError: the first problem, naming the file and key.
+    """
+    fail = Fail(cfg.path)
+    seen: dict[str, str] = {}
+    for p in cfg.points:
+        s = p.settings
+        size = s["inputs"]["size"]
+        key = repr((s["model"]["name"], s["model"]["args"], s["measure"]["layer"], s["measure"]["unit"], size,
+                    s["measure"]["prefix_tokens"]))
+        if key in seen:
+            continue
+        seen[key] = p.id
+        pre = f"point {p.id} ({p.label}): " if len(cfg.points) > 1 else ""
+        try:
+            with torch.device("meta"):
+                model = load_model(s["model"]["name"], s["model"]["args"])
+        except ErfError as exc:
+            fail("model", f"{pre}{' '.join(str(exc).split())}")
+        model.eval()
+        try:
+            rep = receptive_field(model, tuple(size) if isinstance(size, list) else size,
+                                  layer=s["measure"]["layer"] or None)
+            if s["measure"]["unit"]:
+                rep.box(tuple(s["measure"]["unit"]))
+            if s["measure"]["prefix_tokens"] != "auto":
+                check_traced(rep.target, s["measure"]["prefix_tokens"], rep.target.name)
+        except PrefixTokensError as exc:
+            fail("measure.prefix_tokens", f"{pre}{' '.join(str(exc).split())}")
+        except UnsupportedOpError:
+            continue  # the engine measures it without a TRF (and says so), as erf measure does
+        except ErfError as exc:
+            k = "measure.unit" if "unit" in str(exc) else ("measure.layer" if "layer" in str(exc) else "inputs.size")
+            fail(k, f"{pre}{' '.join(str(exc).split())}")
+        _check_target(fail, pre, rep, s["measure"])
+    _check_checkpoints(fail, cfg)
+
+
+def _check_target(fail: Fail, pre: str, rep: RFReport, measure: dict) -> None:
+    """The measured layer has a spatial map, and ``measure.channel`` is one of its channels."""
+    try:
+        require_spatial(rep)
+    except ErfError as exc:
+        fail("measure.layer", f"{pre}{' '.join(str(exc).split())}")
+    t, channel = rep.target, measure["channel"]
+    if channel == "all":
+        return
+    position = t.index_of(tuple(measure["unit"]) or tuple(stats.center_unit(t.output)))
+    n = math.prod(size for d, size in enumerate(t.shape) if d and d not in position)
+    if channel >= n:
+        fail("measure.channel", f"{pre}channel {channel} does not exist: layer {t.name!r} has {n} channels "
+             f"(use 0..{n - 1}, or 'all')")
+
+
+def _check_checkpoints(fail: Fail, cfg: Config) -> None:
+    """Every ``model.checkpoint`` is a safe weights file that fits its model (checked on the meta device)."""
+    seen = set()
+    for p in cfg.points:
+        m = p.settings["model"]
+        key = repr((m["name"], m["args"], m["checkpoint"]))
+        if not m["checkpoint"] or key in seen:
+            continue
+        seen.add(key)
+        pre = f"point {p.id} ({p.label}): " if len(cfg.points) > 1 else ""
+        with torch.device("meta"):
+            model = load_model(m["name"], m["args"])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # copying into meta tensors is a no-op, and says so
+                load_checkpoint(model, m["checkpoint"])
+        except ErfError as exc:
+            fail("model.checkpoint", f"{pre}{' '.join(str(exc).split())}")

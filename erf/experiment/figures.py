@@ -1,0 +1,387 @@
+"""The report's figures: one PNG per ``[[figures]]`` entry (``maps``: one per record).
+
+``draw_figure`` draws one entry: ``grid`` (heatmaps, rows x cols), ``growth`` (log-log metric
+against a swept number, with the power-law fits of ``analysis``), ``bars`` (a metric with
+intervals per category), ``profiles`` (centre-row profiles with 1-D Gaussian fits), ``maps``
+(``erf.plots.plot_erf`` per record) and ``training`` (a metric through training).
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
+
+from erf import stats
+from erf.experiment.formatting import fmt_number, key_name, setup_line
+from erf.experiment.records import Record, distinct_values, same_value
+from erf.experiment.sweeps import Config, show_value
+from erf.plots import plot_erf
+
+DPI = 110
+
+
+def draw_figure(cfg: Config, spec: dict, records: list[Record], analyses: dict, out_dir: Path,
+                env: dict) -> list[dict]:
+    """Draw one [[figures]] entry into ``out_dir``.
+
+    Args:
+        cfg: the experiment (titles).
+        spec: the figure's table (``cfg.figures`` entry).
+        records: the measured records.
+        analyses: ``analysis.analyse`` of the records (growth fits, comparisons, training).
+        out_dir: the results folder.
+        env: ``runner.environment`` of the run.
+
+    Returns:
+        ``[{file, caption}]`` of the PNGs written.
+    """
+    kind = spec["kind"]
+    title = spec["title"] or (cfg.settings["experiment"]["title"] or cfg.name)
+    sub = setup_line(cfg, records, env)
+    if kind == "maps":
+        return _maps(spec, records, out_dir, title, sub)
+    fig_a = next((f for f in analyses["figures"] if f["file"] == spec["file"]), None)
+    draw = {"grid": _grid, "growth": _growth_fig, "bars": _bars, "profiles": _profiles, "training": _training_fig}[kind]
+    fig, caption = draw(spec, records, fig_a, title, sub)
+    fig.savefig(out_dir / spec["file"], dpi=DPI)
+    return [{"file": spec["file"], "caption": caption}]
+
+
+def _window(records):
+    """The union of the records' clipped TRF boxes (plus a margin), per axis; None without boxes."""
+    boxes = [r.trf_box for r in records if r.trf_box is not None]
+    if not boxes:
+        return None
+    shape = records[0].map.shape
+    lo = [max(0, min(b[a][0] for b in boxes) - 2) for a in range(2)]
+    hi = [min(shape[a] - 1, max(b[a][1] for b in boxes) + 2) for a in range(2)]
+    return lo, hi
+
+
+def _draw_box(ax, r):
+    if r.trf_box is None:
+        return
+    (t, b), (left, right) = r.trf_box
+    ax.add_patch(Rectangle((left - 0.5, t - 0.5), right - left + 1, b - t + 1, fill=False, edgecolor="white",
+                           linewidth=1.1, linestyle="--" if r.clipped else "-"))
+
+
+def _grid(spec, records, _fa, title, sub):
+    rows = distinct_values(records, spec["rows"]) if spec["rows"] else [None]
+    cols = distinct_values(records, spec["cols"]) if spec["cols"] else None
+    cells = {}
+    for i, rv in enumerate(rows):
+        rs = [r for r in records if rv is None or same_value(r.value(spec["rows"]), rv)]
+        if cols is None:
+            for j, r in enumerate(rs):
+                cells[i, j] = r
+        else:
+            for j, cv in enumerate(cols):
+                match = [r for r in rs if same_value(r.value(spec["cols"]), cv)]
+                if match:
+                    cells[i, j] = match[0]
+    ncols = max(j for _, j in cells) + 1
+    nrows = len(rows)
+    fig = _new_figure((2.6 * ncols + 1.2, 2.5 * nrows + 0.9))
+    axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
+    win = _window(list(cells.values()))
+    scale = spec["scale"]
+    shown = {k: (r.map / r.map.max() if scale == "peak" else r.map) for k, r in cells.items()}
+
+    def norm_for(vals):
+        hi = max(float(v.max()) for v in vals)
+        if spec["log"]:
+            return LogNorm(vmin=hi * 1e-3, vmax=hi, clip=True)
+        return Normalize(vmin=0, vmax=hi)
+
+    shared = norm_for(list(shown.values())) if scale in ("peak", "shared") else None
+    im = None
+    for i in range(nrows):
+        row_norm = shared or norm_for([shown[k] for k in shown if k[0] == i])
+        row_im = None
+        for j in range(ncols):
+            ax = axes[i, j]
+            r = cells.get((i, j))
+            if r is None:
+                ax.set_axis_off()
+                continue
+            m = shown[i, j]
+            h, w = m.shape
+            row_im = im = ax.imshow(np.maximum(m, 1e-300) if spec["log"] else m, cmap="viridis", norm=row_norm,
+                                    interpolation="nearest", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+            _draw_box(ax, r)
+            if win is not None:
+                ax.set_xlim(win[0][1] - 0.5, win[1][1] + 0.5)
+                ax.set_ylim(win[1][0] + 0.5, win[0][0] - 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(5, integer=True))
+            a = _axis_stats(r)
+            head = show_value(spec["cols"], r.value(spec["cols"])) if spec["cols"] else r.point.label
+            ax.set_title(f"{head}\n{a}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if j == 0:
+                label = show_value(spec["rows"], rows[i]) if spec["rows"] else ""
+                ax.set_ylabel(f"{label}\ny (input px)", fontsize=8)
+            if i == nrows - 1:
+                ax.set_xlabel("x (input px)", fontsize=8)
+        if scale == "row" and row_im is not None:
+            fig.colorbar(row_im, ax=list(axes[i]), shrink=0.8, label="ERF (shared per row)")
+    how = {"peak": "each map divided by its own peak (compare shapes, not magnitudes)",
+           "shared": "one colour scale for all maps", "row": "one colour scale per row"}[scale]
+    if scale != "row" and im is not None:
+        fig.colorbar(im, ax=list(axes.ravel()), shrink=min(0.8, 2.0 / nrows) if nrows > 2 else 0.8,
+                     label="fraction of the map's peak" if scale == "peak" else "ERF (mean |∂unit/∂input|)")
+    _suptitle(fig, f"{title}\n{sub}\ncolour: {how}; white box: TRF of the centre unit (dashed: cut by the image)",
+                 fontsize=9)
+    caption = f"ERF maps, rows: {key_name(spec['rows'])}" + (f", columns: {key_name(spec['cols'])}" if spec["cols"] else "") \
+        + f"; colour: {how}; white box = TRF."
+    return fig, caption
+
+
+def _axis_stats(r) -> str:
+    sx = r.summary.get("sigma_x")
+    ratio = r.summary.get("erf_trf_ratio_x")
+    trf = "" if r.trf is None else f", TRF {r.trf[-1]}"
+    return f"σx={fmt_number(sx)} px{trf}" + ("" if ratio is None else f", ERF/TRF={fmt_number(ratio, 2)}")
+
+
+def _log_ticks(ax: Axes, xs) -> None:
+    """Log axes labelled with plain numbers: x at the measured values, y by a plain formatter."""
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(xs))))
+    ax.xaxis.set_minor_locator(NullLocator())
+    for axis in (ax.xaxis, ax.yaxis):
+        fmt = ScalarFormatter()
+        fmt.set_scientific(False)
+        axis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def _growth_fig(spec, records, fa, title, sub):
+    metric = fa["metric"]
+    fig = _new_figure((12, 4.8) if spec["ratio"] else (6.5, 4.8))
+    axes = fig.subplots(1, 2 if spec["ratio"] else 1, squeeze=False).ravel()
+    ax = axes[0]
+    xs_all = sorted({x for s in fa["series"] for x in s["x"]})
+    fine = np.geomspace(min(xs_all), max(xs_all), 100)
+    theory_done = False
+    for k, s in enumerate(fa["series"]):
+        color = f"C{k % 10}"
+        x, y = np.array(s["x"]), np.array(s["y"])
+        ci = s["interval"]
+        err = None
+        if all(c is not None for c in ci):
+            err = np.vstack([y - [c[0] for c in ci], [c[1] for c in ci] - y]).clip(min=0)
+        f = s["fit"]
+        label = s["series"] or "measured"
+        if f is not None:
+            lo, hi = f["exponent_ci"]
+            cis = f" [{lo:.2f}, {hi:.2f}]" if lo is not None else ""
+            label += f": fit ∝ n^{f['exponent']:.3f}{cis}"
+            ax.plot(fine, f["prefactor"] * fine ** f["exponent"], color=color, linewidth=1, alpha=0.8)
+        ax.errorbar(x, y, yerr=err, fmt="o", color=color, capsize=3, markersize=4, label=label)
+        if spec["theory"] and s["theory"] is not None and not theory_done:
+            tx = np.array(s["x"])
+            ty = np.array(s["theory"])
+            ax.plot(tx, ty, "k--", linewidth=1.3, label="exact linear theory (uniform weights)")
+            ax.plot(tx, ty * math.sqrt(2), "k:", linewidth=1.3, label="√2 × theory (|grad|, random linear)")
+            theory_done = True
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _log_ticks(ax, xs_all)
+    ax.set_xlabel(f"{key_name(fa['x_key'])} n (log)")
+    ax.set_ylabel(f"{metric} (px, log)" if not metric.startswith("erf_trf") else metric)
+    ax.set_title(f"{metric} vs {key_name(fa['x_key'])}: fitted exponent [95% CI]", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    if spec["ratio"]:
+        ax2 = axes[1]
+        first = None
+        for k, s in enumerate(fa["series"]):
+            if not all(s["ratio"]):
+                continue
+            rf = s["ratio_fit"]
+            lab = (s["series"] or "measured") + (f": ∝ n^{rf['exponent']:.2f}" if rf else "")
+            ax2.plot(s["x"], s["ratio"], "o-", color=f"C{k % 10}", markersize=4, label=lab)
+            first = first or (s["x"][0], s["ratio"][0])
+        if first is not None:
+            ax2.plot(fine, first[1] * np.sqrt(first[0] / fine), "k--", linewidth=1.2, label="∝ 1/√n reference")
+        ax2.set_xscale("log")
+        ax2.set_yscale("log")
+        _log_ticks(ax2, xs_all)
+        ax2.set_xlabel(f"{key_name(fa['x_key'])} n (log)")
+        ax2.set_ylabel("ERF/TRF = 2σ / TRF (log)")
+        ax2.set_title("ERF/TRF falls as the net gets deeper", fontsize=9)
+        ax2.grid(alpha=0.3, which="both")
+        ax2.legend(fontsize=7)
+    _suptitle(fig, f"{title}\n{sub}; error bars: bootstrap 95% intervals", fontsize=9)
+    return fig, f"{metric} against {key_name(fa['x_key'])} on log-log axes with fitted power laws" + \
+        (", the exact linear theory" if spec["theory"] else "") + (" and ERF/TRF with the 1/√n line" if spec["ratio"] else "") + "."
+
+
+def _bars(spec, records, fa, title, sub):
+    metric = fa["metric"]
+    cats = []
+    for row in fa["rows"]:
+        if row["category"] not in cats:
+            cats.append(row["category"])
+    series = list(dict.fromkeys(row["series"] for row in fa["rows"]))
+    fig = _new_figure((max(6.0, 1.3 * len(cats) * max(1, len(series)) + 2), 4.6))
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(series))
+    show_trf = metric.startswith(("erf_size", "sigma"))
+    top = max((r["value"] for r in fa["rows"] if r["value"] is not None), default=1.0)
+    for k, sv in enumerate(series):
+        rows = [r for r in fa["rows"] if r["series"] == sv]
+        xs = np.array([cats.index(r["category"]) for r in rows]) + (k - (len(series) - 1) / 2) * width
+        ys = np.array([r["value"] for r in rows])
+        err = None
+        if all(r["interval"] is not None for r in rows):
+            err = np.vstack([ys - [r["interval"][0] for r in rows], [r["interval"][1] for r in rows] - ys]).clip(min=0)
+        ax.bar(xs, ys, width * 0.9, yerr=err, capsize=3, color=f"C{k % 10}", label=sv or metric)
+        for x, y, r in zip(xs, ys, rows):
+            ax.text(x, y, f"{y:.2f}", ha="center", va="bottom", fontsize=7)
+            if show_trf and r["trf"]:
+                t = r["trf"][-1] if metric.startswith("erf_size") else r["trf"][-1] / 2
+                if t <= 3 * top:
+                    ax.plot([x - width * 0.45, x + width * 0.45], [t, t], color="black", linewidth=1.5)
+                else:
+                    ax.text(x, y * 1.08 + 0.02 * top, f"TRF {r['trf'][-1]} px\n(off scale)", ha="center",
+                            va="bottom", fontsize=7)
+    if show_trf:
+        ax.plot([], [], color="black", linewidth=1.5, label="TRF" if metric.startswith("erf_size") else "TRF / 2")
+    ax.set_xticks(range(len(cats)), cats, fontsize=8, rotation=10)
+    ax.set_xlabel(key_name(fa["x_key"]))
+    ax.set_ylabel(f"{metric} (px)" if not metric.startswith("erf_trf") else metric)
+    # beside the axes: inside, it would cover the bars' value and TRF labels
+    ax.legend(fontsize=8, title=key_name(fa["series_key"]) if fa["series_key"] else None, title_fontsize=8,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.grid(alpha=0.3, axis="y")
+    _suptitle(fig, f"{title}\n{sub}; error bars: bootstrap 95% intervals", fontsize=9)
+    return fig, f"{metric} per {key_name(fa['x_key'])} with 95% intervals" + (" (black line: TRF)" if show_trf else "") + "."
+
+
+def _profiles(spec, records, _fa, title, sub):
+    panels = distinct_values(records, spec["cols"]) if spec["cols"] else [None]
+    ncols = min(len(panels), 2)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = _new_figure((6.2 * ncols, 4.2 * nrows + 0.5))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for extra in axes[len(panels):]:
+        extra.set_axis_off()
+    for ax, pv in zip(axes, panels):
+        rs = [r for r in records if pv is None or same_value(r.value(spec["cols"]), pv)]
+        for k, r in enumerate(rs):
+            color = f"C{k % 10}"
+            cy = r.summary["center_unit"][0] if r.trf_box is None else int(round(sum(r.trf_box[0]) / 2))
+            cx = r.summary["center_unit"][1] if r.trf_box is None else sum(r.trf_box[1]) / 2
+            prof = r.map[cy] / r.map[cy].max()
+            x = np.arange(prof.size) - cx
+            keep = prof > 1e-4
+            lab = show_value(spec["series"], r.value(spec["series"])) if spec["series"] else r.label
+            ax.plot(x[keep], prof[keep], "o", color=color, markersize=2.5)
+            f = stats.fit_gaussian_1d(prof[keep], x[keep])
+            span = float(np.ptp(x[keep])) if keep.any() else 0.0
+            if f.ok and f.sigma < span / 2 and f.r2 > 0.5:
+                fine = np.linspace(x[keep].min(), x[keep].max(), 300)
+                ax.plot(fine, f.evaluate(fine), color=color, linewidth=1.2,
+                        label=f"{lab}: fit σ={f.sigma:.2f}, R²={f.r2:.2f}")
+            else:
+                ax.plot(x[keep], prof[keep], color=color, linewidth=0.8, linestyle="--",
+                        label=f"{lab}: not Gaussian (no fit)")
+            if r.trf_box is not None:
+                for v in r.trf_box[1]:
+                    ax.axvline(v - cx, color=color, linestyle=":", linewidth=1)
+        ax.set_xlabel("x − centre (input px); dotted: TRF edges")
+        ax.set_ylabel("ERF row through the centre / its peak")
+        ax.set_title(show_value(spec["cols"], pv) if pv is not None else "centre-row profiles", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _suptitle(fig, f"{title}\n{sub}; dots: measured, lines: 1-D Gaussian fits", fontsize=9)
+    return fig, "Centre-row profiles of the ERF (normalised to their peak) with 1-D Gaussian fits; dotted lines: TRF."
+
+
+def _training_fig(spec, records, fa, title, sub):
+    metric = fa["metric"]
+    has_curve = any((row.get("train") or {}).get("train_loss") for row in fa["rows"])
+    fig = _new_figure((11.5, 4.6) if has_curve else (6.5, 4.6))
+    axes = fig.subplots(1, 2 if has_curve else 1, squeeze=False).ravel()
+    ax = axes[0]
+    for k, row in enumerate(fa["rows"]):
+        color = f"C{k % 10}"
+        steps, vals, cis = row["steps"], np.array(row["values"], float), row["intervals"]
+        ax.plot(steps, vals, "o-", color=color, label=row["label"])
+        if all(c is not None for c in cis):
+            ax.fill_between(steps, [c[0] for c in cis], [c[1] for c in cis], color=color, alpha=0.2)
+        trf = next((r.trf for r in records if r.point.id == row["point"] and r.trf), None)
+        if trf and metric.startswith("erf_size"):
+            ax.axhline(trf[-1], color=color, linestyle=":", linewidth=1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"{metric} (px)" if not metric.startswith("erf_trf") else metric)
+    ax.set_title(f"{metric} through training (band: 95% interval" +
+                 (", dotted: TRF)" if metric.startswith("erf_size") else ")"), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if has_curve:
+        ax2 = axes[1]
+        for k, row in enumerate(fa["rows"]):
+            info = row.get("train") or {}
+            loss = np.asarray(info.get("train_loss") or [], float)
+            if loss.size:
+                w = max(1, loss.size // 50)
+                smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
+                ax2.plot(np.arange(smooth.size) + w, smooth, color=f"C{k % 10}", label=f"{row['label']}: train loss")
+            ev = [e for e in info.get("eval") or [] if e.get("loss") is not None]
+            if ev:
+                ax2.plot([e["step"] for e in ev], [e["loss"] for e in ev], "s--", color=f"C{k % 10}", markersize=4,
+                         label="held-out loss" + (f" (accuracy {ev[0]['accuracy']:.2f} → {ev[-1]['accuracy']:.2f})"
+                                                  if ev[-1].get("accuracy") is not None else ""))
+        ax2.set_xlabel("training step")
+        ax2.set_ylabel("loss")
+        ys = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax2.get_lines()] or [np.ones(1)])
+        ys = ys[np.isfinite(ys)]
+        if ys.size and ys.min() > 0 and ys.max() / ys.min() > 10:
+            ax2.set_yscale("log")
+        ax2.set_title("training progress", fontsize=9)
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=7)
+    _suptitle(fig, f"{title}\n{sub}", fontsize=9)
+    return fig, f"{metric} at initialisation, at the checkpoints and after training, with 95% intervals."
+
+
+def _maps(spec, records, out_dir: Path, title, sub) -> list[dict]:
+    folder = out_dir / spec["file"]
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for r in records:
+        name = f"{spec['file']}/{r.id}.png"
+        fit = r.summary.get("gaussian") or False
+        fig = plot_erf(r.map, trf_box=r.trf_box, trf=r.trf, fit=fit if fit and fit.get("ok") else False,
+                       scale="log" if spec["log"] else "linear", title=f"{title}: {r.label}\n{sub}")
+        fig.savefig(out_dir / name, dpi=DPI)
+        out.append({"file": name, "caption": f"ERF of {r.label}: heatmap with TRF box and Gaussian fit; "
+                                             "centre profiles with 1-D fits."})
+    return out
+
+
+def _new_figure(size: tuple[float, float]) -> Figure:
+    """A constrained-layout figure on an Agg canvas (erf.plots has the same helper, private)."""
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _suptitle(fig: Figure, text: str, fontsize: float = 9) -> None:
+    """A figure title whose lines are wrapped to the figure's width (a long line would be cut at the edges)."""
+    width = max(30, int(fig.get_figwidth() * 72 / (fontsize * 0.6)))
+    lines = [wrapped for line in text.split("\n") for wrapped in textwrap.wrap(line, width) or [""]]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)

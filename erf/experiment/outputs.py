@@ -1,0 +1,36 @@
+"""The results folder of a run: analyses, figures, sweep.csv, maps.npz, summary.json and report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from erf.experiment.analysis import analyse, findings
+from erf.experiment.figures import draw_figure
+from erf.experiment.records import Record
+from erf.experiment.report import markdown
+from erf.experiment.sweeps import Config
+from erf.experiment.writers import summary_dict, write_csv, write_json, write_maps
+
+
+def write_outputs(cfg: Config, records: list[Record], out_dir: Path, env: dict, seconds: float) -> None:
+    """Write every output file of a run into ``out_dir``.
+
+    Args:
+        cfg: the experiment.
+        records: the measured records.
+        out_dir: the results folder (it exists).
+        env: ``runner.environment`` of the run.
+        seconds: the run's wall time.
+    """
+    analyses = analyse(cfg, records)
+    figures = []
+    for spec in cfg.figures:
+        figures += draw_figure(cfg, spec, records, analyses, out_dir, env)
+    notes = findings(cfg, records, analyses)
+    metrics = cfg.settings["report"]["metrics"]
+    keys = cfg.axes + [k for k in cfg.swept_keys if k not in cfg.axes]
+    write_csv(records, keys, metrics, out_dir / "sweep.csv")
+    if cfg.settings["report"]["save_maps"]:
+        write_maps(records, out_dir / "maps.npz")
+    write_json(summary_dict(cfg, records, env, seconds, analyses, notes, figures), out_dir / "summary.json")
+    (out_dir / "report.md").write_text(markdown(cfg, records, analyses, notes, figures, env, seconds))

@@ -1,0 +1,218 @@
+"""Measuring one sweep point: build (and train) its model, measure it, save each measurement.
+
+``measure_point`` builds the point's model from the seed and measures it (``measure_state``);
+a training point is trained first and measured at step 0, at ``train.checkpoints`` and at the
+end (``train_and_measure``). Each finished measurement is saved in the run folder; one saved by
+an interrupted run is read back instead of repeated. ``measure_keywords`` turns the config's
+``[measure]`` table into ``erf.measure`` keywords (``UNSET``: the config's spellings of "not
+set", which the engine spells None; ``CONFIG_ONLY``: the keys the engine does not take).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from erf import distributed
+from erf.analytic import infer_in_channels
+from erf.engine import ERFResult, measure
+from erf.experiment.records import Record, make_record
+from erf.experiment.runfolder import RunFolder
+from erf.experiment.sweeps import Config, Point
+from erf.io import to_json
+from erf.models import load_model, rebuild_init
+from erf.training import load_images, make_task, train
+
+# The [measure] keys erf.measure does not take: the report's interval settings (used by records).
+CONFIG_ONLY = ("level", "n_boot")
+
+# How a config spells "not set" for each [measure] key that has such a value; erf.measure spells it None.
+UNSET: dict[str, Any] = {"layer": "", "unit": [], "channel": "all", "preset": "", "tol": 0.0, "max_samples": 0,
+                         "prefix_tokens": "auto"}
+
+
+def measure_keywords(measure_settings: dict[str, Any]) -> dict[str, Any]:
+    """The ``erf.measure`` keywords of a point's ``[measure]`` table.
+
+    Every key but ``CONFIG_ONLY`` is a keyword of the same name; a value equal to its ``UNSET``
+    spelling becomes None, a unit list a tuple, and ``max_samples`` applies only with ``tol``.
+
+    Args:
+        measure_settings: the point's ``settings["measure"]``.
+
+    Returns:
+        Keyword arguments for ``erf.measure`` (``init`` as the config names it).
+    """
+    kw: dict[str, Any] = {}
+    for key, value in measure_settings.items():
+        if key in CONFIG_ONLY:
+            continue
+        if key in UNSET and value == UNSET[key]:
+            value = None
+        elif key == "unit":
+            value = tuple(value)
+        kw[key] = value
+    if not measure_settings["tol"]:
+        kw["max_samples"] = None  # a cap on an adaptive run only
+    return kw
+
+
+def measure_point(cfg: Config, point: Point, device: str, run: RunFolder,
+                  done: set[str] | frozenset[str] = frozenset()) -> list[Record]:
+    """Build (and train) the point's model and measure it; one Record per training state.
+
+    A measurement already in ``done`` (saved by an interrupted run) is read back, not repeated;
+    a training point goes on from the training state saved at its last measured step (one
+    process; under torchrun it trains again from the start).
+
+    Args:
+        cfg: the experiment.
+        point: the sweep point.
+        device: "cpu" or "cuda".
+        run: the run folder (saves are read from and written to it).
+        done: keys of the measurements already saved (``RunFolder.done``).
+
+    Returns:
+        The point's records (rank 0's; other ranks get an empty list).
+    """
+    s = point.settings
+    seed = cfg.settings["experiment"]["seed"]
+    if not s["train"]["enabled"] and Record.key(point, "") in done:
+        return [r for r in [measure_state(cfg, point, None, device, "", None, run, saved=True)] if r is not None]
+    model = load_model(s["model"]["name"], s["model"]["args"], s["model"]["checkpoint"] or None, seed=seed)
+    if not s["train"]["enabled"]:
+        return [r for r in [measure_state(cfg, point, model, device, "", None, run)] if r is not None]
+    return train_and_measure(cfg, point, model, device, seed, run, done)
+
+
+def measure_state(cfg: Config, point: Point, model: nn.Module | None, device: str, state: str, step: int | None,
+                  run: RunFolder, saved: bool = False) -> Record | None:
+    """Measure (or read back the saved measurement of) one point in one training state.
+
+    Args:
+        cfg: the experiment.
+        point: the sweep point.
+        model: its model (None with ``saved``).
+        device: "cpu" or "cuda".
+        state: the training state ("" untrained).
+        step: the training step, or None.
+        run: the run folder.
+        saved: read the measurement back from the run folder instead of measuring.
+
+    Returns:
+        Rank 0 saves the result in the run folder and returns its Record; other ranks return None.
+    """
+    s = point.settings
+    m, exp = s["measure"], cfg.settings["experiment"]
+    seed = exp["seed"]
+    key = Record.key(point, state)
+    if saved:
+        if not distributed.is_main():
+            return None
+        res = ERFResult.load(run.saved(key))
+    else:
+        size = s["inputs"]["size"]
+        size = tuple(size) if isinstance(size, list) else size
+        kw = measure_keywords(m)
+        if m["init"] == "model" and m["weight_draws"]:
+            kw["init"] = rebuild_init(s["model"]["name"], s["model"]["args"])
+        res = measure(model, size, **kw, inputs=_inputs(s, model, seed), device=device, dtype=exp["dtype"],
+                      seed=seed, deterministic=exp["deterministic"], state_file=run.engine_state(key),
+                      save_every=exp["save_every"])
+        if not distributed.is_main():
+            return None
+        res.save(run.saved(key))
+        for path in run.path.glob(f"engine/{key}.state*"):  # every rank's save of this measurement
+            path.unlink(missing_ok=True)
+    return make_record(cfg, point, res, state, step)
+
+
+def _inputs(settings: dict, model: nn.Module, seed: int) -> str | ImageSampler:
+    """The engine's ``inputs``: a noise name, or an iterable over local images (``ImageSampler``)."""
+    inp = settings["inputs"]
+    if inp["kind"] != "images":
+        return inp["kind"]
+    size = inp["size"]
+    images = load_images(inp["path"], size if isinstance(size, int) else tuple(size), count=inp["count"], seed=seed,
+                         channels=infer_in_channels(model))
+    return ImageSampler(images, inp["sampler"], seed)
+
+
+class ImageSampler:
+    """Iterable of single images: drawn at random with replacement (seeded) or in order, cycling.
+
+    Every ``iter()`` starts the same stream, so each weight draw sees the same images.
+    """
+
+    def __init__(self, images: torch.Tensor, sampler: str, seed: int):
+        """Sample from ``images`` (N, C, *size) by ``sampler`` ("random" or "sequential") with ``seed``."""
+        self.images, self.sampler, self.seed = images, sampler, seed
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        n = len(self.images)
+        gen = torch.Generator().manual_seed(self.seed)
+        i = 0
+        while True:
+            j = int(torch.randint(n, (1,), generator=gen)) if self.sampler == "random" else i % n
+            i += 1
+            yield self.images[j]
+
+
+def train_and_measure(cfg: Config, point: Point, model: nn.Module, device: str, seed: int, run: RunFolder,
+                      done: set[str] | frozenset[str]) -> list[Record]:
+    """Train the point's model; measure it at step 0, at ``train.checkpoints`` and at the end.
+
+    The trained weights go to ``weights/<point>.pt`` in the results (a plain state_dict that
+    ``erf measure MODEL --checkpoint`` and ``model.checkpoint`` load).
+
+    Args:
+        cfg: the experiment.
+        point: a sweep point with ``train.enabled``.
+        model: its freshly built model (trained in place).
+        device: "cpu" or "cuda".
+        seed: the experiment's seed.
+        run: the run folder.
+        done: keys of the measurements already saved.
+
+    Returns:
+        One record per measured step (rank 0's); the last one carries the training info.
+    """
+    tr = point.settings["train"]
+    size = tr["size"] or point.settings["inputs"]["size"]
+    size = size if isinstance(size, int) else tuple(size)
+    task = make_task(tr["task"], size=size, channels=infer_in_channels(model), seed=seed, **tr["task_args"])
+    by_step: dict[int, Record | None] = {}
+
+    def state_of(step):
+        return "init" if step == 0 else "trained" if step == tr["steps"] else f"step {step}"
+
+    def on_checkpoint(step, net):
+        state = state_of(step)
+        by_step[step] = measure_state(cfg, point, net, device, state, step, run,
+                                      saved=Record.key(point, state) in done)
+
+    # one process: training saves its state at each measured step, and a resumed run goes on from there
+    state_file = run.train_state(point.id) if distributed.world_size() == 1 else None
+    result = train(model, task, steps=tr["steps"], batch_size=tr["batch_size"], lr=tr["lr"], device=device,
+                   seed=seed, checkpoint_every=sorted(set(tr["checkpoints"])), on_checkpoint=on_checkpoint,
+                   state_file=state_file)
+    records = []
+    for step in result.config["checkpoint_steps"]:  # steps measured before an interruption come from their saves
+        record = by_step[step] if step in by_step else measure_state(cfg, point, None, device, state_of(step), step,
+                                                                     run, saved=True)
+        if record is not None:
+            records.append(record)
+    info = {"task": task.description, "steps": result.steps, "seconds": result.seconds,
+            "eval": result.eval, "train_loss": result.train_loss, "config": result.config}
+    if not distributed.is_main():
+        return records
+    if tr["save_weights"]:
+        path = run.out / "weights" / f"{point.id}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+        info["weights"] = str(path.relative_to(run.out))
+    records[-1].train = to_json(info)
+    return records
