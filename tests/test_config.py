@@ -1,5 +1,6 @@
 """Experiment configs: the shipped ones validate; bad ones are refused before any work, in one line."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -7,7 +8,9 @@ import pytest
 
 from erf.cli import main
 from erf.experiment import check_models, load_config, parse_config
-from erf.experiment.schema import QUICK_CAPS, schema_markdown
+from erf.engine import MeasureOptions
+from erf.experiment.points import CONFIG_ONLY, UNSET, measure_keywords
+from erf.experiment.schema import QUICK_CAPS, SCHEMA, schema_markdown
 from erf.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,3 +179,25 @@ def test_config_error_is_one_line_for_library_users(tmp_path):
     path.write_text(GOOD.replace("samples = 4", "samples = -1"))
     with pytest.raises(ConfigError, match=r"c\.toml: measure\.samples: must be >= 1; got -1$"):
         load_config(path)
+
+
+def test_measure_keys_are_the_engine_options():
+    """Every [measure] key is a MeasureOptions field (or config-only), with the same default.
+
+    A config's "unset" spellings ("", [], "all", "auto", 0) become the field's default None, so a
+    new measurement option is added once, in MeasureOptions, and offered here under its name.
+    """
+    fields = {f.name: f for f in dataclasses.fields(MeasureOptions)}
+    keys = SCHEMA["measure"]
+    assert not set(CONFIG_ONLY) & set(fields) and set(CONFIG_ONLY) <= set(keys)
+    assert set(keys) - set(CONFIG_ONLY) <= set(fields)
+    defaults = {name: key.default for name, key in keys.items()}
+    assert measure_keywords(defaults) == {name: fields[name].default for name in keys if name not in CONFIG_ONLY}
+    for name, unset in UNSET.items():
+        assert keys[name].default == unset and fields[name].default is None
+    set_values = {**defaults, "layer": "features", "unit": [1, 2], "channel": 0, "preset": "luo", "tol": 0.05,
+                  "max_samples": 128, "prefix_tokens": 1}
+    kw = measure_keywords(set_values)
+    assert kw["unit"] == (1, 2) and kw["channel"] == 0 and kw["tol"] == 0.05 and kw["max_samples"] == 128
+    assert kw["prefix_tokens"] == 1 and kw["layer"] == "features" and kw["preset"] == "luo"
+    assert measure_keywords({**set_values, "tol": 0.0})["max_samples"] is None  # a cap of adaptive runs only

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from erf import stats
-from erf.experiment.formatting import fmt_interval, fmt_number, metric_axis
+from erf.experiment.formatting import fmt_ci, fmt, metric_axis
 from erf.experiment.records import Record, distinct_values, same_value
 from erf.experiment.sweeps import Config, format_value, show_value
 
@@ -223,8 +223,8 @@ def findings(cfg: Config, records: list[Record], analyses: dict) -> list[str]:
         worst = max(exact, key=lambda t: abs(t["relative_difference"] or 0))
         out.append(f"Uniform (constant 1/fan_in) weights, linear: the measured σ equals the exact linear-chain "
                    f"prediction at all {len(exact)} points; largest relative difference "
-                   f"{abs(worst['relative_difference']):.1e} ({worst['label']}: measured {fmt_number(worst['measured_sigma'], 4)} "
-                   f"px vs exact {fmt_number(worst['theory_sigma'], 4)} px).")
+                   f"{abs(worst['relative_difference']):.1e} ({worst['label']}: measured "
+                   f"{fmt(worst['measured_sigma'], 4)} px vs exact {fmt(worst['theory_sigma'], 4)} px).")
     rand = [t for t in analyses["theory"] if not t["exact"] and t["axis"] == "x" and t["measured_sigma"]]
     if rand:
         ratios = sorted((t["measured_sigma"] / t["theory_sigma"], t["label"]) for t in rand)
@@ -268,7 +268,8 @@ def _global_findings(records) -> list[str]:
                 or any(b is None or b[0] > 0 or b[1] < n - 1 for b, n in zip(box, shape))):
             continue
         lo, hi = (r.intervals.get("mass_radius_0.9") or (None, None))[:2]
-        rows.append(f"{r.label}: {fmt_number(r.metrics['mass_radius_0.9'])} px" + (f" [{fmt_number(lo)}, {fmt_number(hi)}]" if lo is not None else ""))
+        rows.append(f"{r.label}: {fmt(r.metrics['mass_radius_0.9'])} px"
+                    + (f" [{fmt(lo)}, {fmt(hi)}]" if lo is not None else ""))
     if not rows:
         return []
     return [f"TRF = the whole input, ERF far smaller: at {len(rows)} map(s) the unit's TRF covers the entire "
@@ -284,20 +285,20 @@ def _growth_findings(fa) -> list[str]:
         if f is None:
             continue
         b, (lo, hi) = f["exponent"], f["exponent_ci"]
-        ci = f"95% CI [{fmt_number(lo)}, {fmt_number(hi)}]" if lo is not None else "no CI (2 points)"
+        ci = f"95% CI [{fmt(lo)}, {fmt(hi)}]" if lo is not None else "no CI (2 points)"
         inside = lo is not None and lo - 1e-6 <= 0.5 <= hi + 1e-6
         near = 0.45 <= b <= 0.60
         verdict = ("consistent with Luo et al.'s √n law (0.5 inside the CI, estimate within 0.45–0.60)" if inside and near
                    else "0.5 is inside the CI but the estimate is outside 0.45–0.60: too imprecise to confirm √n"
                    if inside else "close to √n (within 0.45–0.60), though the CI excludes 0.5" if near
                    else "NOT consistent with the √n law")
-        line = (f"{s['series']}: {m} grows as {show_value(fa['x_key'], '')[:-1]}^{fmt_number(b)} ({ci}, R² {fmt_number(f['r2'], 4)}) "
-                f"from {fmt_number(s['y'][0])} to {fmt_number(s['y'][-1])} px — {verdict}")
+        line = (f"{s['series']}: {m} grows as {show_value(fa['x_key'], '')[:-1]}^{fmt(b)} ({ci}, R² {fmt(f['r2'], 4)}) "
+                f"from {fmt(s['y'][0])} to {fmt(s['y'][-1])} px — {verdict}")
         rf = s["ratio_fit"]
         if rf is not None:
-            line += (f"; ERF/TRF falls from {fmt_number(s['ratio'][0])} to {fmt_number(s['ratio'][-1])}, as "
-                     f"{show_value(fa['x_key'], '')[:-1]}^{fmt_number(rf['exponent'])} (1/√n is −0.5"
-                     + (f"; the exact uniform-weight theory gives {fmt_number(fa['theory_ratio_exponent'])} over the same "
+            line += (f"; ERF/TRF falls from {fmt(s['ratio'][0])} to {fmt(s['ratio'][-1])}, as "
+                     f"{show_value(fa['x_key'], '')[:-1]}^{fmt(rf['exponent'])} (1/√n is −0.5"
+                     + (f"; the exact uniform-weight theory gives {fmt(fa['theory_ratio_exponent'])} over the same "
                         "depths, because the TRF is 2n+1 rather than 2n" if fa.get("theory_ratio_exponent") else "")
                      + ")")
         out.append(line + ".")
@@ -316,8 +317,8 @@ def _bar_findings(fa) -> list[str]:
         if ci is not None:
             sig = (" — larger (the interval excludes 1)" if ci[0] > 1 else " — smaller (the interval excludes 1)"
                    if ci[1] < 1 else " — no difference distinguishable at this sample size")
-        out.append(f"{row['category']}{where}: {m} = {fmt_number(row['value'])}{fmt_interval(row['interval'])}, "
-                   f"{fmt_number(r)}× {row['baseline']} (approx. 95% CI{fmt_interval(ci) or ' –'}){sig}.")
+        out.append(f"{row['category']}{where}: {m} = {fmt(row['value'])}{fmt_ci(row['interval'])}, "
+                   f"{fmt(r)}× {row['baseline']} (approx. 95% CI{fmt_ci(ci) or ' –'}){sig}.")
     return out
 
 
@@ -336,9 +337,9 @@ def _training_findings(fa) -> list[str]:
                    " — a decrease (the interval excludes 1)" if ci[1] < 1 else " — no change distinguishable from noise")
         others = [f"{name} {(v['ratio'] - 1) * 100:+.0f}%" for name, v in row["changes"].items()
                   if name != m and metric_axis(name) != "y"]
-        out.append(f"{row['label']}: training changed {m} from {fmt_number(c['init'])}{fmt_interval(c['init_interval'])} to "
-                   f"{fmt_number(c['final'])}{fmt_interval(c['final_interval'])}, {pct:+.0f}% (ratio {fmt_number(c['ratio'])}, approx. 95% "
-                   f"CI{fmt_interval(ci) or ' –'}){sig}." + (f" Other metrics: {', '.join(others)}." if others else "")
+        out.append(f"{row['label']}: training changed {m} from {fmt(c['init'])}{fmt_ci(c['init_interval'])} to "
+                   f"{fmt(c['final'])}{fmt_ci(c['final_interval'])}, {pct:+.0f}% (ratio {fmt(c['ratio'])}, approx. 95% "
+                   f"CI{fmt_ci(ci) or ' –'}){sig}." + (f" Other metrics: {', '.join(others)}." if others else "")
                    + _train_note(row.get("train")))
     return out
 
@@ -350,6 +351,7 @@ def _train_note(info) -> str:
         return ""
     a, b = ev[0], ev[-1]
     if a.get("accuracy") is not None and b.get("accuracy") is not None:
-        return f" Held-out accuracy went from {fmt_number(a['accuracy'])} to {fmt_number(b['accuracy'])} (loss {fmt_number(a['loss'])} → {fmt_number(b['loss'])})."
-    return f" Held-out loss went from {fmt_number(a['loss'])} to {fmt_number(b['loss'])}."
+        return (f" Held-out accuracy went from {fmt(a['accuracy'])} to {fmt(b['accuracy'])} "
+                f"(loss {fmt(a['loss'])} → {fmt(b['loss'])}).")
+    return f" Held-out loss went from {fmt(a['loss'])} to {fmt(b['loss'])}."
 

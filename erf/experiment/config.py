@@ -175,7 +175,8 @@ def _parse_figures(fail: Fail, figures) -> list[dict]:
         fig = {}
         for key, value in f.items():
             if key not in FIGURE_KEYS:
-                fail(f"{where}.{key}", f"unknown key{close_match(key, FIGURE_KEYS)}; figure keys: {', '.join(FIGURE_KEYS)}")
+                fail(f"{where}.{key}",
+                     f"unknown key{close_match(key, FIGURE_KEYS)}; figure keys: {', '.join(FIGURE_KEYS)}")
             reason = FIGURE_KEYS[key].check(value)
             if reason:
                 fail(f"{where}.{key}", f"{reason}; got {value!r}")

@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
 
 from erf import stats
-from erf.experiment.formatting import fmt_number, key_name, setup_line
+from erf.experiment.formatting import fmt, key_name, setup_line
 from erf.experiment.records import Record, distinct_values, same_value
 from erf.experiment.sweeps import Config, show_value
 from erf.plots import plot_erf
@@ -142,8 +142,8 @@ def _grid(spec, records, _fa, title, sub):
                      label="fraction of the map's peak" if scale == "peak" else "ERF (mean |∂unit/∂input|)")
     _suptitle(fig, f"{title}\n{sub}\ncolour: {how}; white box: TRF of the centre unit (dashed: cut by the image)",
                  fontsize=9)
-    caption = f"ERF maps, rows: {key_name(spec['rows'])}" + (f", columns: {key_name(spec['cols'])}" if spec["cols"] else "") \
-        + f"; colour: {how}; white box = TRF."
+    caption = f"ERF maps, rows: {key_name(spec['rows'])}" \
+        + (f", columns: {key_name(spec['cols'])}" if spec["cols"] else "") + f"; colour: {how}; white box = TRF."
     return fig, caption
 
 
@@ -151,7 +151,7 @@ def _axis_stats(r) -> str:
     sx = r.summary.get("sigma_x")
     ratio = r.summary.get("erf_trf_ratio_x")
     trf = "" if r.trf is None else f", TRF {r.trf[-1]}"
-    return f"σx={fmt_number(sx)} px{trf}" + ("" if ratio is None else f", ERF/TRF={fmt_number(ratio, 2)}")
+    return f"σx={fmt(sx)} px{trf}" + ("" if ratio is None else f", ERF/TRF={fmt(ratio, 2)}")
 
 
 def _log_ticks(ax: Axes, xs) -> None:

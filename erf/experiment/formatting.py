@@ -11,7 +11,7 @@ from erf.experiment.records import Record
 from erf.experiment.sweeps import Config, short_key
 
 
-def fmt_number(v: Any, digits: int = 3) -> str:
+def fmt(v: Any, digits: int = 3) -> str:
     """A number for text: ``digits`` significant-ish digits, ``–`` for None or a non-finite float.
 
     Args:
@@ -31,9 +31,9 @@ def fmt_number(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if a < 10 else f"{v:.{max(digits - 1, 1)}f}"
 
 
-def fmt_interval(ci: tuple[float, float] | None) -> str:
+def fmt_ci(ci: tuple[float, float] | None) -> str:
     """`` [lo, hi]`` (with a leading space), or "" without an interval."""
-    return "" if ci is None else f" [{fmt_number(ci[0])}, {fmt_number(ci[1])}]"
+    return "" if ci is None else f" [{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
 def key_name(key: str) -> str:

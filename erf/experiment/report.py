@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from erf.experiment.formatting import fmt_interval, fmt_number, metric_axis, setup_line
+from erf.experiment.formatting import fmt_ci, fmt, metric_axis, setup_line
 from erf.experiment.records import Record
 from erf.experiment.sweeps import Config, format_value
 
@@ -57,8 +57,8 @@ def markdown(cfg: Config, records: list[Record], analyses: dict, notes: list[str
                   "| point | measured σx [95% CI] | theory σx (uniform kernels) | measured / theory | theory exact here |",
                   "|---|---|---|---|---|"]
         for t in exact:
-            lines.append(f"| {t['label']} | {fmt_number(t['measured_sigma'], 4)}{fmt_interval(t['interval'])} | "
-                         f"{fmt_number(t['theory_sigma'], 4)} | {fmt_number(t['measured_sigma'] / t['theory_sigma'], 4)} | "
+            lines.append(f"| {t['label']} | {fmt(t['measured_sigma'], 4)}{fmt_ci(t['interval'])} | "
+                         f"{fmt(t['theory_sigma'], 4)} | {fmt(t['measured_sigma'] / t['theory_sigma'], 4)} | "
                          f"{'yes' if t['exact'] else 'no'} |")
         lines.append("")
     lines += ["Files: `summary.json` (settings, versions, every metric with its interval), `sweep.csv` (one row "
@@ -86,7 +86,7 @@ def _table(cfg: Config, records: list[Record]) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         trf = "–" if r.trf is None else "x".join(map(str, r.trf))
-        vals = [f"{fmt_number(r.metrics.get(m))}{fmt_interval(r.interval(m))}" for m in shown]
+        vals = [f"{fmt(r.metrics.get(m))}{fmt_ci(r.interval(m))}" for m in shown]
         out.append("| " + " | ".join([r.label, trf] + vals) + " |")
     if len(shown) < len(metrics):
         out += ["", "The y-axis metrics are in `sweep.csv` and `summary.json`."]

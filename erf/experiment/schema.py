@@ -2,8 +2,8 @@
 
 ``SCHEMA`` maps each section to its keys (``Key``: default, check, type, doc); ``FIGURE_KEYS``
 are the keys of one ``[[figures]]`` table. ``schema_markdown`` renders both as the key tables
-of configs/README.md. The vocabularies (inits, presets) come from their single tables in
-``erf.models`` and ``erf.stats``. ``Fail`` raises the one-line ``ConfigError`` every check
+of configs/README.md. The vocabularies (inits, signals, presets) come from their single tables
+in ``erf.models`` and ``erf.stats``. ``Fail`` raises the one-line ``ConfigError`` every check
 uses: ``FILE: KEY: reason``.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from erf.errors import ConfigError
 from erf.models import INITS
-from erf.stats import PRESETS
+from erf.stats import PRESETS, SIGNALS
 
 # --------------------------------------------------------------------------- value checks
 
@@ -127,10 +127,6 @@ class Key:
     required: bool = False
 
 
-
-# The signal names of the engine's maps (erf.stats.Preset.signal); erf.stats has no public table of
-# them yet, so they are listed here in the order the config's help and errors show them.
-SIGNALS = ("abs", "signed", "square", "positive")
 
 
 SCHEMA: dict[str, dict[str, Key]] = {
