@@ -98,7 +98,8 @@ def crop_check(ctx: Context, window: Window, cunit: tuple[int, ...]) -> str | No
     return None
 
 
-def plan_crop(target: Target, unit: tuple[int, ...], input_size: tuple[int, ...]) -> tuple[Window, tuple[int, ...]] | None:
+def plan_crop(target: Target, unit: tuple[int, ...],
+              input_size: tuple[int, ...]) -> tuple[Window, tuple[int, ...]] | None:
     """Smallest window holding ``unit``'s TRF, snapped to the target's jump.
 
     Returns ``(window, unit_in_crop)`` with one ``slice`` per spatial axis, or None when the

@@ -44,7 +44,8 @@ class Loop:
             new_source: a fresh input source, called once per draw.
             saves: ``StateFile`` or ``NoSaves``.
         """
-        self.ctx, self.acc, self.probe, self.plan, self.new_source, self.saves = ctx, acc, probe, plan, new_source, saves
+        self.ctx, self.acc, self.probe, self.plan = ctx, acc, probe, plan
+        self.new_source, self.saves = new_source, saves
         self.limit, self.samples, self.tol, self.seed = ctx.opts.per_draw, ctx.opts.samples, ctx.opts.tol, ctx.opts.seed
         self.notes = ctx.notes
 

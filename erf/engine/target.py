@@ -10,6 +10,7 @@ unit against the layer's map.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -36,21 +37,23 @@ class Target:
     notes: list[str] = field(default_factory=list)
     prefix: int | None = None  # untraced (N, L, C) tokens: prefix tokens before the grid; None otherwise
 
-    def box(self, unit, clip=False):
-        """Inclusive input box per axis of ``unit``'s TRF, or None without geometry."""
+    def box(self, unit: Sequence[int], clip: bool = False) -> tuple[tuple[int, int] | None, ...] | None:
+        """Inclusive input box per axis of ``unit``'s TRF (``clip``: cut to the image), or None without geometry."""
         if self.geometry is None:
             return None
         return tuple(None if ax is None else tuple(int(v) for v in ax) for ax in self.geometry.box(unit, clip=clip))
 
     @property
-    def rf(self):
+    def rf(self) -> tuple[int, ...] | None:
+        """The TRF size per axis, or None without geometry."""
         return None if self.geometry is None else tuple(int(v) for v in self.geometry.rf)
 
     @property
-    def jump(self):
+    def jump(self) -> tuple[float, ...] | None:
+        """The input stride between neighbouring units per axis, or None without geometry."""
         return None if self.geometry is None else tuple(self.geometry.jump)
 
-    def index_of(self, unit) -> dict[int, int]:
+    def index_of(self, unit: Sequence[int]) -> dict[int, int]:
         """Tensor dim -> index holding ``unit`` (conv maps, channels-last, tokens)."""
         if self.geometry is not None:
             return self.geometry.index_of(unit)
@@ -59,7 +62,8 @@ class Target:
         return dict(zip(self.spatial_dims, unit))
 
 
-def resolve_target(model: nn.Module, input_size, layer=None, in_channels=None, probe=None,
+def resolve_target(model: nn.Module, input_size: Sequence[int], layer: str | None = None,
+                   in_channels: int | None = None, probe: Callable[[Target], tuple[int, ...]] | None = None,
                    prefix_tokens: int | None = None) -> Target:
     """Find ``layer`` (None: the model output) with its analytic RF; degrade without a TRF.
 
@@ -68,6 +72,19 @@ def resolve_target(model: nn.Module, input_size, layer=None, in_channels=None, p
     a real input to learn the output shape in that case. ``prefix_tokens`` (tokens before
     the image grid of a ``(N, L, C)`` layer; None: found from the trace or the model) is
     checked against the model (``erf.engine.tokens``).
+
+    Args:
+        model: the network (float32, as the tracer feeds it).
+        input_size: the input's spatial size; ``in_channels``: its channels.
+        layer: the layer's name as ``erf rf`` lists it, or None for the output.
+        probe: ``target -> output shape`` from a real forward (used when tracing fails).
+        prefix_tokens: the user's prefix-token count, or None.
+
+    Returns:
+        The ``Target``.
+
+    Raises:
+        ErfError: an unknown layer, a layer without a spatial map, a prefix count that does not fit.
     """
     prefix_tokens = measure_tokens.check_value(prefix_tokens)
     try:
@@ -104,8 +121,15 @@ def _untraced(model, layer, probe, note, input_size, prefix_tokens=None) -> Targ
     return t
 
 
-def require_spatial(report) -> None:
-    """Refuse a target whose output has no spatial axes (a vector after global pooling, flatten or linear)."""
+def require_spatial(report: Any) -> None:
+    """Refuse a target whose output has no spatial axes (a vector after global pooling, flatten or linear).
+
+    Args:
+        report: ``erf.analytic.receptive_field``'s report (its ``target`` and ``layers``).
+
+    Raises:
+        ErfError: the target is global (naming the last spatial layer before it).
+    """
     t = report.target
     if not (t.is_global and len(t.shape) <= 2):
         return
@@ -165,8 +189,15 @@ class TargetRunner:
         return out
 
 
-def check_unit(unit, output) -> tuple[int, ...]:
-    """Validate an explicit unit against the layer's spatial map size."""
+def check_unit(unit: Sequence[int], output: Sequence[int]) -> tuple[int, ...]:
+    """Validate an explicit unit against the layer's spatial map size.
+
+    Returns:
+        The unit as a tuple of ints.
+
+    Raises:
+        ErfError: a wrong number of indices, or an index outside the map.
+    """
     unit = tuple(int(u) for u in unit)
     if len(unit) != len(output):
         raise ErfError(f"unit {','.join(map(str, unit))} has {len(unit)} indices but the layer's map has "

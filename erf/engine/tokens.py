@@ -11,6 +11,8 @@ fits the image. A user's ``prefix_tokens`` is checked against whatever the model
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 from erf.analytic.layout import Tokens, single_axis
 from erf.errors import ErfError
 
@@ -19,8 +21,12 @@ class PrefixTokensError(ErfError):
     """A ``prefix_tokens`` value that does not fit the measured layer."""
 
 
-def check_value(prefix_tokens) -> int | None:
-    """``prefix_tokens`` as given by the user: None (find it) or an int >= 0."""
+def check_value(prefix_tokens: Any) -> int | None:
+    """``prefix_tokens`` as given by the user: None (find it) or an int >= 0.
+
+    Raises:
+        PrefixTokensError: anything else.
+    """
     if prefix_tokens is None:
         return None
     if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int) or prefix_tokens < 0:
@@ -29,7 +35,7 @@ def check_value(prefix_tokens) -> int | None:
     return int(prefix_tokens)
 
 
-def model_prefix_tokens(model) -> int | None:
+def model_prefix_tokens(model: Any) -> int | None:
     """Prefix tokens the model declares (timm convention), or None when it says nothing."""
     n = getattr(model, "num_prefix_tokens", None)
     if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
@@ -40,14 +46,25 @@ def model_prefix_tokens(model) -> int | None:
     return sum(int(t.shape[-2]) if getattr(t, "dim", lambda: 0)() >= 2 else 1 for t in found if t is not None)
 
 
-def is_token_layout(dims) -> bool:
+def is_token_layout(dims: Sequence[Any]) -> bool:
     """True when a traced layer's positions are tokens (not one tensor dim per image axis)."""
     roles = [r for r in dims if r is not None]
     return any(single_axis(r) is None or isinstance(r[0][0], Tokens) for r in roles)
 
 
-def check_traced(row, given: int | None, layer: str | None) -> list[str]:
-    """Check ``given`` against the prefix tokens the trace found; return notes for the result."""
+def check_traced(row: Any, given: int | None, layer: str | None) -> list[str]:
+    """Check ``given`` against the prefix tokens the trace found; return notes for the result.
+
+    Args:
+        row: the traced layer (``erf.analytic``'s ``LayerRF``: ``prefix_tokens``, ``dims``, ``output``).
+        given: the user's count, or None; ``layer``: the layer's name (None: the output).
+
+    Returns:
+        Notes for the result (what was skipped), empty for a map that is not tokens.
+
+    Raises:
+        PrefixTokensError: ``given`` differs from the traced count.
+    """
     traced = row.prefix_tokens
     name = layer or "output"
     tokens = is_token_layout(row.dims)
@@ -64,12 +81,16 @@ def check_traced(row, given: int | None, layer: str | None) -> list[str]:
             f"token {unit} of the {'x'.join(map(str, row.output))} grid"]
 
 
-def untraced_layout(model, shape, input_size, given: int | None, layer: str | None):
+def untraced_layout(model: Any, shape: Sequence[int], input_size: Sequence[int], given: int | None,
+                    layer: str | None) -> tuple[tuple[int, ...], tuple[int, ...], int | None, list[str]]:
     """Layout of an untraced layer from its output ``shape``.
 
     Returns ``(spatial_dims, grid, prefix, notes)``: ``prefix`` is None for a map with one
     tensor dim per image axis, else the output is ``(N, L, C)`` tokens with ``prefix`` tokens
     before a row-major ``grid``.
+
+    Raises:
+        PrefixTokensError: a prefix count that does not fit, or tokens that form no grid.
     """
     name = layer or "output"
     size = tuple(int(s) for s in input_size)
@@ -108,7 +129,7 @@ def _tokens(model, shape, size, given, name):
                                 f"not be traced): prefix tokens {source}, then a {grid[0]}x{grid[1]} grid"]
 
 
-def token_grid(n: int, size) -> tuple[int, int] | None:
+def token_grid(n: int, size: Sequence[int]) -> tuple[int, int] | None:
     """The ``(h, w)`` grid of ``n`` tokens with the same integer stride on both image axes, or None."""
     if n < 1:
         return None
