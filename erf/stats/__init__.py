@@ -74,7 +74,6 @@ map checks, moments), ``sizes`` (mass radius, areas, mass in a box), ``fits`` (G
 standard errors, jackknife), ``powerlaw`` (growth laws).
 """
 
-
 from erf.stats.fits import Gaussian1DFit, GaussianFit, fit_gaussian, fit_gaussian_1d, fit_profiles
 from erf.stats.intervals import default_interval_metrics, metric_intervals, relative_se_of_sigma, standard_error_map
 from erf.stats.metrics import METRICS, Metric, default_metrics, scalar_metrics, summarize
