@@ -182,7 +182,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "what is averaged over samples: abs(grad) (abs), grad (signed), grad^2 (square), max(grad, 0) (positive)"),
         "preset": Key("", _choice("", *PRESETS), "str", "an ERF definition of erf.stats.PRESETS (luo, replknet, openerf; \"\" = none); overrides signal"),
         "crop": Key("auto", _crop, "str or bool", "crop the input to the unit's TRF window: auto (where the analytic TRF says it is exact, checked once "
-                     "against a full-size float64 pass), true (without that check), false (never)"),
+                     "against a full-size pass in the measurement dtype), true (without that check), false (never)"),
         "tol": Key(0.0, _float(0), "float", "stop early when the relative SE of sigma falls below this (0 = off)"),
         "max_samples": Key(0, _int(0), "int", "with tol: most samples per draw (0 = samples)"),
         "level": Key(0.95, _float(0, 1, True, True), "float", "confidence level of every interval"),
