@@ -53,6 +53,11 @@ class RunFolder:
     def open(self, cfg: Config, resume: bool, restart: bool) -> None:
         """Create the run folder, or take over (``resume``) or discard (``restart``) an interrupted one.
 
+        Args:
+            cfg: the experiment (its path goes into ``run.json``).
+            resume: go on from an interrupted run made with the same fingerprint.
+            restart: discard an interrupted run.
+
         Raises:
             ConfigError: an interrupted run is there and neither ``resume`` nor ``restart`` was
                 asked for, or it was made with other settings.
@@ -113,6 +118,10 @@ class RunFolder:
 
 def check_destination(cfg: Config, dest: Path) -> None:
     """Refuse a destination that is a file, or a non-empty folder that is not an erf results folder.
+
+    Args:
+        cfg: the experiment (errors name its file).
+        dest: the results folder the run would replace.
 
     Raises:
         ConfigError: naming ``--out`` and the reason.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -269,7 +270,7 @@ class Fail:
         raise ConfigError(" ".join(f"{self.path}: {shown}: {reason}".split()))
 
 
-def close_match(name: str, options) -> str:
+def close_match(name: str, options: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the option closest to ``name``, or "" when none is close.
 
     Args:

@@ -160,6 +160,12 @@ def apply_quick_caps(s: dict) -> None:
 def check_axis(fail: Fail, where: str, key: str, values: Any) -> None:
     """Check one sweep axis: a non-empty list of distinct valid values of ``key``.
 
+    Args:
+        fail: the file's ``Fail``.
+        where: the key as the error names it.
+        key: the dotted settings key the axis sets.
+        values: the axis's values.
+
     Raises:
         ConfigError: not a list, empty, a refused value or a repeated one.
     """
@@ -173,6 +179,13 @@ def check_axis(fail: Fail, where: str, key: str, values: Any) -> None:
 
 def parse_sweep(fail: Fail, sweep: Any) -> tuple[dict[str, list], dict[str, list[dict]]]:
     """The ``[sweep]`` table as ``(grid, variants)``: grid key -> values, axis -> its variants.
+
+    Args:
+        fail: the file's ``Fail``.
+        sweep: the ``[sweep]`` table as parsed.
+
+    Returns:
+        ``(grid, variants)``; each variant is ``{"axis", "label", dotted key: value...}``.
 
     Raises:
         ConfigError: an unknown key, a bad axis or label, a key set in two places, a refused value.
