@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -24,7 +23,7 @@ from erf import stats
 from erf.experiment.formatting import fmt, key_name, setup_line
 from erf.experiment.records import Record, distinct_values, same_value
 from erf.experiment.sweeps import Config, show_value
-from erf.plots import plot_erf
+from erf.plots import new_figure, plot_erf
 
 DPI = 110
 
@@ -91,7 +90,7 @@ def _grid(spec, records, _fa, title, sub):
                     cells[i, j] = match[0]
     ncols = max(j for _, j in cells) + 1
     nrows = len(rows)
-    fig = _new_figure((2.6 * ncols + 1.2, 2.5 * nrows + 0.9))
+    fig = new_figure((2.6 * ncols + 1.2, 2.5 * nrows + 0.9), DPI)
     axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
     win = _window(list(cells.values()))
     scale = spec["scale"]
@@ -168,7 +167,7 @@ def _log_ticks(ax: Axes, xs) -> None:
 
 def _growth_fig(spec, records, fa, title, sub):
     metric = fa["metric"]
-    fig = _new_figure((12, 4.8) if spec["ratio"] else (6.5, 4.8))
+    fig = new_figure((12, 4.8) if spec["ratio"] else (6.5, 4.8), DPI)
     axes = fig.subplots(1, 2 if spec["ratio"] else 1, squeeze=False).ravel()
     ax = axes[0]
     xs_all = sorted({x for s in fa["series"] for x in s["x"]})
@@ -235,7 +234,7 @@ def _bars(spec, records, fa, title, sub):
         if row["category"] not in cats:
             cats.append(row["category"])
     series = list(dict.fromkeys(row["series"] for row in fa["rows"]))
-    fig = _new_figure((max(6.0, 1.3 * len(cats) * max(1, len(series)) + 2), 4.6))
+    fig = new_figure((max(6.0, 1.3 * len(cats) * max(1, len(series)) + 2), 4.6), DPI)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(series))
     show_trf = metric.startswith(("erf_size", "sigma"))
@@ -274,7 +273,7 @@ def _profiles(spec, records, _fa, title, sub):
     panels = distinct_values(records, spec["cols"]) if spec["cols"] else [None]
     ncols = min(len(panels), 2)
     nrows = math.ceil(len(panels) / ncols)
-    fig = _new_figure((6.2 * ncols, 4.2 * nrows + 0.5))
+    fig = new_figure((6.2 * ncols, 4.2 * nrows + 0.5), DPI)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for extra in axes[len(panels):]:
         extra.set_axis_off()
@@ -313,7 +312,7 @@ def _profiles(spec, records, _fa, title, sub):
 def _training_fig(spec, records, fa, title, sub):
     metric = fa["metric"]
     has_curve = any((row.get("train") or {}).get("train_loss") for row in fa["rows"])
-    fig = _new_figure((11.5, 4.6) if has_curve else (6.5, 4.6))
+    fig = new_figure((11.5, 4.6) if has_curve else (6.5, 4.6), DPI)
     axes = fig.subplots(1, 2 if has_curve else 1, squeeze=False).ravel()
     ax = axes[0]
     for k, row in enumerate(fa["rows"]):
@@ -371,13 +370,6 @@ def _maps(spec, records, out_dir: Path, title, sub) -> list[dict]:
         out.append({"file": name, "caption": f"ERF of {r.label}: heatmap with TRF box and Gaussian fit; "
                                              "centre profiles with 1-D fits."})
     return out
-
-
-def _new_figure(size: tuple[float, float]) -> Figure:
-    """A constrained-layout figure on an Agg canvas (erf.plots has the same helper, private)."""
-    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _suptitle(fig: Figure, text: str, fontsize: float = 9) -> None:
