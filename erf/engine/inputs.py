@@ -11,10 +11,12 @@ where slicing a full-size ``torch.randn`` image would cost the full image every 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
+import torch.nn as nn
 
+from erf.engine.images import SKIP_NOTE, ImageSource, find_images, first_readable, is_path, preprocessing_for
 from erf.errors import ErfError
 
 __all__ = ["NoiseSource", "Source", "hash32", "input_batches", "make_source", "sample_key"]
@@ -92,28 +94,34 @@ class NoiseSource:
 
 
 def make_source(inputs: str | Iterable[Any], shape: tuple[int, ...], dev: torch.device, fdtype: torch.dtype,
-                window: tuple[slice, ...] | None) -> Source:
+                window: tuple[slice, ...] | None, model: nn.Module | None = None,
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                notes: list[str] | None = None) -> Source:
     """``(seed, draw, first, count) -> batch`` (None when the inputs ran out), cut to ``window``.
 
     Args:
-        inputs: ``'gaussian'``, ``'uniform'``, ``'constant'`` or an iterable of tensors (read anew
-            by each call of ``make_source``: one per weight draw).
+        inputs: ``'gaussian'``, ``'uniform'``, ``'constant'``, a PATH of images (``erf.engine.images``:
+            a folder, a glob, an ``.npy``/``.npz`` array) or an iterable of tensors (read anew by
+            each call of ``make_source``: one per weight draw).
         shape: ``(channels, *spatial size)`` of one full-size input.
         dev, fdtype: where and in which dtype the batches are made.
         window: the crop (one slice per spatial axis), or None for the full input.
+        model: images only: the network whose own preprocessing (``pretrained_cfg``) normalises them.
+        mean, std: images only: the user's normalisation (``MeasureOptions.mean``/``std``), or None.
+        notes: images only: the run's notes; which normalisation was used, and (kept up to date as
+            the source reads) how many unreadable files were skipped.
 
     Returns:
         The source.
 
     Raises:
-        ErfError: an unknown kind of input.
+        ErfError: an unknown kind of input, a PATH with no readable image, statistics that do not fit.
     """
     size = shape[1:]
     win = window or tuple(slice(0, n) for n in size)
+    if is_path(inputs):
+        return _image_source(str(inputs), shape, dev, fdtype, window, model, mean, std, notes)
     if isinstance(inputs, str):
-        if inputs not in ("gaussian", "uniform", "constant"):
-            raise ErfError(f"inputs must be 'gaussian', 'uniform', 'constant' or an iterable of tensors; "
-                           f"got {inputs!r}")
         noise = NoiseSource(inputs, shape, dev, fdtype)
         return lambda seed, d, first, b: noise.batch([sample_key(seed, d, first + i) for i in range(b)], win)
     batches = input_batches(inputs, shape)
@@ -130,6 +138,33 @@ def make_source(inputs: str | Iterable[Any], shape: tuple[int, ...], dev: torch.
             return None
         read[0] += x.shape[0]
         return x[(slice(None), slice(None), *win)].to(device=dev, dtype=fdtype)
+    return take
+
+
+def _image_source(path: str, shape: tuple[int, ...], dev: torch.device, fdtype: torch.dtype,
+                  window: tuple[slice, ...] | None, model: nn.Module | None, mean: Sequence[float] | None,
+                  std: Sequence[float] | None, notes: list[str] | None) -> Source:
+    """An ``ImageSource`` whose notes (normalisation, skipped files) go to ``notes``."""
+    images = find_images(path)
+    first_readable(images, shape[0])
+    pre, pre_note = preprocessing_for(model, shape[0], mean, std)
+    source = ImageSource(images, shape, pre, dev, fdtype, window)
+    if notes is None:
+        return source
+    for line in (f"inputs: {images.describe()}, sampled at random with the seed (class-balanced)", pre_note):
+        if line not in notes:
+            notes.append(line)
+
+    def take(seed: int, d: int, first: int, b: int) -> torch.Tensor | None:
+        x = source(seed, d, first, b)
+        line = source.skip_note()
+        if line is not None:
+            old = [i for i, n in enumerate(notes) if n.startswith(SKIP_NOTE)]
+            if old:
+                notes[old[0]] = line
+            else:
+                notes.append(line)
+        return x
     return take
 
 

@@ -29,10 +29,12 @@ import torch.nn as nn
 
 from erf import stats
 from erf.engine.accumulate import MAX_GROUPS
+from erf.engine.bn import BN_POLICIES
+from erf.engine.images import find_images, first_readable, is_path
 from erf.errors import ErfError
 from erf.models import INITS
 
-__all__ = ["MeasureOptions", "default_group_size"]
+__all__ = ["MeasureOptions", "default_group_size", "parse_floats"]
 
 
 def _opt(default: Any, help: str, flag: str | None = None, cli: dict | None = None,
@@ -67,8 +69,17 @@ class MeasureOptions:
     batch_size: int = _opt(32, "samples per forward/backward pass (default 32)", "--batch",
                            {"type": int, "metavar": "B"})
     inputs: str | Iterable[torch.Tensor] = _opt(
-        "gaussian", "gaussian (default), uniform or constant; in Python also an iterable of (C, *size) or "
-        "(N, C, *size) tensors", "--inputs", {"metavar": "KIND", "help": "gaussian (default), uniform or constant"})
+        "gaussian", "gaussian (default), uniform, constant, or a PATH of real images: a folder (class subfolders "
+        "or flat), a glob or an .npy/.npz array, sampled at random with the seed; in Python also an iterable of "
+        "(C, *size) or (N, C, *size) tensors", "--inputs",
+        {"metavar": "KIND|PATH", "help": "gaussian (default), uniform, constant, or a PATH of real images: a folder "
+                                         "(class subfolders or flat), a glob or an .npy/.npz array"})
+    mean: tuple[float, ...] | None = _opt(None, "image inputs: per-channel mean to subtract (default: the model's "
+                                                "own preprocessing, else ImageNet's)", "--mean",
+                                          {"metavar": "M,M,M", "type": lambda v: parse_floats(v, "--mean")})
+    std: tuple[float, ...] | None = _opt(None, "image inputs: per-channel std to divide by (default: the model's "
+                                               "own preprocessing, else ImageNet's)", "--std",
+                                         {"metavar": "S,S,S", "type": lambda v: parse_floats(v, "--std")})
     weight_draws: int = _opt(0, "re-draw the weights K times with init and average (default 0: the model's "
                                 "weights)", "--weight-draws",
                              {"type": int, "metavar": "K", "help": "re-draw the weights K times with --init and "
@@ -114,6 +125,14 @@ class MeasureOptions:
                                  {"action": "store_true",
                                   "help": "with --weight-draws: each draw's map to unit total before averaging "
                                           "(every network counts the same)"})
+    bn: str = _opt("auto", "BatchNorm running statistics: auto (default: re-estimate them on the probe inputs when "
+                           "every BatchNorm layer is fresh, keep trained ones), calibrate (always re-estimate) or "
+                           "as_is", "--bn", {"metavar": "POLICY", "choices": list(BN_POLICIES)})
+    normalize_samples: bool = _opt(False, "each input sample's map to unit total before averaging (robust to a few "
+                                          "exploding inputs; needs a non-negative signal)", "--normalize-samples",
+                                   {"action": "store_true",
+                                    "help": "each input sample's map to unit total before averaging (robust to a "
+                                            "few exploding inputs)"})
     deterministic: bool = _opt(False, "deterministic CUDA kernels (bit-for-bit repeatable on a GPU; CPU runs "
                                       "always are)", "--deterministic", {"action": "store_true"})
     state_file: str | os.PathLike | None = _opt(None, "save the sums there every save_every seconds and resume "
@@ -167,6 +186,16 @@ class MeasureOptions:
             raise ErfError(f"tol must be a positive number; got {tol!r}")
         if max_samples is not None and (not isinstance(max_samples, (int, np.integer)) or max_samples < self.samples):
             raise ErfError(f"max_samples must be an integer >= samples ({self.samples}); got {max_samples!r}")
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            if v is not None and (isinstance(v, str) or not all(isinstance(x, (int, float, np.number))
+                                                                and math.isfinite(x) for x in v) or not v):
+                raise ErfError(f"{name} must be a list of numbers, one per input channel (or one); got {v!r}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ErfError(f"std must be positive; got {list(self.std)}")
+        if is_path(self.inputs):
+            first_readable(find_images(self.inputs), 1 if self.in_channels == 1 else 3)
+        elif isinstance(self.inputs, str) and self.inputs not in ("gaussian", "uniform", "constant"):
+            raise ErfError(f"inputs must be gaussian, uniform, constant or a PATH of images; got {self.inputs!r}")
         if self.crop not in ("auto", True, False):
             raise ErfError(f"crop must be 'auto', True or False; got {self.crop!r}")
         if self.autocast not in (None, "bf16", "tf32"):
@@ -175,6 +204,10 @@ class MeasureOptions:
             raise ErfError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
         if self.autocast == "bf16" and self.dtype == "float64":
             raise ErfError("autocast='bf16' with dtype='float64' makes no sense; drop one of them")
+        if self.bn not in BN_POLICIES:
+            raise ErfError(f"bn must be one of {', '.join(BN_POLICIES)}; got {self.bn!r}")
+        if self.normalize_samples and self.make_preset().signal == "signed":
+            raise ErfError("normalize_samples needs a non-negative signal (abs, square, positive), not 'signed'")
         gs = self.group_size
         if gs is not None and (not isinstance(gs, (int, np.integer)) or gs < 1):
             raise ErfError(f"group_size must be a positive integer; got {gs!r}")
@@ -224,6 +257,19 @@ class MeasureOptions:
         if self.preset is not None:
             return self.preset if isinstance(self.preset, stats.Preset) else stats.get_preset(self.preset)
         return stats.Preset("custom", "sum", False, self.signal, self.channel_reduce, None)
+
+
+def parse_floats(text: str, flag: str) -> tuple[float, ...]:
+    """``'0.5,0.5,0.5'`` -> ``(0.5, 0.5, 0.5)``.
+
+    Raises:
+        ErfError: not a comma-separated list of numbers (naming ``flag``).
+    """
+    try:
+        return tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise ErfError(f"{flag} takes numbers separated by commas, one per channel (e.g. 0.485,0.456,0.406); "
+                       f"got {text!r}") from None
 
 
 def default_group_size(samples: int, draws: int) -> int:

@@ -99,7 +99,29 @@ def resolve_target(model: nn.Module, input_size: Sequence[int], layer: str | Non
                   functional=t.name if module is None else None,
                   output=tuple(int(v) for v in t.output), spatial_dims=tuple(t.spatial_dims),
                   geometry=t, crop_safe=bool(rep.crop_safe), crop_note=str(rep.crop_note or ""),
-                  notes=measure_tokens.check_traced(t, prefix_tokens, t.name))
+                  notes=measure_tokens.check_traced(t, prefix_tokens, t.name) + call_note(rep, layer))
+
+
+def call_note(report: Any, layer: str | None) -> list[str]:
+    """A note when ``layer`` names a module called several times: which call was taken, how to name the others.
+
+    Args:
+        report: ``erf.analytic.receptive_field``'s report for ``layer``.
+        layer: the name the user gave (None: the output).
+
+    Returns:
+        ``[note]`` when the module has later calls (``NAME#2``...) and ``layer`` named none of them, else ``[]``.
+    """
+    if not layer or "#" in layer:
+        return []
+    calls = [r for r in report.layers if r.name == layer or r.name.startswith(layer + "#")]
+    if len(calls) < 2:
+        return []
+    rf = report.target.rf
+    others = ", ".join(repr(r.name) for r in calls[1:])
+    return [f"module {layer!r} runs {len(calls)} times in the forward pass; measured its first call "
+            f"({layer!r}{', TRF ' + 'x'.join(str(int(v)) for v in rf) if rf is not None else ''}); "
+            f"name another call as {others}"]
 
 
 def _untraced(model, layer, probe, note, input_size, prefix_tokens=None) -> Target:
