@@ -94,7 +94,7 @@ class ImageSet:
 
     def describe(self) -> str:
         """``'N images in K classes from PATH'``."""
-        kind = "array rows" if self.array is not None else "images"
+        kind = "array rows" if self.array is not None else "image files"
         cls = f" in {len(self.classes)} classes" if len(self.classes) > 1 else ""
         return f"{len(self)} {kind}{cls} from {self.path}"
 
@@ -130,7 +130,8 @@ def find_images(path: str | os.PathLike) -> ImageSet:
 
 def _list(path: str) -> ImageSet:
     if path.lower().endswith((".npy", ".npz")) and os.path.isfile(path):
-        return ImageSet(path, [], [], ["."], array=_read_array(path))
+        x = _read_array(path)
+        return ImageSet(path, [], [0] * int(x.shape[0]), ["."], array=x)
     if os.path.isdir(path):
         files = []
         for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
