@@ -119,18 +119,22 @@ def _as_fit(fit, m):
 
 
 def _draw_ellipses(ax, fit):
+    sig = ", ".join(f"{v:.1f}" for v in fit.sigma)
     for k, color, ls in ((1, FIT_COLORS[0], "-"), (2, FIT_COLORS[1], "--")):
+        text = (f"2-D Gaussian fit, 1σ ellipse: fit σ (y,x) = ({sig}), R²={fit.r2:.3f}" if k == 1
+                else "2-D Gaussian fit, 2σ ellipse")
         e = Ellipse((fit.center[1], fit.center[0]), 2 * k * fit.sigma[1], 2 * k * fit.sigma[0],
                     angle=math.degrees(fit.theta), fill=False, edgecolor=color, linestyle=ls, linewidth=1.3,
-                    label=f"Gaussian fit {k}σ" + (f" (R²={fit.r2:.3f})" if k == 1 else ""), gid=f"fit_{k}sigma")
+                    label=text, gid=f"fit_{k}sigma")
         ax.add_patch(e)
 
 
-def _stats_line(m, trf):
+def _stats_line(m, trf, erf_label=False):
+    """``σ (y,x) = (..) px, ERF/TRF = (..)``; ``erf_label``: say it is the ERF's moment σ (plots with fits)."""
     mo = S.moments(m)
     names = S.axis_names(m.ndim)
     sig = ", ".join(f"{s:.1f}" for s in mo.sigma)
-    line = f"σ ({','.join(names)}) = ({sig}) px"
+    line = f"{'ERF σ (moments) ' if erf_label else 'σ '}({','.join(names)}) = ({sig}) px"
     if trf is not None:
         ratio = S.erf_trf_ratio(m, trf)
         line += f", ERF/TRF = ({', '.join(f'{r:.2f}' for r in ratio)})"
@@ -188,14 +192,14 @@ def plot_erf(m: ArrayLike, *, trf_box: ArrayLike | None = None, trf: float | Seq
     """
     a = S.check_map(m, ndims=(1, 2))
     trf = _trf_from_box(trf_box, trf)
-    line = _stats_line(a, trf)
-    full_title = f"{title}\n{line}" if title else f"ERF: {line}"
+    line = _stats_line(a, trf, erf_label=True)
+    full_title = f"{title}\n{line}" if title else line
     if a.ndim == 1:
         return _plot_erf_1d(a, trf_box, full_title, scale, path, ax, dpi)
     fig_fit = _as_fit(fit, a)
     prof_ax = profiles if hasattr(profiles, "plot") else None
     if ax is None:
-        fig = new_figure((10.5, 4.6) if profiles else (5.8, 4.8), dpi)
+        fig = new_figure((10.5, 5.6) if profiles else (5.8, 5.8), dpi)
         if profiles:
             ax, prof_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
         else:
@@ -208,8 +212,8 @@ def plot_erf(m: ArrayLike, *, trf_box: ArrayLike | None = None, trf: float | Seq
     if fig_fit is not None:
         _draw_ellipses(ax, fig_fit)
     fig.colorbar(im, ax=ax, label=cbar_label + (" (log)" if scale == "log" else ""), shrink=0.9)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    if ax.get_legend_handles_labels()[0]:  # below the axes: it never hides the map or the TRF box
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=7, facecolor="0.75", framealpha=1)
     if prof_ax is not None:
         _profile_panel(prof_ax, a, trf_box, scale)
     _save(fig, path, dpi)
@@ -222,28 +226,30 @@ def _profile_panel(ax, a, trf_box, scale):
     cx = int(np.clip(round(c[1]), 0, a.shape[1] - 1))
     fits = S.fit_profiles(a, (cy, cx))
     box = None if trf_box is None else np.asarray(trf_box, dtype=float)
-    for key, data, color, marker, lab, bounds in (
-            ("row", a[cy, :], "C0", "o", f"row y={cy} (vs x)", None if box is None else box[1]),
-            ("col", a[:, cx], "C1", "s", f"column x={cx} (vs y)", None if box is None else box[0])):
+    for key, data, color, marker, lab, bounds, ls, axis in (
+            ("row", a[cy, :], "C0", "o", f"row y={cy} (vs x)", None if box is None else box[1], ":", "x"),
+            ("col", a[:, cx], "C1", "s", f"column x={cx} (vs y)", None if box is None else box[0], "--", "y")):
         coords = np.arange(data.size)
         ax.plot(coords, data, marker=marker, markersize=3, linestyle="none", color=color, label=lab)
         f = fits[key]
         if f.ok:
             fine = np.linspace(0, data.size - 1, 400)
             ax.plot(fine, f.evaluate(fine), color=color, linewidth=1.2,
-                    label=f"  fit σ={f.sigma:.2f}, R²={f.r2:.3f}")
+                    label=f"  1-D Gaussian fit: fit σ={f.sigma:.2f}, R²={f.r2:.3f}")
         if bounds is not None:
-            for v in np.clip(bounds, -0.5, data.size - 0.5):
-                ax.axvline(v, color=color, linestyle=":", linewidth=1)
-    if box is not None:
-        ax.plot([], [], color="grey", linestyle=":", label="TRF bounds")
+            for i, v in enumerate(np.clip(bounds, -0.5, data.size - 0.5)):
+                ax.axvline(v, color=color, linestyle=ls, linewidth=1, gid=f"trf_bound_{axis}",
+                           zorder=3 if axis == "x" else 2.5,  # the dotted x bounds show over the dashed y ones
+                           label=f"  TRF bounds in {axis}" if i == 0 else None)
     if scale == "log":
         ax.set_yscale("log")
         ax.set_ylim(bottom=max(a.max() * 1e-4, _positive_min(a)))
     ax.set_xlabel("input pixel (x for the row, y for the column)")
     ax.set_ylabel("ERF value")
-    ax.set_title("profiles through the centre of mass, 1-D Gaussian fits", fontsize=9)
-    ax.legend(fontsize=7)
+    sig = ", ".join(f"{v:.1f}" for v in S.moments(a).sigma)
+    ax.set_title(f"profiles through the centre of mass, with 1-D Gaussian fits\n"
+                 f"ERF σ (moments, y,x) = ({sig}) px; the fit σ are fits", fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
 
 

@@ -114,3 +114,34 @@ def test_new_figure():
     fig = P.new_figure((4, 3), dpi=80)
     assert isinstance(fig, Figure) and fig.get_dpi() == 80 and tuple(fig.get_size_inches()) == (4, 3)
     assert fig.canvas.get_renderer() is not None and fig.get_layout_engine() is not None
+
+
+def test_plot_erf_says_which_sigma_is_the_erf_and_keeps_the_trf_box_clear():
+    """The title's moment σ is the ERF; the ellipses and profile lines are labelled as fits."""
+    m = gauss((40, 40), 20, 20, 6, 6) + 0.05 * gauss((40, 40), 20, 20, 15, 15)  # fits and moments differ
+    box = ((2, 37), (2, 37))
+    fig = P.plot_erf(m, trf_box=box, title="toy")
+    ax, prof = fig.axes[0], fig.axes[1]
+    mo = S.moments(m).sigma
+    assert "ERF σ (moments)" in ax.get_title() and f"{mo[0]:.1f}" in ax.get_title()
+    labels = ax.get_legend_handles_labels()[1]
+    assert all("fit" in t for t in labels if "σ" in t) and sum("Gaussian fit" in t for t in labels) == 2
+    assert "ERF σ (moments" in prof.get_title() and "fit" in prof.get_title()
+    prof_labels = prof.get_legend_handles_labels()[1]
+    assert sum("fit σ=" in t for t in prof_labels) == 2
+    # the legend does not cover any corner of the TRF box
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    (rect,) = trf_rects(ax)
+    x0, y0 = rect.get_xy()
+    for cx, cy in ((x0, y0), (x0 + rect.get_width(), y0), (x0, y0 + rect.get_height()),
+                   (x0 + rect.get_width(), y0 + rect.get_height())):
+        assert not legend.contains(*ax.transData.transform((cx, cy)))
+    # the TRF-bound lines' legend entries have their colour and style
+    handles, names = prof.get_legend_handles_labels()
+    for axis in ("x", "y"):
+        (entry,) = [h for h, t in zip(handles, names) if t.strip() == f"TRF bounds in {axis}"]
+        lines = [ln for ln in prof.lines if ln.get_gid() == f"trf_bound_{axis}"]
+        assert len(lines) == 2
+        for ln in lines:
+            assert ln.get_color() == entry.get_color() and ln.get_linestyle() == entry.get_linestyle()
