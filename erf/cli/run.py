@@ -31,8 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, metavar="S", help="seed (default: the config's)")
     p.add_argument("--check", action="store_true", help="validate the config and its models, run nothing")
     p.add_argument("--resume", action="store_true",
-                   help="go on from the last save of an interrupted run of this config (same numbers as one run)")
-    p.add_argument("--restart", action="store_true", help="discard an interrupted run of this config and start anew")
+                   help="go on from the last save of an interrupted run of this config (same numbers as one run; "
+                        "give the same --quick/--out/--seed/--device: the hint after an interruption is the command)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard an interrupted run of this config and start anew (never a live run's)")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress (by default a bar on a terminal, else a line every 30 s and at each tenth)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic CUDA kernels (experiment.deterministic); CPU runs always repeat exactly")
     p.set_defaults(func=run)
@@ -49,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
     Raises:
         ErfError: ``--resume`` with ``--restart``; ``ConfigError`` for a bad config, model or
-            destination, or an interrupted run found without ``--resume``/``--restart``.
+            destination, another live run writing there, an interrupted run found without
+            ``--resume``/``--restart``, ``--resume`` with nothing to resume; a full disk or
+            read-only folder while writing (the saves kept, the message gives the resume command).
     """
     # lazy: the experiment layer imports torch; `erf run --help` builds the parser above without it
     from erf import distributed
@@ -64,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         check_models(cfg)
         print(f"{args.config}: ok ({len(cfg.points)} points)")
         return 0
-    out = run_experiment(cfg, out=args.out, resume=args.resume, restart=args.restart)
-    if distributed.is_main():
+    out = run_experiment(cfg, out=args.out, resume=args.resume, restart=args.restart, quiet=args.quiet)
+    if distributed.is_main() and not args.quiet:
         print(f"results written to {out}")
     return 0

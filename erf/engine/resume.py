@@ -3,13 +3,17 @@
 The loop is given a ``StateFile`` (or ``NoSaves``, which never saves nor finds a save). A
 file whose fingerprint (settings, model ``checksum``, world size) differs from this run's
 is ignored. Saves happen after a batch once ``every`` seconds have passed since the last
-one; each is written to a temporary file and renamed, so a kill leaves the previous save
-intact. Under ``torchrun`` each rank saves its own share (``Ranks.state_path``).
+one; each is written to a temporary file, flushed and renamed, so a kill leaves the previous save
+intact, and its SHA-256 is recorded beside it (``<file>.sha256``). A save that does not match its
+checksum, or cannot be read for any reason, is moved to ``damaged/`` beside it with a one-line note
+on stderr and the measurement starts from the beginning (nothing is deleted). Under ``torchrun``
+each rank saves its own share (``Ranks.state_path``).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from erf.engine.accumulate import Accumulator
-from erf.io import atomic_write, save_npz, to_json
+from erf.io import atomic_write, save_npz, set_aside, to_json, verify
 
 __all__ = ["StateFile", "NoSaves", "checksum"]
 
@@ -53,18 +57,36 @@ class StateFile(NoSaves):
         self._last: float | None = None
 
     def load(self) -> tuple[dict, dict] | None:
-        """(arrays, meta) of a matching save, else None."""
+        """(arrays, meta) of a matching save, else None; a damaged save is set aside (``damaged/``)."""
         if not self.path.is_file():
             return None
-        try:
-            with np.load(self.path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                arrays = {k: z[k] for k in z.files if k != "meta"}
-        except (OSError, KeyError, ValueError):
+        problem = verify(self.path)
+        if problem is None:
+            try:
+                with np.load(self.path, allow_pickle=False) as z:
+                    meta = json.loads(str(z["meta"]))
+                    arrays = {k: z[k] for k in z.files if k != "meta"}
+                if not isinstance(meta, dict):
+                    raise ValueError("meta is not a table")
+            except Exception as exc:  # any damage: BadZipFile, EOFError, zlib.error, ValueError, KeyError, OSError
+                problem = f"unreadable ({type(exc).__name__})"
+        if problem is not None:
+            self._set_aside(problem)
             return None
         if meta.get("fingerprint") != self.fingerprint:
             return None
         return arrays, meta
+
+    def _set_aside(self, problem: str) -> None:
+        """Move a damaged save out of the way (a one-line note); the measurement starts again."""
+        try:
+            moved = set_aside(self.path, self.path.parent / "damaged")
+        except OSError as exc:
+            print(f"erf: note: the engine save {self.path} is damaged ({problem}) and could not be moved aside "
+                  f"({exc.strerror}); measuring from the start", file=sys.stderr)
+            return
+        print(f"erf: note: the engine save {self.path.name} is damaged ({problem}); moved to {moved}, "
+              "measuring that point from the start", file=sys.stderr)
 
     def due(self, now: float) -> bool:
         """True once ``every`` seconds have passed since the last save (the first call starts the clock)."""
@@ -76,7 +98,7 @@ class StateFile(NoSaves):
         """Write ``acc`` and the loop ``position`` atomically."""
         meta = {"fingerprint": self.fingerprint, "group_size": acc.gs, "n": acc.n, **position}
         arrays = {**acc.state(), "meta": np.array(json.dumps(to_json(meta)))}
-        atomic_write(self.path, lambda f: save_npz(f, arrays))
+        atomic_write(self.path, lambda f: save_npz(f, arrays), checksum=True)
         self._last = now
 
 

@@ -1,10 +1,18 @@
-"""The run folder: ``.<name>.partial/`` beside the destination, resume and restart, the final rename.
+"""The run folder: ``.<name>.partial/`` beside the destination, its lock, resume and restart, the final rename.
 
 Everything a run writes goes to the hidden run folder first: each finished measurement is saved
-there (``saved/``), a running one saves its sums every ``experiment.save_every`` seconds
-(``engine/``), and the results are written to ``out/``, which is renamed onto the destination
-only at the very end. So an interrupted run never leaves a results folder that looks complete,
-and a resumed run (same ``fingerprint``) goes on from the last save with the same numbers.
+there (``saved/``, each with its SHA-256 in ``<file>.sha256``), a running one saves its sums
+every ``experiment.save_every`` seconds (``engine/``), and the results are written to ``out/``,
+which is renamed onto the destination only at the very end. So an interrupted run never leaves
+a results folder that looks complete, and a resumed run (same ``fingerprint``) goes on from the
+last save with the same numbers. A saved file that does not match its checksum is moved to
+``damaged/`` (never deleted) and that measurement is made again.
+
+``.<name>.lock`` beside it holds the process id and host of the run writing there: a second run
+into the same place is refused while that process lives; a lock left by a dead process of this
+host is replaced. The end of a run is a marker (``finished``) then two renames; a run killed
+between them is completed by the next start (``RunFolder.recover``), so a finished run leaves no
+``.partial`` and no old copy behind.
 """
 
 from __future__ import annotations
@@ -12,14 +20,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
+import socket
+import sys
 import tempfile
 from pathlib import Path
 
 from erf import distributed
+from erf.engine import ERFResult
 from erf.errors import ConfigError
 from erf.experiment.sweeps import Config
-from erf.io import atomic_write, to_json
+from erf.io import atomic_write, fsync_dir, fsync_tree, set_aside, to_json, verify, write_checksum
+
+__all__ = ["fingerprint", "resume_command", "RunFolder", "check_destination"]
+
+FINISHED = "finished"  # the marker written once out/ is complete, before the final renames
 
 
 def fingerprint(cfg: Config, device: str) -> dict:
@@ -39,55 +55,177 @@ def fingerprint(cfg: Config, device: str) -> dict:
     return to_json({"experiment": exp, "points": [p.settings for p in cfg.points], "device": device})
 
 
+def resume_command(cfg: Config, dest: Path) -> str:
+    """The exact ``erf run`` command line that goes on from an interrupted run of ``cfg`` into ``dest``.
+
+    Every setting that enters the fingerprint and can come from the command line is repeated:
+    ``--quick``, ``--seed``, ``--device``, ``--deterministic``, and always ``--out``.
+
+    Args:
+        cfg: the experiment, as loaded (``cfg.quick`` and ``cfg.overrides`` say what the CLI set).
+        dest: the results folder.
+
+    Returns:
+        A shell-quoted command line.
+    """
+    words = ["erf", "run", str(cfg.path)]
+    if cfg.quick:
+        words.append("--quick")
+    words += ["--out", str(dest)]
+    if "experiment.seed" in cfg.overrides:
+        words += ["--seed", str(cfg.settings["experiment"]["seed"])]
+    if "experiment.device" in cfg.overrides:
+        words += ["--device", str(cfg.settings["experiment"]["device"])]
+    if cfg.overrides.get("experiment.deterministic"):
+        words.append("--deterministic")
+    return shlex.join([*words, "--resume"])
+
 
 class RunFolder:
     """``.<name>.partial/`` beside the destination: saved measurements, engine saves, the results."""
 
     def __init__(self, dest: Path, fingerprint: dict):
         """A run folder for results going to ``dest``, made with settings ``fingerprint`` (nothing is created yet)."""
-        self.dest, self.fingerprint = dest, json.dumps(fingerprint, sort_keys=True)
-        self.path = dest.parent / f".{dest.name}.partial"
+        self.dest, self.fingerprint = Path(dest), json.dumps(fingerprint, sort_keys=True)
+        self.path = self.dest.parent / f".{self.dest.name}.partial"
         self.out = self.path / "out"
-        self.new_parent = False  # True when opening created the results root (removed again on discard)
+        self.lock_path = self.dest.parent / f".{self.dest.name}.lock"
+        self.new_parent = False  # True when this run created the results root (removed again when left empty)
+        self._lock_text: str | None = None
 
-    def open(self, cfg: Config, resume: bool, restart: bool) -> None:
+    # ------------------------------------------------------------------ the lock
+
+    def lock(self) -> None:
+        """Take ``.<name>.lock`` (pid, host, process start time); replace a stale one of this host.
+
+        Raises:
+            ConfigError: a live process holds it, or one on another host (naming both), or the
+                folder cannot be written (read-only, full, not a folder).
+        """
+        self.new_parent = not self.dest.parent.exists()
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid()),
+              "command": " ".join(sys.argv)}
+        text = json.dumps(me) + "\n"
+        try:
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
+            for _ in range(3):
+                if _create_exclusive(self.lock_path, text):
+                    self._lock_text = text
+                    return
+                holder = _read_lock(self.lock_path)
+                if holder is not None and _alive(holder):
+                    raise ConfigError(f"{self.dest} is being written by another erf run (process {holder.get('pid')} "
+                                      f"on {holder.get('host')}: {holder.get('command', '?')}); wait for it to end or "
+                                      f"stop it, or choose another --out (if no such run is going on, remove "
+                                      f"{self.lock_path})")
+                _remove_stale(self.lock_path, holder)
+        except OSError as exc:
+            raise ConfigError(f"cannot write in {self.dest.parent}: {exc.strerror or exc}; choose another --out "
+                              "(a writable folder with free space)") from None
+        raise ConfigError(f"cannot take the lock {self.lock_path}: other processes keep replacing it; retry")
+
+    def unlock(self) -> None:
+        """Release the lock (only this process's own), and the results root when this run created it and left it empty."""
+        if self._lock_text is not None:
+            with contextlib.suppress(OSError):
+                if self.lock_path.read_text() == self._lock_text:
+                    self.lock_path.unlink()
+            self._lock_text = None
+        if self.new_parent:
+            with contextlib.suppress(OSError):  # only if still empty
+                self.dest.parent.rmdir()
+
+    # ------------------------------------------------------------------ opening
+
+    def recover(self) -> bool:
+        """Finish what a run killed during its final renames left, and remove old copies; nothing is lost.
+
+        Returns:
+            True when a finished run's results were put in place now (its ``finished`` marker was there).
+        """
+        finished = (self.path / FINISHED).is_file()
+        if finished:
+            if self.out.is_dir():
+                self._commit()
+            self._remove_partial()
+        for entry in self._leftovers():
+            if entry.name.startswith(f".{self.dest.name}.old-") and not self.dest.exists() \
+                    and (entry / "results").is_dir():  # an older erf's rename, killed between its two steps
+                os.rename(entry / "results", self.dest)
+            shutil.rmtree(entry, ignore_errors=True)
+        if finished:
+            print(f"erf: note: the run writing {self.dest} had finished but was stopped during its final renames; "
+                  "its results are now in place", file=sys.stderr)
+        return finished
+
+    def open(self, cfg: Config, resume: bool, restart: bool, command: str = "") -> None:
         """Create the run folder, or take over (``resume``) or discard (``restart``) an interrupted one.
+
+        Call ``lock`` (and ``recover``) first: the folder of a live run is never touched.
 
         Args:
             cfg: the experiment (its path goes into ``run.json``).
             resume: go on from an interrupted run made with the same fingerprint.
             restart: discard an interrupted run.
+            command: the command that resumes this run (named in the messages).
 
         Raises:
             ConfigError: an interrupted run is there and neither ``resume`` nor ``restart`` was
-                asked for, or it was made with other settings.
+                asked for, or it was made with other settings; ``resume`` with nothing to resume;
+                the folder cannot be written.
         """
-        self.new_parent = not self.dest.parent.exists()
         info = self.path / "run.json"
         if self.path.exists():
             if restart:
                 shutil.rmtree(self.path)
             elif not resume:
-                raise ConfigError(f"{cfg.path}: {self.path} holds an interrupted run of this experiment; add --resume "
-                                  "to go on from it, or --restart to discard it")
+                raise ConfigError(f"{cfg.path}: {self.path} holds an interrupted run of this experiment; go on from "
+                                  f"it with: {command or 'the same command and --resume'} (or add --restart to "
+                                  "discard it)")
             else:
                 try:
                     same = json.loads(info.read_text()).get("fingerprint") == self.fingerprint
-                except (OSError, ValueError):
+                except (OSError, ValueError, AttributeError):
                     same = False
                 if not same:
                     raise ConfigError(f"{cfg.path}: the interrupted run in {self.path} was made with other settings "
                                       "(config, --quick, --seed or --device); use --restart to "
                                       "discard it, or resume with the same settings")
-        for sub in ("saved", "engine", "out"):
-            (self.path / sub).mkdir(parents=True, exist_ok=True)
-        if not info.exists():
-            text = json.dumps({"fingerprint": self.fingerprint, "config": cfg.path}) + "\n"
-            atomic_write(info, lambda f: Path(f).write_text(text))
+        elif resume:
+            done = f"; finished results are in {self.dest}" if (self.dest / "summary.json").is_file() else ""
+            raise ConfigError(f"{cfg.path}: --resume: there is no interrupted run to resume for {self.dest} "
+                              f"(no {self.path}){done}; run without --resume to start one")
+        try:
+            for sub in ("saved", "engine", "out"):
+                (self.path / sub).mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.path)
+            fsync_dir(self.path.parent)
+            if not info.exists():
+                text = json.dumps({"fingerprint": self.fingerprint, "config": cfg.path}) + "\n"
+                atomic_write(info, lambda f: Path(f).write_text(text))
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run folder {self.path}: {exc.strerror or exc}; choose another "
+                              "--out (a writable folder with free space)") from None
+
+    # ------------------------------------------------------------------ saves
 
     def saved(self, key: str) -> Path:
         """Where the finished measurement ``key`` is saved."""
         return self.path / "saved" / f"{key}.npz"
+
+    def save_result(self, key: str, res: ERFResult) -> Path:
+        """Save the finished measurement ``key`` (atomic, flushed) and record its checksum.
+
+        Args:
+            key: the measurement's key (``Record.key``).
+            res: its result.
+
+        Returns:
+            The saved file.
+        """
+        path = res.save(self.saved(key))
+        write_checksum(path)
+        return path
 
     def engine_state(self, key: str) -> Path:
         """The engine's periodic save of the running measurement ``key``."""
@@ -98,22 +236,70 @@ class RunFolder:
         return str(self.path / "engine" / f"{point_id}.train")
 
     def done(self) -> set[str]:
-        """Keys of the measurements already saved (rank 0's view, shared with every rank)."""
-        keys = {p.stem for p in (self.path / "saved").glob("*.npz")} if distributed.is_main() else set()
+        """Keys of the measurements already saved and intact (rank 0's view, shared with every rank).
+
+        A saved file that does not match the checksum recorded when it was written (truncated,
+        empty, altered, junk) is moved to ``damaged/`` with a one-line note: that measurement
+        is made again.
+
+        Returns:
+            The keys.
+        """
+        keys: set[str] = set()
+        if distributed.is_main():
+            for path in sorted((self.path / "saved").glob("*.npz")):
+                problem = verify(path)
+                if problem is None:
+                    keys.add(path.stem)
+                    continue
+                moved = set_aside(path, self.path / "damaged")
+                print(f"erf: note: the saved measurement {path.name} is damaged ({problem}); moved to {moved}, "
+                      "that measurement is made again", file=sys.stderr)
         return distributed.broadcast_object(keys)
 
+    def has_saves(self) -> bool:
+        """True when at least one finished measurement is saved."""
+        return any((self.path / "saved").glob("*.npz"))
+
+    # ------------------------------------------------------------------ the end
+
     def finish(self) -> None:
-        """Move ``out/`` onto the destination (replacing older results there) and remove the run folder."""
-        _replace(self.out, self.dest)
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Put ``out/`` in place of the destination (replacing older results there); remove the run folder.
+
+        ``out/`` is flushed and marked ``finished`` first, so a kill at any later point is completed
+        by the next start (``recover``).
+        """
+        fsync_tree(self.out)
+        atomic_write(self.path / FINISHED, lambda f: Path(f).write_text("results complete in out/\n"))
+        self._commit()
+        self._remove_partial()
 
     def discard(self) -> None:
-        """Remove the run folder (and the results root, when opening created it and it is empty)."""
+        """Remove the run folder."""
         shutil.rmtree(self.path, ignore_errors=True)
-        if self.new_parent:
-            with contextlib.suppress(OSError):  # only if still empty
-                self.dest.parent.rmdir()
 
+    def _commit(self) -> None:
+        """``dest`` (older results) into the run folder, then ``out/`` onto ``dest``."""
+        if self.dest.exists():
+            old = Path(tempfile.mkdtemp(prefix="previous-", dir=self.path))
+            os.rename(self.dest, old / "results")
+        os.rename(self.out, self.dest)
+        fsync_dir(self.dest.parent)
+
+    def _remove_partial(self) -> None:
+        """Rename the run folder to ``.<name>.done-*`` (one step), then delete it."""
+        trash = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.done-", dir=self.dest.parent))
+        os.rename(self.path, trash / "run")
+        fsync_dir(self.dest.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _leftovers(self) -> list[Path]:
+        """``.<name>.done-*`` (a removed run folder) and ``.<name>.old-*`` (older erf) beside the destination."""
+        prefixes = (f".{self.dest.name}.done-", f".{self.dest.name}.old-")
+        try:
+            return [p for p in self.dest.parent.iterdir() if p.name.startswith(prefixes) and p.is_dir()]
+        except OSError:
+            return []
 
 
 def check_destination(cfg: Config, dest: Path) -> None:
@@ -133,13 +319,73 @@ def check_destination(cfg: Config, dest: Path) -> None:
                           "choose another folder, it would be replaced")
 
 
-def _replace(tmp: Path, dest: Path) -> None:
-    """Move the finished folder onto ``dest``; an older results folder there is removed after."""
-    old = None
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-        os.rename(dest, old / "results")
-    os.rename(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _create_exclusive(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text`` in one step (a hard link of a written file); False when it exists."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: exclusive create, then write
+            try:
+                fd2 = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd2, "w") as f:
+                f.write(text)
+        fsync_dir(path.parent)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
+
+def _read_lock(path: Path) -> dict | None:
+    """The lock's holder, or None when it is gone or unreadable."""
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the lock's holder may still run: another host always may; here, its pid lives (same start time)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        pass
+    except OSError:
+        return False
+    started = holder.get("started")
+    return started is None or _start_time(pid) in (None, started)  # a reused pid has another start time
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux ``/proc``), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _remove_stale(path: Path, holder: dict | None) -> None:
+    """Remove a lock left by a dead process (only if it is still the one that was read)."""
+    with contextlib.suppress(FileNotFoundError):
+        if _read_lock(path) == holder:
+            path.unlink()
+            print(f"erf: note: removed the stale lock {path} of process {(holder or {}).get('pid', '?')}, "
+                  "which is no longer running", file=sys.stderr)

@@ -5,12 +5,16 @@ point (``points.measure_point``, training it first when the config asks), and wr
 ``summary.json``, ``sweep.csv``, ``maps.npz``, the figures and ``report.md``
 (``outputs.write_outputs``). Everything goes to the hidden run folder (``runfolder``), renamed
 onto ``results/<name>`` (or ``out``) only at the very end, so ``resume=True`` (``erf run
---resume``) goes on from the last save with the same numbers. Under ``torchrun`` every rank runs
+--resume``) goes on from the last save with the same numbers. A lock keeps a second run out of
+the same place; an interrupted run prints the exact command that goes on from it; a full disk
+or a read-only folder is one line (the saves kept); one bar (``erf.progress``) counts every
+sample and training step of the run. Under ``torchrun`` every rank runs
 the sweep (the engine splits each measurement); rank 0 alone writes.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import sys
@@ -29,83 +33,139 @@ from erf.experiment.checks import check_models
 from erf.experiment.outputs import write_outputs
 from erf.experiment.points import measure_point
 from erf.experiment.records import Record
-from erf.experiment.runfolder import RunFolder, check_destination, fingerprint
-from erf.experiment.sweeps import Config
+from erf.experiment.runfolder import RunFolder, check_destination, fingerprint, resume_command
+from erf.experiment.sweeps import Config, Point
+from erf.progress import run_progress
+from erf.training import checkpoint_steps
 
 RESULTS_ROOT = "results"
 
+# errors of the storage, not of the run: a full disk or quota, a read-only or vanished folder
+STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG, errno.EIO})
+
 
 def run_experiment(cfg: Config, out: str | os.PathLike | None = None, progress: bool | None = None,
-                   resume: bool = False, restart: bool = False) -> Path:
+                   resume: bool = False, restart: bool = False, quiet: bool = False) -> Path:
     """Run ``cfg`` and write its results folder; return the folder's path.
 
     Args:
         cfg: a config from ``load_config``.
         out: the results folder (default: ``results/<experiment name>``); replaced at the end.
-        progress: a tqdm bar over the sweep (default: when stderr is a terminal).
+        progress: one bar over all samples and training steps (``erf.progress``): None (default) a
+            tqdm bar when stderr is a terminal, else a line every 30 s and at each tenth; False none.
         resume: go on from the last save of an interrupted run of this config.
         restart: discard an interrupted run of this config and start anew.
+        quiet: no progress (same as ``progress=False``).
 
     Returns:
         The results folder.
 
     Raises:
         ConfigError: anything that can be checked before measuring (the config, its models, the
-            device, the destination), and an interrupted run found without ``resume`` or
-            ``restart``; the run folder of an interrupted run is kept for ``resume``.
+            device, the destination), another live run writing there, an interrupted run found
+            without ``resume`` or ``restart``, ``resume`` with nothing to resume.
+        ErfError: an error while measuring, and a full disk or read-only folder while writing;
+            the measurements finished so far are kept, and the message gives the command that
+            goes on from them.
     """
     check_models(cfg)
     device = _device(cfg)
     dest = Path(out) if out is not None else Path(RESULTS_ROOT) / cfg.name
     check_destination(cfg, dest)
     run = RunFolder(dest, fingerprint(cfg, device))
-    refused = None
+    command = resume_command(cfg, dest)
+    refused, finished = None, False
     if distributed.is_main():
         try:
-            run.open(cfg, resume, restart)
-        except ConfigError as exc:
-            refused = str(exc)
-    refused = distributed.broadcast_object(refused)  # every rank stops, not only rank 0
+            run.lock()
+            finished = run.recover() and resume  # --resume after a kill during the final renames: done now
+            if not finished:
+                run.open(cfg, resume, restart, command)
+        except (ConfigError, OSError) as exc:
+            run.unlock()
+            refused = str(exc) if isinstance(exc, ConfigError) else f"cannot write {exc.filename}: {exc.strerror}"
+    refused, finished = distributed.broadcast_object((refused, finished))  # every rank stops, not only rank 0
     if refused:
         raise ConfigError(refused)
+    if finished:
+        return dest
     try:
         t0 = time.perf_counter()
-        records = measure_all(cfg, device, run, progress)
+        records = measure_all(cfg, device, run, False if quiet else progress)
         if distributed.is_main():
             write_outputs(cfg, records, run.out, environment(device), time.perf_counter() - t0)
             run.finish()
-    except ErfError:
+    except BaseException as exc:
         if distributed.is_main():
-            run.discard()  # a bad config or model fails again on resume: nothing worth keeping
+            _stopped(exc, run, command)  # raises the one-line error of a full disk or read-only folder
         raise
-    except BaseException:
-        if distributed.is_main() and run.path.is_dir():
-            print(f"erf: the run so far is saved in {run.path}; 'erf run {cfg.path} --resume' goes on from there",
-                  file=sys.stderr)
-        raise
+    finally:
+        if distributed.is_main():
+            run.unlock()
     distributed.barrier()
     return dest
 
 
+def _stopped(exc: BaseException, run: RunFolder, command: str) -> None:
+    """What a stopped run keeps and says: its saves, and the command that goes on from them."""
+    if isinstance(exc, ErfError) and not run.has_saves():
+        run.discard()  # nothing measured yet: leave nothing behind
+        return
+    if not run.path.is_dir():
+        return
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRORS:
+        raise ErfError(f"cannot write {exc.filename or run.path}: {exc.strerror}; the run so far is kept in "
+                       f"{run.path}; free space (or make the folder writable), then go on with: {command}") from None
+    if isinstance(exc, ErfError):
+        msg = f"{exc} (the measurements finished so far are kept in {run.path}; after the fix, go on with: {command})"
+        try:
+            kept = type(exc)(msg)
+        except TypeError:  # a subclass with other arguments
+            kept = ErfError(msg)
+        raise kept from None
+    print(f"erf: the run so far is saved in {run.path}; go on with: {command}", file=sys.stderr)
+
+
+def point_work(point: Point) -> int:
+    """The samples and training steps of one sweep point (what the run's progress bar counts).
+
+    Args:
+        point: a sweep point.
+
+    Returns:
+        networks x (training steps + measured states x samples x weight draws); with ``tol`` the
+        samples are the least an adaptive measurement takes.
+    """
+    s = point.settings
+    per = int(s["measure"]["samples"]) * max(1, int(s["measure"]["weight_draws"]))
+    work = per
+    if s["train"]["enabled"]:
+        steps = int(s["train"]["steps"])
+        work = steps + per * len(checkpoint_steps(sorted(set(s["train"]["checkpoints"])), steps))
+    return int(s["model"].get("networks", 1)) * work
+
+
 def measure_all(cfg: Config, device: str, run: RunFolder, progress: bool | None = None) -> list[Record]:
-    """Every point of the sweep (every training state of it).
+    """Every point of the sweep (every training state of it), under one progress bar (rank 0's).
 
     Args:
         cfg: the experiment.
         device: "cpu" or "cuda".
         run: the opened run folder.
-        progress: a tqdm bar over the points (default: when stderr is a terminal; rank 0 only).
+        progress: see ``run_experiment``.
 
     Returns:
         The records (rank 0's; other ranks get an empty list).
     """
-    from tqdm import tqdm  # lazy: tqdm is only needed once a sweep runs
-
-    show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
     done = run.done()
     records: list[Record] = []
-    for point in tqdm(cfg.points, desc=cfg.name, unit="point", disable=not show, file=sys.stderr):
-        records += measure_point(cfg, point, device, run, done)
+    works = [point_work(p) for p in cfg.points]
+    training = any(p.settings["train"]["enabled"] for p in cfg.points)
+    show = progress if distributed.is_main() else False
+    with run_progress(sum(works), cfg.name, "samples+steps" if training else "samples", show) as bar:
+        for point, work in zip(cfg.points, works):
+            with bar.part(work):
+                records += measure_point(cfg, point, device, run, done)
     return records
 
 
