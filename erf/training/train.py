@@ -36,6 +36,7 @@ from erf.engine import checksum
 from erf.errors import ErfError, ModelError
 from erf.io import atomic_write
 from erf.models import create_model
+from erf.progress import progress_bar
 from erf.training.seeds import make_generator, mix_seed
 from erf.training.tasks import Task
 
@@ -387,8 +388,6 @@ def train(model: nn.Module, task: Task, steps: int, batch_size: int = 64, lr: fl
         if saver is not None:
             saver.save(step, model, opt, gen, history, has_accuracy, result)
 
-    from tqdm.auto import tqdm  # lazy: tqdm is an optional progress bar, imported only when training runs
-
     with torch.random.fork_rng(devices=fork):
         torch.manual_seed(mix_seed(seed, "torch"))  # dropout and other in-model randomness
         if restored is not None:
@@ -396,11 +395,11 @@ def train(model: nn.Module, task: Task, steps: int, batch_size: int = 64, lr: fl
             if dev.type == "cuda":
                 torch.cuda.set_rng_state(restored["cuda_rng"], dev)
         model.train()
-        bar = tqdm(range(first, steps + 1), desc=f"train {task.name}", disable=not progress, leave=False)
+        bar = progress_bar(steps - first + 1, desc=f"train {task.name}", unit="step", enabled=progress)
         try:
             if restored is None:
                 checkpoint(0)
-            for step in bar:
+            for step in range(first, steps + 1):
                 x, y = task.batch(batch_size, gen, dev)
                 out = _forward(model, x, task) if step == 1 else model(x)
                 loss = task.loss(out, y)
@@ -423,6 +422,7 @@ def train(model: nn.Module, task: Task, steps: int, batch_size: int = 64, lr: fl
                                        "or set grad_clip")
                     if progress:
                         bar.set_postfix(loss=f"{value:.4f}")
+                bar.update(1)
                 checkpoint(step)
         finally:
             bar.close()
