@@ -124,7 +124,7 @@ def measure_state(cfg: Config, point: Point, model: nn.Module | None, device: st
                       save_every=exp["save_every"])
         if not distributed.is_main():
             return None
-        res.save(run.saved(key))
+        run.save_result(key, res)  # with its checksum, verified on resume
         for path in run.path.glob(f"engine/{key}.state*"):  # every rank's save of this measurement
             path.unlink(missing_ok=True)
     return make_record(cfg, point, res, state, step)
