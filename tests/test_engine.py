@@ -14,6 +14,7 @@ from erf import stats
 from erf.analytic import Layer, linear_erf
 from erf.engine import ERFResult, measure
 from erf.errors import ErfError
+from erf.engine import accumulate as measure_accumulate
 from erf.engine.accumulate import OutOfMemory as OOM
 from erf.engine.inputs import NoiseSource, sample_key
 from erf.engine.probe import Probe
@@ -368,3 +369,59 @@ def test_rebuild_init_draws_the_models_own_scheme_per_draw():
     res = measure(model, 16, samples=4, weight_draws=2, init=rebuild_init("plain_net", args))
     assert res.settings["init"] == "model_rebuild" and res.groups[1].tolist() == [4, 4]
     assert not np.allclose(res.groups[0][0], res.groups[0][1])  # two different networks
+
+
+def test_sample_mass_is_each_samples_total_by_global_index(monkeypatch):
+    model = relu_net()
+    res_acc = {}
+    real_init = measure_accumulate.Accumulator.__init__
+
+    def keep(self, *a, **k):
+        real_init(self, *a, **k)
+        res_acc["acc"] = self
+
+    monkeypatch.setattr(measure_accumulate.Accumulator, "__init__", keep)
+    res = measure(model, 16, samples=5, batch_size=2, dtype="float64", crop=False, weight_draws=2,
+                  init="kaiming_normal")
+    mass = res_acc["acc"].sample_mass()
+    assert mass.shape == (10,) and np.all(np.isfinite(mass)) and np.all(mass > 0)
+    # the masses add up to the map's total
+    np.testing.assert_allclose(mass.sum(), res.map.sum() * res.samples, rtol=1e-12)
+    # group sums agree too: draw d's group holds samples d*5 .. d*5+4
+    np.testing.assert_allclose(res.groups[0].reshape(2, -1).sum(1), mass.reshape(2, 5).sum(1), rtol=1e-12)
+
+
+def test_the_batch_path_reads_nothing_back_to_the_host(monkeypatch):
+    """No .item/.cpu/.tolist/.numpy/bool/float/int in a batch's path (a CUDA loop would wait there)."""
+    model = relu_net()
+    ref = measure(model, 16, samples=6, batch_size=2, crop=False)
+    reads, inside = [], [False]
+    names = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+    for name in names:
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _real=real, _name=name, **k):
+            if inside[0]:
+                reads.append(_name)
+            return _real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    real_run = measure_accumulate.Accumulator.run
+
+    def run(self, *a):
+        inside[0] = True
+        try:
+            return real_run(self, *a)
+        finally:
+            inside[0] = False
+    monkeypatch.setattr(measure_accumulate.Accumulator, "run", run)
+    res = measure(model, 16, samples=6, batch_size=2, crop=False)
+    assert reads == []
+    assert np.array_equal(res.map, ref.map)  # and the same map, bit for bit
+
+
+def test_a_nan_is_found_after_the_loop_and_located_by_layer():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 1, 3, padding=1))
+    with torch.no_grad():
+        model[2].weight[0, 1, 1, 1] = float("nan")
+    with pytest.raises(ErfError, match="NaN or Inf.*layer '2'"):
+        measure(model, 12, samples=4, batch_size=2, crop=False)

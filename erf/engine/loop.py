@@ -3,6 +3,10 @@
 The loop is given its plan (``plan_shares``, this rank's share of whole batches), a source
 factory (one per weight draw) and its saves (``erf.engine.resume``): sharding and resuming
 are strategies it runs, not branches inside it.
+
+Nothing in a batch's path reads a value back to the host (on CUDA the loop never waits for the
+device): the finite check is read at a save and at the end, and a batch that held NaN/Inf is
+then measured again to say where they start.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ import sys
 import time
 from typing import Any, Callable, Protocol
 
+import torch
+
 from erf import distributed
 from erf.engine.accumulate import Accumulator
 from erf.engine.context import Context
 from erf.engine.inputs import Source
 from erf.engine.probe import Probe
 from erf.engine.resume import NoSaves
+from erf.errors import ErfError
 
 __all__ = ["Loop", "plan_shares", "progress_bar"]
 
@@ -34,7 +41,7 @@ class Loop:
     """Measures every planned ``(draw, first, stop)`` range into an accumulator."""
 
     def __init__(self, ctx: Context, acc: Accumulator, probe: Probe, plan: Plan, new_source: Callable[[], Source],
-                 saves: NoSaves):
+                 saves: NoSaves, locate: Callable[[torch.Tensor], None] | None = None):
         """
         Args:
             ctx: the measurement (options, weight redraws, notes).
@@ -43,9 +50,10 @@ class Loop:
             plan: this rank's ``(draw, first, stop)`` ranges (``plan_shares``).
             new_source: a fresh input source, called once per draw.
             saves: ``StateFile`` or ``NoSaves``.
+            locate: raises naming where a batch's NaN/Inf start (``Probe.locate``), for the deferred check.
         """
         self.ctx, self.acc, self.probe, self.plan = ctx, acc, probe, plan
-        self.new_source, self.saves = new_source, saves
+        self.new_source, self.saves, self.locate = new_source, saves, locate
         self.limit, self.samples, self.tol, self.seed = ctx.opts.per_draw, ctx.opts.samples, ctx.opts.tol, ctx.opts.seed
         self.notes = ctx.notes
 
@@ -68,7 +76,27 @@ class Loop:
             if done < min(hi, self.samples):
                 self.notes.append(f"inputs ran out after {done} samples in draw {d}")
             done = None
+        self.check_finite()
         return bs
+
+    def check_finite(self) -> None:
+        """Raise when a measured batch held NaN/Inf, naming where they start (that batch measured again).
+
+        Raises:
+            ErfError: a non-finite map was added.
+        """
+        bad = self.acc.first_nonfinite()
+        if bad is None:
+            return
+        first, b = bad
+        d, done = divmod(first, self.limit)
+        if self.ctx.opts.redraws:
+            self.ctx.redraw(d)
+        x = self.new_source()(self.seed, d, done, b)
+        if x is not None and self.locate is not None:
+            self.locate(x)  # raises, naming the layer
+        raise ErfError(f"the input gradient contains NaN or Inf (samples {first}..{first + b - 1}); check the "
+                       "model's weights and inputs, or try dtype='float64'")
 
     def _draw(self, step: int, d: int, done: int, hi: int, bs: int, bar: Bar) -> tuple[int, int]:
         source, acc = self.new_source(), self.acc
@@ -82,6 +110,7 @@ class Loop:
             if self.tol and done >= self.samples and acc.relative_se() < self.tol:
                 break
             if self.saves.due(time.perf_counter()):
+                self.check_finite()  # never save a non-finite sum
                 self.saves.save(acc, dict(step=step, done=done, batch_size=bs, notes=self.notes), time.perf_counter())
         return bs, done
 

@@ -24,7 +24,7 @@ class Probe:
     """Computes per-sample ERF maps (float64) of one batch: forward, objective, grad, signal."""
 
     def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], preset: stats.Preset, channel: int | None,
-                 amp: dict[str, Any], index: dict[int, int], model: nn.Module | None = None):
+                 amp: dict[str, Any], index: dict[int, int], model: nn.Module | None = None, check: bool = True):
         """
         Args:
             runner: input -> the target layer's output (``erf.engine.target.TargetRunner``).
@@ -33,9 +33,11 @@ class Probe:
             amp: ``{"ctx": autocast context factory}``.
             index: tensor dim -> index of the unit in the layer's output.
             model: the working model, to say where a NaN starts (None: not located).
+            check: raise on a NaN/Inf map in ``maps`` (a host read per batch); False leaves it to the
+                caller (``Accumulator.first_nonfinite``, then ``locate`` on that batch).
         """
         self.runner, self.preset, self.channel, self.amp, self.index = runner, preset, channel, amp, index
-        self.model = model
+        self.model, self.check = model, check
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
         """Raw input gradient of the (batch-summed) target.
@@ -59,18 +61,29 @@ class Probe:
         """Per-sample maps ``(B, *spatial)`` in float64.
 
         Raises:
-            ErfError: no gradient path, or a NaN/Inf gradient (with where it starts).
+            ErfError: no gradient path, or (``self.check``) a NaN/Inf gradient (with where it starts).
         """
         g = self.grad(x)
         if g.dtype not in (torch.float32, torch.float64):  # bf16/half: reduce in float32
             g = g.float()
         # per-sample signal and channel reduction in the gradient's dtype (C terms); sums over samples in float64
         m = stats.reduce_gradient(g, self.preset, channel_axis=1).to(torch.float64)
+        if self.check:
+            self.locate(x, m)
+        return m
+
+    def locate(self, x: torch.Tensor, m: torch.Tensor | None = None) -> None:
+        """Raise when the maps of ``x`` (``m`` if given) hold NaN/Inf, naming where they start (a host read).
+
+        Raises:
+            ErfError: a NaN/Inf gradient.
+        """
+        if m is None:
+            m = stats.reduce_gradient(self.grad(x).float(), self.preset, channel_axis=1)
         if not bool(torch.isfinite(m).all()):
             where = locate_nonfinite(self.model, self.grad, x) if self.model is not None else "NaN/Inf"
             raise ErfError(f"the input gradient contains NaN or Inf: {where}; check that layer's weights and "
                            "inputs, or try dtype='float64'")
-        return m
 
 
 def unit_activation(out: torch.Tensor, index: dict[int, int], channel: int | None) -> torch.Tensor:
