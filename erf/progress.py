@@ -94,7 +94,8 @@ class Progress:
         elif self.mode == "lines":
             now = time.monotonic()
             tenth = 10 * self.n // self.total if self.total else 0
-            if now - self._last >= self.every or tenth > self._tenth:
+            due = now - self._last >= self.every or tenth > self._tenth
+            if due and not (self.total and self.n >= self.total):  # the closing line says 100%
                 self._tenth, self._last = tenth, now
                 self._line()
 

@@ -6,7 +6,7 @@ every ``experiment.save_every`` seconds (``engine/``), and the results are writt
 which is renamed onto the destination only at the very end. So an interrupted run never leaves
 a results folder that looks complete, and a resumed run (same ``fingerprint``) goes on from the
 last save with the same numbers. A saved file that does not match its checksum is moved to
-``damaged/`` (never deleted) and that measurement is made again.
+``damaged/`` (never deleted; it ends in the results' ``damaged/``) and that measurement is made again.
 
 ``.<name>.lock`` beside it holds the process id and host of the run writing there: a second run
 into the same place is refused while that process lives; a lock left by a dead process of this
@@ -141,18 +141,22 @@ class RunFolder:
         """Finish what a run killed during its final renames left, and remove old copies; nothing is lost.
 
         Returns:
-            True when a finished run's results were put in place now (its ``finished`` marker was there).
+            True when the last run here had finished (its ``finished`` marker, or its removed folder,
+            was there) and no interrupted run is left: its results are in place now.
         """
         finished = (self.path / FINISHED).is_file()
         if finished:
             if self.out.is_dir():
                 self._commit()
             self._remove_partial()
+        removed = False  # a finished run's folder, renamed to .done-* but not yet deleted
         for entry in self._leftovers():
             if entry.name.startswith(f".{self.dest.name}.old-") and not self.dest.exists() \
                     and (entry / "results").is_dir():  # an older erf's rename, killed between its two steps
                 os.rename(entry / "results", self.dest)
+            removed |= entry.name.startswith(f".{self.dest.name}.done-")
             shutil.rmtree(entry, ignore_errors=True)
+        finished = finished or (removed and not self.path.exists() and (self.dest / "summary.json").is_file())
         if finished:
             print(f"erf: note: the run writing {self.dest} had finished but was stopped during its final renames; "
                   "its results are now in place", file=sys.stderr)
@@ -266,9 +270,11 @@ class RunFolder:
     def finish(self) -> None:
         """Put ``out/`` in place of the destination (replacing older results there); remove the run folder.
 
-        ``out/`` is flushed and marked ``finished`` first, so a kill at any later point is completed
+        Damaged saves set aside during the run go to the results' ``damaged/``. ``out/`` is flushed and marked ``finished`` first, so a kill at any later point is completed
         by the next start (``recover``).
         """
+        if (self.path / "damaged").is_dir():  # damaged saves set aside: kept with the results, never deleted
+            os.replace(self.path / "damaged", self.out / "damaged")
         fsync_tree(self.out)
         atomic_write(self.path / FINISHED, lambda f: Path(f).write_text("results complete in out/\n"))
         self._commit()

@@ -88,6 +88,8 @@ def run_experiment(cfg: Config, out: str | os.PathLike | None = None, progress: 
     if refused:
         raise ConfigError(refused)
     if finished:
+        if distributed.is_main():
+            run.unlock()
         return dest
     try:
         t0 = time.perf_counter()
