@@ -24,6 +24,7 @@ import torch.nn as nn
 from erf import determinism
 from erf.device import resolve_device
 from erf.engine.accumulate import Accumulator, final_group_size
+from erf.engine.cone import choose_cone
 from erf.engine.context import frozen, prepare
 from erf.engine.crop import choose_crop, crop_index
 from erf.engine.inputs import make_source
@@ -76,18 +77,23 @@ def measure(model: nn.Module, input_size: Any, options: MeasureOptions | None = 
         window, cunit, crop_notes = ranks.from_main(lambda: choose_crop(ctx), (None, None, []))
         notes += crop_notes
         index = ctx.target.index_of(ctx.unit) if window is None else crop_index(ctx.target, cunit)
-        probe = Probe(TargetRunner(ctx.model, ctx.target), preset, opts.channel, ctx.amp, index, ctx.model)
+        probe = Probe(TargetRunner(ctx.model, ctx.target), preset, opts.channel, ctx.amp, index, ctx.model,
+                      check=not isinstance(opts.inputs, str))  # noise can be made again: its NaN check waits
+        runner, cone_index, cone_notes = choose_cone(ctx, window, probe)  # every rank: the same plan
+        notes += cone_notes
+        fast = probe if runner is None else Probe(runner, preset, opts.channel, ctx.amp, cone_index, ctx.model,
+                                                  check=probe.check)
         shape = tuple(w.stop - w.start for w in window) if window else ctx.size
         gs = opts.draw_group_size()
         acc = Accumulator(shape, dev, gs if opts.tol else final_group_size(gs, opts.draws * opts.per_draw),
                           merge=bool(opts.tol))
         plan = plan_shares(opts.draws, opts.per_draw, ctx.batch, ranks.share)
-        settings = settings_of(ctx)
+        settings = dict(settings_of(ctx), cone=runner is not None)
         saves = NoSaves() if opts.state_file is None else StateFile(ranks.state_path(opts.state_file), dict(
             settings, window=[[w.start, w.stop] for w in window or ()], group_size=acc.gs, world=ranks.world,
             model=checksum(ctx.model)), opts.save_every)
-        loop = Loop(ctx, acc, probe, plan, lambda: make_source(opts.inputs, (ctx.chans, *ctx.size), dev, ctx.dtype,
-                                                                window), saves)
+        loop = Loop(ctx, acc, fast, plan, lambda: make_source(opts.inputs, (ctx.chans, *ctx.size), dev, ctx.dtype,
+                                                               window), saves, locate=probe.locate)
         bar = progress_bar(opts.progress and ranks.is_main,
                            sum(hi - lo for _, lo, hi in plan) if not opts.tol else opts.most_samples * opts.draws)
         t_loop = time.perf_counter()

@@ -102,6 +102,9 @@ class MeasureOptions:
     crop: str | bool = _opt("auto", "'auto' (crop to the unit's TRF where safe, checked once), True (unchecked) "
                                     "or False (never)", "--no-crop",
                             {"action": "store_true", "help": "never crop the input to the unit's TRF"})
+    cone: str | bool = _opt("auto", "'auto' (run each op only where the unit depends on it, for chains of convs, "
+                                    "pools and pointwise ops; checked once), True (unchecked) or False (never)",
+                            python_only="exact where it runs (checked once, like the crop); False is for benchmarks")
     single_sample: bool = _opt(False, "one sample per pass (train-mode BatchNorm mixes a batch)",
                                python_only="only with eval_mode=False, which the CLI never sets")
     tol: float | None = _opt(None, "keep sampling until the relative SE of sigma is below tol", "--tol",
@@ -198,6 +201,8 @@ class MeasureOptions:
             raise ErfError(f"inputs must be gaussian, uniform, constant or a PATH of images; got {self.inputs!r}")
         if self.crop not in ("auto", True, False):
             raise ErfError(f"crop must be 'auto', True or False; got {self.crop!r}")
+        if self.cone not in ("auto", True, False):
+            raise ErfError(f"cone must be 'auto', True or False; got {self.cone!r}")
         if self.autocast not in (None, "bf16", "tf32"):
             raise ErfError(f"autocast must be None, 'bf16' or 'tf32'; got {self.autocast!r}")
         if self.dtype not in ("float32", "float64"):

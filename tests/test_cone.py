@@ -1,0 +1,79 @@
+"""Cone execution (erf.engine.cone): exact where it runs, a note and the usual pass where it cannot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from erf.engine import measure
+from erf.errors import ErfError
+from erf.models import create_model
+
+
+def mixed_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=2, dilation=2), nn.GELU(),
+        nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(4, 4, (3, 1), padding=(1, 0)), nn.Tanh(),
+        nn.AvgPool2d(2, stride=1, padding=1), nn.Conv2d(4, 3, 3, padding=1, bias=True))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net
+
+
+@pytest.mark.parametrize("unit", [None, (0, 0), (1, 9), (10, 10)])
+def test_cone_equals_the_uncropped_pass_inside_and_at_the_border(unit):
+    net = mixed_net()
+    kw = dict(samples=4, batch_size=2, dtype="float64", unit=unit)
+    cone = measure(net, (40, 44), **kw)
+    plain = measure(net, (40, 44), cone=False, crop=False, **kw)
+    assert cone.settings["cone"] is True and plain.settings["cone"] is False
+    assert any(n.startswith("cone-executed") for n in cone.notes)
+    np.testing.assert_allclose(cone.map, plain.map, rtol=1e-12, atol=1e-14 * np.abs(plain.map).max())
+
+
+def test_cone_runs_fewer_positions_on_a_deep_plain_net():
+    net = create_model("plain_net", depth=10, width=4, activation="relu")
+    counted = {"cone": 0, "plain": 0}
+    for key, cone in (("cone", "auto"), ("plain", False)):
+        def count(_m, _i, o, k=key):
+            if o.shape[0] == 2:  # the loop's batches, not the one-sample checks
+                counted[k] += o[0, 0].numel()
+        hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, nn.ReLU)]
+        res = measure(net, 64, samples=2, batch_size=2, cone=cone)
+        for h in hooks:
+            h.remove()
+        assert res.settings["cone"] is (cone == "auto")
+    # the pyramid: 19^2 + 17^2 + ... + 1^2 activations against 10 x 22^2 (the crop)
+    assert counted["cone"] == sum((2 * i + 1) ** 2 for i in range(10)) and counted["plain"] == 10 * 22 ** 2
+
+
+def test_no_cone_for_a_residual_net_with_a_note_and_the_same_map():
+    net = create_model("residual_net", depth=4, width=4)
+    res = measure(net, 24, samples=2, batch_size=2, dtype="float64")
+    assert res.settings["cone"] is False
+    assert any(n.startswith("not cone-executed") and "chain" in n for n in res.notes)
+    with pytest.raises(ErfError, match="cone execution cannot run this target"):
+        measure(net, 24, samples=2, cone=True)
+
+
+def test_unsupported_layers_fall_back_with_a_note():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), nn.Conv2d(2, 1, 3))
+    res = measure(net, 20, samples=2)
+    assert res.settings["cone"] is False
+    assert any("not cone-executed" in n and "reflect" in n for n in res.notes)
+    with pytest.raises(ErfError, match="cone must be"):
+        measure(net, 20, samples=2, cone="yes")
+
+
+def test_an_inner_layer_target_uses_the_chain_up_to_it():
+    net = mixed_net()
+    kw = dict(samples=2, batch_size=2, dtype="float64", layer="5")
+    cone = measure(net, 32, **kw)
+    plain = measure(net, 32, cone=False, crop=False, **kw)
+    assert cone.settings["cone"] is True
+    np.testing.assert_allclose(cone.map, plain.map, rtol=1e-12, atol=1e-14 * np.abs(plain.map).max())
