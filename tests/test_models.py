@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from erf.errors import ErfError, ModelError
-from erf.models import (INITS, apply_init, create_model, list_models, load_checkpoint, load_model,
-                        load_model_file, parse_model_args, register_model, unregister_model)
+from erf.models import (INITS, ModelInfo, apply_init, create_model, list_models, load_checkpoint, load_model,
+                        load_model_file, model_info, parse_model_args, register_model, unregister_model)
 
 
 class NotAllowed:
@@ -26,6 +26,41 @@ def test_list_models_has_every_builtin():
     assert expected <= set(names)
     assert names == sorted(names)
     assert list_models("resnet5*") == ["resnet50", "resnet50_v1"]
+
+
+def test_model_info_describes_every_builtin():
+    for name in list_models():
+        info = model_info(name)
+        assert info.name == name and info.description and "\n" not in info.description, name
+        assert "``" not in info.description and len(info.description) < 160, name
+    assert model_info("plain_net").arguments[:2] == ("depth=8", "width=32")
+    assert "batch_norm=False" in model_info("vgg16").arguments
+
+
+def test_register_model_description_and_docstring():
+    @register_model("described_net", description="  One   line\n about it. ")
+    def described(width: int = 2, *, depth: int = 3) -> nn.Module:
+        """The docstring, not shown."""
+        return nn.Conv2d(1, width, 3)
+
+    @register_model("docstring_net")
+    def documented(k) -> nn.Module:
+        """First paragraph
+        on two lines.
+
+        Not this one."""
+        return nn.Conv2d(1, 1, k)
+
+    try:
+        assert model_info("described_net") == ModelInfo("described_net", "One line about it.", ("width=2", "depth=3"))
+        assert model_info("docstring_net") == ModelInfo("docstring_net", "First paragraph on two lines.", ("k",))
+        register_model("described_net")(documented)  # re-registered without one: the docstring again
+        assert model_info("described_net").description == "First paragraph on two lines."
+    finally:
+        unregister_model("described_net")
+        unregister_model("docstring_net")
+    with pytest.raises(ModelError, match="unknown model"):
+        model_info("described_net")
 
 
 def test_unknown_model_suggests_close_names():
@@ -346,8 +381,10 @@ def test_checkpoint_refuses_code(tmp_path, what):
     with pytest.raises(ModelError) as info:
         load_checkpoint(_tiny(0), str(path))
     msg = str(info.value)
-    assert msg.startswith(f"refused: {path} is not a plain weights file (it would run code when loaded)")
-    assert "torch.save(model.state_dict(), ...)" in msg and "\n" not in msg
+    assert msg.startswith(f"refused: {path} would run code when loaded (its pickle asks for the Python global ")
+    glob = "test_models.NotAllowed" if what == "object" else "erf.models.builders.ConvNet"
+    assert glob in msg and "torch.save(model.state_dict(), ...)" in msg and "\n" not in msg
+    assert "weights_only" not in msg  # never advice to turn the safe loader off
 
 
 # --------------------------------------------------------------------------- whole-model files

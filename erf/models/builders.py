@@ -158,7 +158,8 @@ def conv_net(depth: int = 8, width: int = 32, kernel_size: int = 3, activation: 
     return ConvNet(layers)
 
 
-@register_model()
+@register_model(description="A plain stack of ``depth`` convolutions, each with its norm and activation "
+                            "(``layers.i``), same padding.")
 def plain_net(depth: int = 8, width: int = 32, kernel_size: int = 3, activation: str = "linear",
               strides: Sequence[int] | None = None, dilation: int | Sequence[int] = 1, norm: str = "none",
               in_channels: int = 1, bias: bool = False, last_activation: bool = True) -> nn.Module:
@@ -167,7 +168,8 @@ def plain_net(depth: int = 8, width: int = 32, kernel_size: int = 3, activation:
                     residual=False, last_activation=last_activation)
 
 
-@register_model()
+@register_model(description="``depth // 2`` residual blocks of two convs (identity or 1x1-projection skips), "
+                            "``layers.j``; ``depth`` counts main-path convs.")
 def residual_net(depth: int = 8, width: int = 32, kernel_size: int = 3, activation: str = "linear",
                  strides: Sequence[int] | None = None, dilation: int | Sequence[int] = 1, norm: str = "none",
                  in_channels: int = 1, bias: bool = False, last_activation: bool = True) -> nn.Module:

@@ -237,7 +237,8 @@ class SwinTransformer(nn.Module):
         return self.head(self.forward_features(x).mean(dim=(1, 2)))
 
 
-@register_model()
+@register_model(description="A small ViT (about 140k parameters by default); measure ``blocks.i`` or ``norm``: "
+                            "(N, 1 + h*w, C) tokens.")
 def vit(img_size: int = 32, patch_size: int = 4, embed_dim: int = 64, depth: int = 4, num_heads: int = 4,
         mlp_ratio: float = 2.0, num_classes: int = 10, in_channels: int = 3, class_token: bool = True) -> nn.Module:
     """A small ViT (about 140k parameters by default): ``patch_size`` patches of an ``img_size`` image,
@@ -255,7 +256,8 @@ def vit_tiny(img_size: int = 224, patch_size: int = 16, num_classes: int = 1000,
     return VisionTransformer(img_size, patch_size, 192, 12, 3, 4.0, num_classes, in_channels, class_token)
 
 
-@register_model()
+@register_model(description="A small Swin-like net (about 90k parameters by default); measure ``stages.i`` or "
+                            "``norm``: (N, H, W, C) tokens; sizes must split into windows at every stage.")
 def swin(patch_size: int = 2, embed_dim: int = 32, depths=(2, 2), num_heads=(2, 4), window_size: int = 4,
          mlp_ratio: float = 2.0, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """A small Swin-like net (about 90k parameters by default): ``patch_size`` patches, one stage
