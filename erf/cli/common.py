@@ -85,18 +85,24 @@ def input_size(text: str, ndim: int = 2) -> tuple[int, ...]:
 
 
 def add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
-    """MODEL, --model-arg, --checkpoint, --input, --in-channels: how every subcommand names a model.
+    """MODEL, --model-arg, --pretrained, --checkpoint, --input, --in-channels: how every subcommand names a model.
 
     Args:
         p: the subcommand's parser.
         optional: MODEL may be left out (``erf rf --list``).
     """
     p.add_argument("model", metavar="MODEL", nargs="?" if optional else None,
-                   help="registry name (see 'erf rf --list'), path/to/file.py:factory, timm:NAME or torchvision:NAME")
+                   help="registry name (see 'erf rf --list'), path/to/file.py:factory (imports the file: its code "
+                        "runs), timm:NAME or torchvision:NAME[:WEIGHTS]")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="argument passed to the model factory (repeatable), e.g. --model-arg width=0.25")
+    p.add_argument("--pretrained", action="store_true",
+                   help="timm:NAME / torchvision:NAME: load the library's trained weights, fetched into its own cache "
+                        "(~/.cache/huggingface/hub, ~/.cache/torch/hub/checkpoints); offline, pass them with "
+                        "--checkpoint instead")
     p.add_argument("--checkpoint", metavar="FILE", default=None,
-                   help="weights to load (a state_dict saved with torch.save; loaded with weights_only=True)")
+                   help="weights to load: a state_dict saved with torch.save (.pt/.pth; a pickle that would run code "
+                        "is refused) or a .safetensors file")
     p.add_argument("--input", default="224", metavar="H[,W]", help="input size in pixels (default 224)")
     p.add_argument("--in-channels", type=positive_int, default=None, metavar="C",
                    help="input channels (default: read from the model's first conv, else 3)")

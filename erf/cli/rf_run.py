@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 import time
 
 from erf import models
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
             loading or tracing the model.
     """
     if args.list:
-        print("\n".join(models.list_models()))
+        print(model_list())
         return 0
     if args.model is None:
         raise ErfError("give a MODEL (a registry name, path/to/file.py:factory, timm:NAME or torchvision:NAME); "
@@ -71,3 +72,29 @@ def run(args: argparse.Namespace) -> int:
 def _box(box: list[tuple[int, int] | None]) -> str:
     """``[a, b] x [c, d]`` (``empty`` for an axis with no pixels)."""
     return " x ".join("empty" if b is None else f"[{b[0]}, {b[1]}]" for b in box)
+
+
+def model_list(width: int = 100) -> str:
+    """``erf rf --list``: every registered model with its one-line description and keyword arguments.
+
+    Args:
+        width: the line width the text is wrapped to.
+
+    Returns:
+        The text, ending with the other kinds of MODEL spec.
+    """
+    names = models.list_models()
+    pad = max(map(len, names), default=0) + 4
+    lines = ["registered models (MODEL; set an argument with --model-arg KEY=VALUE):"]
+    for name in names:
+        info = models.model_info(name)
+        lines += textwrap.wrap(info.description or "(no description)", width, initial_indent=f"  {name:<{pad - 2}}",
+                               subsequent_indent=" " * pad)
+        if info.arguments:
+            lines += textwrap.wrap(", ".join(info.arguments), width, initial_indent=" " * pad + "args: ",
+                                   subsequent_indent=" " * (pad + 6))
+    lines += textwrap.wrap("other MODEL specs: timm:NAME, timm:hf-hub:ORG/REPO, torchvision:NAME[:WEIGHTS] (add "
+                           "--pretrained for their trained weights), path/to/file.py:FACTORY (imports the file: its "
+                           "code runs), or a saved TorchScript (.ts, .pt) / torch.export (.pt2) model", width,
+                           subsequent_indent="  ")
+    return "\n".join(lines)
