@@ -18,7 +18,7 @@ from erf.engine import PrefixTokensError, check_traced, require_spatial
 from erf.errors import ErfError, UnsupportedOpError
 from erf.experiment.schema import Fail
 from erf.experiment.sweeps import Config
-from erf.models import load_checkpoint, load_model
+from erf.models import check_pretrained, load_checkpoint, load_model
 
 
 def check_models(cfg: Config) -> None:
@@ -86,15 +86,21 @@ def _check_target(fail: Fail, pre: str, rep: RFReport, measure: dict) -> None:
 
 
 def _check_checkpoints(fail: Fail, cfg: Config) -> None:
-    """Every ``model.checkpoint`` is a safe weights file that fits its model (checked on the meta device)."""
+    """Every ``model.checkpoint`` is a safe weights file that fits its model (checked on the meta device), and
+    every ``model.pretrained`` names a timm/torchvision model whose library imports (nothing is fetched)."""
     seen = set()
     for p in cfg.points:
         m = p.settings["model"]
+        pre = f"point {p.id} ({p.label}): " if len(cfg.points) > 1 else ""
+        if m.get("pretrained"):
+            try:
+                check_pretrained(m["name"], m["checkpoint"] or None)
+            except ErfError as exc:
+                fail("model.pretrained", f"{pre}{' '.join(str(exc).split())}")
         key = repr((m["name"], m["args"], m["checkpoint"]))
         if not m["checkpoint"] or key in seen:
             continue
         seen.add(key)
-        pre = f"point {p.id} ({p.label}): " if len(cfg.points) > 1 else ""
         with torch.device("meta"):
             model = load_model(m["name"], m["args"])
         try:

@@ -152,6 +152,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     required=True),
         "args": Key({}, _table, "table", "keyword arguments of the model factory, e.g. {depth = 10, width = 32}"),
         "checkpoint": Key("", _str(), "str", "state_dict file to load (\"\" = none); relative to the working directory"),
+        "pretrained": Key(False, _bool, "bool", "timm:NAME / torchvision:NAME: load the library's trained weights, "
+                          "fetched into its own cache (CLI --pretrained); offline, use checkpoint instead"),
     },
     "inputs": {
         "kind": Key("gaussian", _choice("gaussian", "uniform", "constant", "images"), "str",
