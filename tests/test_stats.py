@@ -180,9 +180,9 @@ def test_mass_in_box():
 def test_summarize_keys_and_json():
     m = gauss((61, 61), 30, 30, 3.0, 5.0)
     d = S.summarize(m, trf=(31, 41), trf_box=((15, 45), (10, 50)))
-    expected = {"ndim", "shape", "axes", "total", "peak", "peak_index", "center_unit",
+    expected = {"ndim", "shape", "axes", "total", "peak", "peak_index", "center_unit", "reference_center",
                 "center_y", "center_x", "com_offset_y", "com_offset_x", "sigma_y", "sigma_x", "cov",
-                "erf_size_y", "erf_size_x", "trf_y", "trf_x", "erf_trf_ratio_y", "erf_trf_ratio_x",
+                "erf_size_y", "erf_size_x", "kurtosis_y", "kurtosis_x", "trf_y", "trf_x", "erf_trf_ratio_y", "erf_trf_ratio_x",
                 "trf_box", "trf_clipped", "mass_in_trf",
                 "mass_radius_0.5", "mass_radius_0.9", "mass_radius_0.95",
                 "area_above_0.1", "area_above_0.5", "area_above_count_0.1", "area_above_count_0.5",

@@ -17,7 +17,9 @@ import torch.nn as nn
 
 from erf import stats
 from erf.analytic import infer_in_channels, spatial_size
-from erf.engine.inputs import sample_key
+from erf.engine.bn import calibrate_bn, wants_calibration
+from erf.engine.diagnostics import MapSource, SampleStats
+from erf.engine.inputs import make_source, sample_key
 from erf.engine.options import MeasureOptions
 from erf.engine.ranks import Ranks
 from erf.engine.target import Target, TargetRunner, check_unit, resolve_target
@@ -40,6 +42,8 @@ class Context:
         batch: samples per pass as planned (train-mode BatchNorm may force 1).
         amp: ``{"ctx": callable returning the autocast context, "tf32": a context}``.
         notes: lines for ``ERFResult.notes``, appended to as the run goes.
+        calibrate_bn: re-estimate the BatchNorm statistics after every weight draw (``opts.bn``).
+        sample_stats: the probe wrapper of ``record`` (per-sample masses, zero-gradient shares), once made.
     """
 
     opts: MeasureOptions
@@ -54,10 +58,33 @@ class Context:
     batch: int
     amp: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    calibrate_bn: bool = False
+    sample_stats: SampleStats | None = None
+
+    def record(self, probe: MapSource, window: tuple[slice, ...] | None) -> SampleStats:
+        """Wrap ``probe`` for the loop: ``normalize_samples`` and the per-sample diagnostics (kept here).
+
+        Args:
+            probe: the batch's maps (``erf.engine.probe.Probe``).
+            window: the crop (the maps' extent in the full input), or None.
+
+        Returns:
+            The wrapper (also ``self.sample_stats``).
+        """
+        self.sample_stats = SampleStats(probe, trf_mask(self.target.box(self.unit, clip=True), window, self.size,
+                                                        self.device), self.opts.normalize_samples)
+        return self.sample_stats
 
     def redraw(self, draw: int) -> None:
         """Draw the working model's weights for weight draw ``draw`` (a function of seed and draw only)."""
         redraw_weights(self.model, self.opts, draw)
+        self.calibrate(draw)
+
+    def calibrate(self, draw: int) -> None:
+        """With ``calibrate_bn``: BatchNorm statistics from draw ``draw``'s first probe inputs (full size)."""
+        if self.calibrate_bn:
+            calibrate_bn(self.model, calibration_source(self, draw), max(2, self.batch),
+                         TargetRunner(self.model, self.target))
 
 
 def prepare(model: nn.Module, input_size: Any, opts: MeasureOptions, dev: torch.device, preset: stats.Preset,
@@ -81,10 +108,13 @@ def prepare(model: nn.Module, input_size: Any, opts: MeasureOptions, dev: torch.
         ErfError: an unknown layer, a unit outside the layer's map, an untraceable size.
     """
     fdtype = torch.float64 if opts.dtype == "float64" else torch.float32
-    work = working_model(model, dev, fdtype, copy_needed=opts.redraws or has_train_bn(model) or ranks.active)
+    calib, _ = wants_calibration(model, opts.bn)
+    work = working_model(model, dev, fdtype,
+                         copy_needed=opts.redraws or has_train_bn(model) or ranks.active or calib)
     ranks.broadcast_weights(work)  # every rank measures rank 0's weights
     if opts.redraws:
         redraw_weights(work, opts, 0)
+    calib, bn_note = wants_calibration(work, opts.bn)  # after draw 0: a redraw gives fresh statistics
     size = spatial_size(work, input_size)
     chans = opts.in_channels or infer_in_channels(work)
     zeros = torch.zeros((1, chans, *size), device=dev, dtype=fdtype)
@@ -92,7 +122,7 @@ def prepare(model: nn.Module, input_size: Any, opts: MeasureOptions, dev: torch.
                             probe=lambda t: tuple(TargetRunner(work, t)(zeros).shape),
                             prefix_tokens=opts.prefix_tokens)
     notes += target.notes
-    unit = stats.center_unit(target.output) if opts.unit is None else check_unit(opts.unit, target.output)
+    unit = preset.center(target.output, target.tokens) if opts.unit is None else check_unit(opts.unit, target.output)
     bs = opts.batch
     if has_train_bn(work):
         if opts.single_sample:
@@ -102,8 +132,48 @@ def prepare(model: nn.Module, input_size: Any, opts: MeasureOptions, dev: torch.
             warnings.warn("BatchNorm layers are in train mode: they mix the samples of a batch, so each map "
                           "depends on the others; pass single_sample=True (or keep eval_mode=True)", stacklevel=3)
             notes.append("BatchNorm in train mode mixed the samples of each batch")
+    if calib and has_train_bn(work):
+        calib, bn_note = False, "BatchNorm in train mode uses batch statistics: no bn calibration"
+    if bn_note:
+        notes.append(bn_note)
     amp = amp_context(dev, opts.autocast, notes)
-    return Context(opts, work, dev, fdtype, preset, size, chans, target, unit, bs, amp, notes)
+    ctx = Context(opts, work, dev, fdtype, preset, size, chans, target, unit, bs, amp, notes, calib)
+    ctx.calibrate(0)
+    return ctx
+
+
+def trf_mask(box: tuple | None, window: tuple[slice, ...] | None, size: tuple[int, ...],
+             dev: torch.device) -> torch.Tensor | None:
+    """Boolean map (over ``window``, else the full input) of the pixels inside the clipped TRF ``box``.
+
+    None without a box (every pixel counts); an axis without a box is taken whole.
+    """
+    if box is None:
+        return None
+    win = window or tuple(slice(0, n) for n in size)
+    axes = []
+    for b, w in zip(box, win):
+        coords = torch.arange(w.start, w.stop, device=dev)
+        axes.append(torch.ones_like(coords, dtype=torch.bool) if b is None else (coords >= b[0]) & (coords <= b[1]))
+    mask = axes[0]
+    for ax in axes[1:]:
+        mask = mask[..., None] & ax
+    return mask
+
+
+def calibration_source(ctx: Context, draw: int) -> Callable[[int, int], torch.Tensor | None]:
+    """``(first, count) -> full-size probe inputs`` of ``draw`` for the BatchNorm calibration.
+
+    The probe inputs themselves (sample indices 0.. of the draw); a one-shot iterator of tensors
+    cannot be read twice, so it is replaced by Gaussian noise, with a note.
+    """
+    inputs = ctx.opts.inputs
+    if not isinstance(inputs, str) and iter(inputs) is inputs:
+        inputs = "gaussian"
+        if draw == 0:
+            ctx.notes.append("bn calibration used Gaussian noise: the inputs are a one-shot iterator")
+    source = make_source(inputs, (ctx.chans, *ctx.size), ctx.device, ctx.dtype, None)
+    return lambda first, count: source(ctx.opts.seed, draw, first, count)
 
 
 def redraw_weights(model: nn.Module, opts: MeasureOptions, draw: int) -> None:

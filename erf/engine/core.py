@@ -13,6 +13,7 @@ The steps, each in its own module: ``options`` -> ``context`` (working model, ta
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 import warnings
@@ -26,7 +27,7 @@ from erf.device import resolve_device
 from erf.engine.accumulate import Accumulator, final_group_size
 from erf.engine.cone import choose_cone
 from erf.engine.context import frozen, prepare
-from erf.engine.crop import choose_crop, crop_index
+from erf.engine.crop import choose_crop, crop_index, full_gradient
 from erf.engine.inputs import make_source
 from erf.engine.loop import Loop, plan_shares, progress_bar
 from erf.engine.options import MeasureOptions
@@ -74,12 +75,13 @@ def measure(model: nn.Module, input_size: Any, options: MeasureOptions | None = 
     with frozen(model, opts.eval_mode), determinism.deterministic_mode(opts.deterministic, dev):
         ctx = prepare(model, input_size, opts, dev, preset, ranks, notes)
         t_trace = time.perf_counter()
-        window, cunit, crop_notes = ranks.from_main(lambda: choose_crop(ctx), (None, None, []))
+        reference = functools.cache(lambda: full_gradient(ctx))  # one uncropped pass for both checks
+        window, cunit, crop_notes = ranks.from_main(lambda: choose_crop(ctx, reference), (None, None, []))
         notes += crop_notes
         index = ctx.target.index_of(ctx.unit) if window is None else crop_index(ctx.target, cunit)
         probe = Probe(TargetRunner(ctx.model, ctx.target), preset, opts.channel, ctx.amp, index, ctx.model,
                       check=not isinstance(opts.inputs, str))  # noise can be made again: its NaN check waits
-        runner, cone_index, cone_notes = choose_cone(ctx, window, probe)  # every rank: the same plan
+        runner, cone_index, cone_notes = choose_cone(ctx, window, probe, reference)  # every rank: the same plan
         notes += cone_notes
         fast = probe if runner is None else Probe(runner, preset, opts.channel, ctx.amp, cone_index, ctx.model,
                                                   check=probe.check)
@@ -92,8 +94,9 @@ def measure(model: nn.Module, input_size: Any, options: MeasureOptions | None = 
         saves = NoSaves() if opts.state_file is None else StateFile(ranks.state_path(opts.state_file), dict(
             settings, window=[[w.start, w.stop] for w in window or ()], group_size=acc.gs, world=ranks.world,
             model=checksum(ctx.model)), opts.save_every)
-        loop = Loop(ctx, acc, fast, plan, lambda: make_source(opts.inputs, (ctx.chans, *ctx.size), dev, ctx.dtype,
-                                                               window), saves, locate=probe.locate)
+        loop = Loop(ctx, acc, ctx.record(fast, window), plan,
+                    lambda: make_source(opts.inputs, (ctx.chans, *ctx.size), dev, ctx.dtype, window), saves,
+                    locate=probe.locate)
         bar = progress_bar(opts.progress and ranks.is_main,
                            sum(hi - lo for _, lo, hi in plan) if not opts.tol else opts.most_samples * opts.draws)
         t_loop = time.perf_counter()

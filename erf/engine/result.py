@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +15,7 @@ import numpy as np
 from erf import stats
 from erf.engine.accumulate import Accumulator
 from erf.engine.context import Context
+from erf.engine.diagnostics import diagnose
 from erf.errors import ErfError
 from erf.io import atomic_write, save_npz, to_json
 
@@ -27,8 +30,12 @@ class ERFResult:
     fewer than 2 groups), ``groups = (group_sums (G, *size), group_counts (G,))`` the per-group
     sums behind both. ``trf``/``trf_box`` are the unit's theoretical RF size and its inclusive
     box clipped to the image (None when the model could not be traced); ``clipped`` says the
-    unclipped box reached past the image. ``metrics``, ``intervals`` and ``fit`` are computed
-    on first use from ``erf.stats``.
+    unclipped box reached past the image. ``trf_box_unclipped`` is the whole box (it may start
+    below 0) and ``trf_center`` its centre in input pixels: the reference of every position
+    metric (``com_offset_*``) and of the plot's centre marker. ``metrics``, ``intervals`` and
+    ``fit`` are computed on first use from ``erf.stats``; ``uniform_reference`` compares the ERF
+    with a uniform map over the visible part of a clipped (or global) TRF. ``diagnostics`` holds
+    the heavy-tail diagnostics of the samples (``erf.engine.diagnostics.diagnose``).
     """
 
     map: np.ndarray
@@ -45,6 +52,8 @@ class ERFResult:
     seconds: float
     settings: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    diagnostics: dict = field(default_factory=dict)
+    trf_box_unclipped: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self):
         self._cache: dict = {}
@@ -64,14 +73,49 @@ class ERFResult:
         return self._lazy("post_map", lambda: stats.apply_post(self.map, self.post))
 
     @property
+    def trf_center(self) -> tuple[float, ...] | None:
+        """The unit's TRF centre in input pixels (unclipped; may lie off-centre or outside the image), or None."""
+        box = self.trf_box_unclipped or (None if self.clipped else self.trf_box)
+        if box is None or any(b is None for b in box):
+            return None
+        return tuple((b[0] + b[1]) / 2.0 for b in box)
+
+    @property
     def metrics(self) -> dict:
-        """``stats.summarize`` of the raw mean map with this unit's TRF."""
-        return self._lazy("metrics", lambda: stats.summarize(self.map, trf=self.trf, trf_box=self.trf_box))
+        """``stats.summarize`` of the raw mean map with this unit's TRF (positions relative to ``trf_center``).
+
+        Only metrics: the map's geometry (``ndim``, ``shape``, ``axes``) is not among them.
+        """
+        def compute():
+            box = self.trf_box_unclipped or self.trf_box
+            out = stats.summarize(self.map, trf=self.trf, trf_box=box, center=self.trf_center)
+            for k in ("ndim", "shape", "axes"):
+                out.pop(k, None)
+            return out
+        return self._lazy("metrics", compute)
 
     @property
     def intervals(self) -> dict:
-        """Bootstrap intervals over groups (``stats.metric_intervals``): name -> (lo, hi) or None."""
-        return self._lazy("intervals", lambda: stats.metric_intervals(*self.groups, trf=self.trf))
+        """Bootstrap intervals over groups (``stats.metric_intervals``) of every scalar metric that has one.
+
+        Name -> (lo, hi) or None: the ``stats.interval_metrics`` names (every default scalar metric
+        of ``metrics`` but the Gaussian-fit ones), positions relative to ``trf_center``.
+        """
+        return self._lazy("intervals", lambda: stats.metric_intervals(
+            *self.groups, stats.interval_metrics(self.map.ndim, self.trf), trf=self.trf, center=self.trf_center))
+
+    @property
+    def uniform_reference(self) -> dict | None:
+        """Where the TRF is clipped by the image (or covers all of it): the ERF against a uniform map over the
+        visible part of the TRF (``stats.uniform_reference``: ``region``, ``uniform``, ``vs_uniform``); else None.
+        """
+        box = self.trf_box_unclipped or self.trf_box
+        if box is None or any(b is None for b in box):
+            return None
+        whole = all(b[0] <= 0 and b[1] >= n - 1 for b, n in zip(box, self.map.shape))
+        if not (self.clipped or whole):
+            return None
+        return self._lazy("uniform", lambda: stats.uniform_reference(self.map, box))
 
     @property
     def fit(self):
@@ -116,18 +160,22 @@ class ERFResult:
         reason in ``stats_error``.
         """
         out = {"sigma": None, "sigma_ci": None, "gaussian": None, "ratio": None, "metrics": None,
-               "intervals": None, "stats_error": None}
+               "intervals": None, "uniform_reference": None, "stats_error": None}
         try:
             fit = self.fit
             out.update(sigma=list(self.sigma), sigma_ci=[list(ci) if ci else None for ci in self.sigma_ci],
                        gaussian=None if fit is None else fit.to_dict(), ratio=_list(self.ratio),
-                       metrics=self.metrics, intervals={k: _list(v) for k, v in self.intervals.items()})
+                       metrics=self.metrics, intervals={k: _list(v) for k, v in self.intervals.items()},
+                       uniform_reference=self.uniform_reference)
         except ErfError as exc:
             out["stats_error"] = str(exc)
         out.update({
+            "ndim": self.map.ndim, "shape": list(self.map.shape), "axes": list(self.axes),
             "trf": _list(self.trf), "samples": self.samples, "seconds": self.seconds, "device": self.device,
             "clipped": self.clipped, "cropped": self.cropped, "unit": list(self.unit), "layer": self.layer,
             "trf_box": None if self.trf_box is None else [list(b) for b in self.trf_box],
+            "trf_box_unclipped": None if self.trf_box_unclipped is None else [list(b) for b in self.trf_box_unclipped],
+            "trf_center": _list(self.trf_center), "diagnostics": self.diagnostics,
             "notes": list(self.notes), "settings": self.settings,
         })
         return to_json(out)
@@ -135,7 +183,8 @@ class ERFResult:
     def save(self, path) -> Path:
         """Write ``.npz`` (map, se_map, group sums/counts, everything else as JSON); atomic."""
         meta = {k: getattr(self, k) for k in ("samples", "trf", "trf_box", "clipped", "cropped", "unit", "layer",
-                                              "device", "seconds", "settings", "notes")}
+                                              "device", "seconds", "settings", "notes", "diagnostics",
+                                              "trf_box_unclipped")}
         arrays = {"map": self.map, "group_sums": self.groups[0], "group_counts": self.groups[1],
                   "meta": np.array(json.dumps(to_json(meta)))}
         if self.se_map is not None:
@@ -152,12 +201,14 @@ class ERFResult:
                 arrays = z["map"], se, (z["group_sums"], z["group_counts"])
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise ErfError(f"cannot read ERF result {str(path)!r}: {exc or type(exc).__name__}") from None
-        box = meta["trf_box"]
+        box, full = meta["trf_box"], meta.get("trf_box_unclipped")
         return cls(map=arrays[0], se_map=arrays[1], groups=arrays[2], samples=meta["samples"],
                    trf=None if meta["trf"] is None else tuple(meta["trf"]),
                    trf_box=None if box is None else tuple(tuple(b) for b in box), clipped=meta["clipped"],
                    cropped=meta["cropped"], unit=tuple(meta["unit"]), layer=meta["layer"], device=meta["device"],
-                   seconds=meta["seconds"], settings=meta["settings"], notes=meta["notes"])
+                   seconds=meta["seconds"], settings=meta["settings"], notes=meta["notes"],
+                   diagnostics=meta.get("diagnostics") or {},
+                   trf_box_unclipped=None if full is None else tuple(tuple(b) for b in full))
 
     def plot(self, path=None, scale: str = "linear", title: str | None = None):
         """Heatmap with TRF box and Gaussian fit (``erf.plots.plot_erf``); the file is written atomically."""
@@ -166,11 +217,31 @@ class ERFResult:
         fit = self.fit if self.fit is not None and getattr(self.fit, "ok", False) else False
         title = title or f"{self.layer or 'output'} unit {tuple(self.unit)}, {self.samples} samples"
         kwargs = dict(trf_box=self.trf_box, trf=self.trf, fit=fit, scale=scale, title=title)
+        if "trf_center" in inspect.signature(plot_erf).parameters:  # the marker at the TRF centre
+            kwargs["trf_center"] = self.trf_center
         if path is None:
             return plot_erf(self.post_map, **kwargs)
         holder = {}
         atomic_write(path, lambda f: holder.setdefault("fig", plot_erf(self.post_map, path=f, **kwargs)))
         return holder["fig"]
+
+    def __repr__(self) -> str:
+        """One line: layer, unit, samples, sigma with its interval, TRF, ERF/TRF, device (``summary()`` says more)."""
+        head = f"ERFResult({self.layer or 'output'} unit {tuple(self.unit)}, {self.samples} samples"
+        try:
+            ci = self.sigma_ci
+            sig = ", ".join(f"{a} {s:.3g}" + (f" [{c[0]:.3g}, {c[1]:.3g}]" if c else "")
+                            for a, s, c in zip(self.axes, self.sigma, ci))
+            parts = [f"sigma {sig}"]
+        except ErfError as exc:
+            parts = [f"no sigma ({str(exc)[:40]})"]
+        if self.trf is not None:
+            parts.append(f"TRF {'x'.join(map(str, self.trf))}" + (" clipped" if self.clipped else ""))
+            try:
+                parts.append("ERF/TRF " + " x ".join(f"{r:.3g}" for r in self.ratio))
+            except ErfError:
+                pass
+        return f"{head}, {', '.join(parts)}, {self.device})"
 
     def summary(self) -> str:
         """A few readable lines: sigma with CI, Gaussian fit, TRF, ratio, samples, time, notes."""
@@ -191,6 +262,18 @@ class ERFResult:
         if self.trf is not None:
             ratio = "" if d["ratio"] is None else ", ERF/TRF (2 sigma / TRF) " + " x ".join(_fmt(r) for r in d["ratio"])
             lines.append(f"TRF {'x'.join(map(str, self.trf))}{ratio}")
+        if self.trf_center is not None:
+            lines.append("TRF centre (" + ", ".join(f"{c:g}" for c in self.trf_center) + ") px, the reference of "
+                         "com_offset" + (f"; visible part of the TRF {d['uniform_reference']['region']}: ERF/uniform "
+                         "sigma " + " x ".join(_fmt(d['uniform_reference']['vs_uniform'].get(f"sigma_{a}"))
+                                               for a in self.axes)
+                         if d.get("uniform_reference") else ""))
+        dg = self.diagnostics or {}
+        if dg.get("ess") is not None:
+            lines.append(f"diagnostics: largest sample share {_fmt(dg.get('max_sample_share'))}, largest group "
+                         f"share {_fmt(dg.get('max_group_share'))}, effective samples {_fmt(dg.get('ess'), 1)}"
+                         + (f", zero-gradient pixels {_fmt(dg.get('zero_grad_fraction'))}"
+                            if dg.get("zero_grad_fraction") is not None else ""))
         lines.append(f"{self.samples} samples in {self.seconds:.2f} s on {self.device}"
                      + (", cropped to the TRF" if self.cropped else "")
                      + (", TRF clipped at the image border" if self.clipped else ""))
@@ -225,7 +308,8 @@ def settings_of(ctx: Context) -> dict[str, Any]:
         preset=ctx.preset.to_dict(), device=str(ctx.device), dtype=o.dtype, autocast=o.autocast, seed=o.seed,
         crop=o.crop, single_sample=o.single_sample, tol=o.tol, max_samples=o.most_samples if o.tol else None,
         in_channels=ctx.chans, prefix_tokens=o.prefix_tokens, input_size=list(ctx.size), eval_mode=o.eval_mode,
-        deterministic=o.deterministic, normalize_draws=o.normalize_draws)
+        deterministic=o.deterministic, normalize_draws=o.normalize_draws, bn=o.bn,
+        bn_calibrated=ctx.calibrate_bn, normalize_samples=o.normalize_samples)
 
 
 def make_result(ctx: Context, acc: Accumulator, window: tuple[slice, ...] | None, seconds: float,
@@ -251,7 +335,21 @@ def make_result(ctx: Context, acc: Accumulator, window: tuple[slice, ...] | None
         notes.append(f"the unit's TRF {[list(b) for b in box]} reaches past the {'x'.join(map(str, size))} input: "
                      "the ERF is cut at the border")
     settings["crop_window"] = None if window is None else [[w.start, w.stop] for w in window]
+    if ctx.opts.normalize_samples:
+        notes.append("each input sample's map normalised to unit total before averaging (normalize_samples)")
+    diagnostics, flagged = diagnose(sample_masses(acc), acc.gs, sums, counts, ctx.opts.normalize_draws,
+                                    ctx.sample_stats)
+    for line in flagged:
+        warnings.warn(line, stacklevel=3)
+        notes.append(line)
+    full = None if box is None or any(b is None for b in box) else tuple(tuple(b) for b in box)
     return ERFResult(map=mean, se_map=se, samples=acc.n, groups=(sums, counts), trf=target.rf,
                      trf_box=target.box(unit, clip=True), clipped=bool(clipped), cropped=window is not None,
                      unit=tuple(unit), layer=target.layer, device=str(ctx.device), seconds=seconds,
-                     settings=settings, notes=notes)
+                     settings=settings, notes=notes, diagnostics=diagnostics, trf_box_unclipped=full)
+
+
+def sample_masses(acc: Accumulator) -> np.ndarray:
+    """The accumulator's per-sample masses (``Accumulator.sample_mass``); empty where it keeps none."""
+    get = getattr(acc, "sample_mass", None)
+    return np.zeros(0) if get is None else np.asarray(get(), dtype=np.float64)

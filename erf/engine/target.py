@@ -53,6 +53,13 @@ class Target:
         """The input stride between neighbouring units per axis, or None without geometry."""
         return None if self.geometry is None else tuple(self.geometry.jump)
 
+    @property
+    def tokens(self) -> bool:
+        """True when the layer's positions are tokens (``(N, L, C)``, traced or found), not conv-map axes."""
+        if self.prefix is not None:
+            return True
+        return self.geometry is not None and measure_tokens.is_token_layout(getattr(self.geometry, "dims", ()))
+
     def index_of(self, unit: Sequence[int]) -> dict[int, int]:
         """Tensor dim -> index holding ``unit`` (conv maps, channels-last, tokens)."""
         if self.geometry is not None:

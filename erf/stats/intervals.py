@@ -16,11 +16,17 @@ from numpy.typing import ArrayLike
 from scipy import stats as scipy_stats
 
 from erf.errors import ErfError
-from erf.stats.metrics import scalar_metrics
-from erf.stats.moments import axis_names, moments
+from erf.stats.metrics import default_metrics, scalar_metrics
+from erf.stats.moments import axis_names, center_unit, moments, trf_sizes
 from erf.stats.presets import apply_post
 
-__all__ = ["default_interval_metrics", "metric_intervals", "standard_error_map", "relative_se_of_sigma"]
+__all__ = ["N_BOOT", "default_interval_metrics", "interval_metrics", "bootstrap_weights", "metric_replicates",
+           "percentile_interval", "metric_intervals", "standard_error_map", "relative_se_of_sigma"]
+
+#: Bootstrap replicates by default (enough that a 95 % interval's ends are not the extreme replicates).
+N_BOOT = 2000
+_CHUNK = 64  # replicate maps formed at once (64 x a 224 x 224 map = 26 MB)
+_METHODS = ("expanded", "percentile", "bca")
 
 
 def _check_groups(group_sums: ArrayLike, group_counts: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +47,7 @@ def _check_groups(group_sums: ArrayLike, group_counts: ArrayLike) -> tuple[np.nd
 
 
 def default_interval_metrics(ndim: int = 2, trf: Any = None) -> tuple[str, ...]:
-    """Metrics bootstrapped by default: sigma, ERF size, (ERF/TRF), mass radii 50 % and 90 %.
+    """Metrics bootstrapped by ``metric_intervals`` without ``metrics``: sigma, ERF size, (ERF/TRF), mass radii.
 
     Args:
         ndim: the map's number of axes.
@@ -57,21 +63,170 @@ def default_interval_metrics(ndim: int = 2, trf: Any = None) -> tuple[str, ...]:
     return tuple(names + ["mass_radius_0.5", "mass_radius_0.9"])
 
 
+def interval_metrics(ndim: int = 2, trf: Any = None) -> tuple[str, ...]:
+    """The metrics ``ERFResult.intervals`` bootstraps: the default scalar metrics but the threshold areas.
+
+    Of ``default_metrics``: total, peak, centre, com_offset, sigma, ERF size, kurtosis, ERF/TRF
+    (batched, fast) and the mass radii (one sort per replicate). Left out: the threshold areas
+    (``area_above*``, ``hcar*``: pixel counts above a level, whose replicates take few values;
+    bootstrap them by name with ``metric_intervals`` when needed) and the Gaussian-fit metrics
+    (a fit per replicate; R^2 is a fit diagnostic, not an ERF property).
+
+    Args:
+        ndim: the map's number of axes.
+        trf: the TRF size, or None.
+
+    Returns:
+        The metric names.
+    """
+    return tuple(k for k in default_metrics(ndim, trf) if not k.startswith(("area_above", "hcar")))
+
+
+def bootstrap_weights(n_groups: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """The resampling plan of a bootstrap over groups: ``(n_boot, n_groups)`` multiplicities.
+
+    Each row draws ``n_groups`` groups with replacement. The plan depends on (``n_groups``,
+    ``n_boot``, ``seed``) only, so two measurements resampled with one plan are paired: the same
+    networks, or the same input groups, in every replicate (``erf.stats.paired_ratio_interval``).
+
+    Args:
+        n_groups: groups to resample; ``n_boot``: replicates; ``seed``: seed of the draws.
+
+    Returns:
+        Integer multiplicities, each row summing to ``n_groups``.
+    """
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n_groups, (int(n_boot), int(n_groups)))
+    out = np.zeros((int(n_boot), int(n_groups)), dtype=np.int64)
+    np.add.at(out, (np.repeat(np.arange(int(n_boot)), int(n_groups)), idx.ravel()), 1)
+    return out
+
+
+def metric_replicates(group_sums: ArrayLike, group_counts: ArrayLike, names: Sequence[str],
+                      weights: np.ndarray | None = None, n_boot: int = N_BOOT, seed: int = 0, *, trf: Any = None,
+                      post: str | None = None, center: Sequence[float] | None = None,
+                      funcs: Mapping[str, Callable[[np.ndarray], float]] | None = None) -> np.ndarray:
+    """Bootstrap replicates of metrics: ``(B, len(names))`` values, NaN where a replicate has none.
+
+    Replicate b's map is ``sum_g w_bg S_g / sum_g w_bg n_g`` (then ``post``). The moment metrics
+    (total, peak, centre, com_offset, sigma, ERF size, ERF/TRF, kurtosis) of all replicates are
+    computed at once, the others map by map.
+
+    Args:
+        group_sums: (G, *shape) group sums; ``group_counts``: (G,) samples per group.
+        names: metric names (``scalar_metrics``) or the keys of ``funcs``.
+        weights: a ``bootstrap_weights`` plan (default: drawn from ``n_boot`` and ``seed``).
+        trf: the TRF size; ``post``: a name of ``POSTS``; ``center``: reference of ``com_offset_*``.
+        funcs: ``{name: callable(map) -> float}`` instead of named metrics.
+
+    Returns:
+        The replicate values.
+
+    Raises:
+        ErfError: invalid groups or a plan of the wrong width.
+    """
+    s, n = _check_groups(group_sums, group_counts)
+    G, shape = len(n), s.shape[1:]
+    w = bootstrap_weights(G, n_boot, seed) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.ndim != 2 or w.shape[1] != G:
+        raise ErfError(f"the bootstrap plan must be (B, {G}) for {G} groups; got shape {w.shape}")
+    names = list(names)
+    flat = s.reshape(G, -1)
+    vals = np.full((len(w), len(names)), np.nan)
+    fast = {} if funcs is not None or post is not None else _moment_columns(names, len(shape))
+    slow = [j for j in range(len(names)) if j not in fast]
+    for lo in range(0, len(w), _CHUNK):
+        wb = np.asarray(w[lo:lo + _CHUNK], dtype=np.float64)
+        den = wb @ n
+        maps = (wb @ flat) / np.where(den > 0, den, 1)[:, None]
+        maps[den <= 0] = np.nan
+        if fast:
+            _moment_values(maps.reshape(-1, *shape), fast, vals[lo:lo + len(wb)], trf, center)
+        for b in range(len(wb)) if slow else ():
+            try:
+                mm = apply_post(maps[b].reshape(shape), post)
+                if funcs is not None:
+                    got = [float(funcs[names[j]](mm)) for j in slow]
+                else:
+                    got = list(scalar_metrics(mm, [names[j] for j in slow], trf, center=center).values())
+                vals[lo + b, slow] = got
+            except ErfError:
+                pass
+    return vals
+
+
+def percentile_interval(values: ArrayLike, level: float = 0.95, n_groups: int | None = None,
+                        method: str = "expanded", estimate: float | None = None,
+                        jackknife: ArrayLike | None = None) -> tuple[float, float] | None:
+    """A bootstrap interval from replicate values (NaN ignored); None with fewer than 2 finite ones.
+
+    ``percentile``: the plain percentiles. ``expanded`` (Hesterberg): the percentiles at
+    ``Phi(+-sqrt(G/(G-1)) t_{G-1})`` instead of ``Phi(+-z)``, widened for few groups ``G``
+    (``n_groups``). ``bca``: bias-corrected and accelerated (Efron): the bias from the share of
+    replicates below ``estimate``, the acceleration from the delete-one-group ``jackknife`` values;
+    it moves an interval that a skewed statistic (one heavy group) puts at the estimate's edge.
+
+    Args:
+        values: the replicates of one statistic.
+        level: the coverage, in (0, 1).
+        n_groups: top-level resampling units (``expanded``).
+        method: ``expanded``, ``percentile`` or ``bca``.
+        estimate: the statistic on the full data (``bca``).
+        jackknife: the statistic with each group left out (``bca``).
+
+    Returns:
+        ``(lo, hi)`` or None.
+
+    Raises:
+        ErfError: a bad level or method, or ``bca`` without ``estimate`` and ``jackknife``.
+    """
+    if not 0 < level < 1:
+        raise ErfError(f"level must be in (0, 1); got {level}")
+    if method not in _METHODS:
+        raise ErfError(f"method must be one of {', '.join(_METHODS)}; got {method!r}")
+    col = np.asarray(values, dtype=np.float64).ravel()
+    col = col[np.isfinite(col)]
+    if col.size < 2:
+        return None
+    alpha = (1 - level) / 2
+    lo_q, hi_q = alpha, 1 - alpha
+    if method == "expanded" and n_groups is not None and n_groups >= 2:
+        lo_q = float(scipy_stats.norm.cdf(-math.sqrt(n_groups / (n_groups - 1))
+                                          * scipy_stats.t.ppf(1 - alpha, n_groups - 1)))
+        hi_q = 1 - lo_q
+    elif method == "bca":
+        if estimate is None or jackknife is None:
+            raise ErfError("method='bca' needs the full-data estimate and the jackknife values")
+        jk = np.asarray(jackknife, dtype=np.float64)
+        jk = jk[np.isfinite(jk)]
+        below = (np.sum(col < estimate) + 0.5 * np.sum(col == estimate)) / col.size
+        z0 = float(scipy_stats.norm.ppf(min(max(below, 1.0 / (2 * col.size)), 1 - 1.0 / (2 * col.size))))
+        d = jk.mean() - jk if jk.size else np.zeros(1)
+        den = 6.0 * float((d ** 2).sum()) ** 1.5
+        acc = float((d ** 3).sum()) / den if den > 0 else 0.0
+        qs = []
+        for z in (scipy_stats.norm.ppf(alpha), scipy_stats.norm.ppf(1 - alpha)):
+            qs.append(float(scipy_stats.norm.cdf(z0 + (z0 + z) / (1 - acc * (z0 + z)))))
+        lo_q, hi_q = qs
+    return float(np.quantile(col, lo_q)), float(np.quantile(col, hi_q))
+
+
 def metric_intervals(group_sums: ArrayLike, group_counts: ArrayLike,
                      metrics: Sequence[str] | Mapping[str, Callable[[np.ndarray], float]] | None = None,
-                     level: float = 0.95, n_boot: int = 200, seed: int = 0, *, trf: Any = None,
-                     post: str | None = None, method: str = "expanded") -> dict[str, tuple[float, float] | None]:
-    """Bootstrap intervals over groups.
+                     level: float = 0.95, n_boot: int = N_BOOT, seed: int = 0, *, trf: Any = None,
+                     post: str | None = None, method: str = "expanded",
+                     center: Sequence[float] | None = None) -> dict[str, tuple[float, float] | None]:
+    """Bootstrap intervals over groups (``N_BOOT`` = 2000 replicates by default).
 
     Each replicate resamples G groups with replacement, forms the mean map
     (sum of their sums / sum of their counts), applies ``post`` and recomputes the
-    metrics.  ``metrics``: names understood by ``scalar_metrics`` or a dict
-    ``{name: callable(map) -> float}``; default ``default_interval_metrics``.
-    ``method='percentile'``: plain percentile interval (undercovers for few groups,
-    e.g. ~85 % instead of 95 % with G = 8); ``'expanded'`` (default): Hesterberg's
-    expanded percentile interval, which takes the percentiles at
-    ``Phi(+-sqrt(G/(G-1)) * t_{G-1})`` instead of ``Phi(+-z)`` -- same shape, widened
-    for small G, close to the percentile interval for large G.
+    metrics (``metric_replicates``).  ``metrics``: names understood by ``scalar_metrics`` or a
+    dict ``{name: callable(map) -> float}``; default ``default_interval_metrics``.
+    ``method`` (``percentile_interval``): ``'expanded'`` (default, Hesterberg's expanded
+    percentile interval, widened for small G; plain percentiles undercover there, ~85 % instead
+    of 95 % with G = 8), ``'percentile'`` or ``'bca'`` (bias-corrected and accelerated, with a
+    delete-one-group jackknife). With few groups (6 networks) any bootstrap interval is rough:
+    it cannot be wider than the spread of the groups.
 
     Args:
         group_sums: (G, *map_shape) sums of the per-sample maps of each group.
@@ -82,7 +237,8 @@ def metric_intervals(group_sums: ArrayLike, group_counts: ArrayLike,
         seed: seed of the resampling.
         trf: the TRF size, for ``erf_trf_ratio_*``.
         post: a name of ``POSTS`` applied to each replicate's mean map.
-        method: ``'expanded'`` or ``'percentile'``.
+        method: ``'expanded'``, ``'percentile'`` or ``'bca'``.
+        center: the reference point of ``com_offset_*`` (the unit's TRF centre).
 
     Returns:
         ``{name: (lo, hi)}``; ``None`` for a metric with fewer than 2 finite replicates, and
@@ -94,40 +250,112 @@ def metric_intervals(group_sums: ArrayLike, group_counts: ArrayLike,
     s, n = _check_groups(group_sums, group_counts)
     if not 0 < level < 1:
         raise ErfError(f"level must be in (0, 1); got {level}")
+    if method not in _METHODS:
+        raise ErfError(f"method must be one of {', '.join(_METHODS)}; got {method!r}")
     shape = s.shape[1:]
     if metrics is None:
         metrics = default_interval_metrics(len(shape), trf)
     funcs = dict(metrics) if isinstance(metrics, dict) else None
     names = list(metrics)
-    if method not in ("expanded", "percentile"):
-        raise ErfError(f"method must be 'expanded' or 'percentile'; got {method!r}")
+    if funcs is None:  # an unknown name fails here, before any replicate
+        scalar_metrics(np.ones(shape), [k for k in names if not k.startswith("erf_trf_ratio")], None)
     G = len(n)
     if G < 2:
         return {k: None for k in names}
+    vals = metric_replicates(s, n, names, None, n_boot, seed, trf=trf, post=post, center=center, funcs=funcs)
+    est = jack = [None] * len(names)
+    if method == "bca":
+        est = metric_replicates(s, n, names, np.ones((1, G)), trf=trf, post=post, center=center, funcs=funcs)[0]
+        jack = metric_replicates(s, n, names, 1.0 - np.eye(G), trf=trf, post=post, center=center, funcs=funcs).T
+    return {k: percentile_interval(vals[:, j], level, G, method, est[j], jack[j]) for j, k in enumerate(names)}
 
-    def evaluate(mm):
-        if funcs is not None:
-            return [float(funcs[k](mm)) for k in names]
-        return list(scalar_metrics(mm, names, trf).values())
 
-    rng = np.random.default_rng(seed)
-    flat = s.reshape(G, -1)
-    vals = np.full((int(n_boot), len(names)), np.nan)
-    for b in range(int(n_boot)):
-        w = np.bincount(rng.integers(0, G, G), minlength=G).astype(np.float64)
-        mean = (w @ flat / (w @ n)).reshape(shape)
-        try:
-            vals[b] = evaluate(apply_post(mean, post))
-        except ErfError:
-            pass
-    alpha = (1 - level) / 2
-    if method == "expanded":
-        alpha = float(scipy_stats.norm.cdf(-math.sqrt(G / (G - 1)) * scipy_stats.t.ppf(1 - alpha, G - 1)))
-    out = {}
-    for j, k in enumerate(names):
-        col = vals[:, j][np.isfinite(vals[:, j])]
-        out[k] = None if col.size < 2 else (float(np.quantile(col, alpha)), float(np.quantile(col, 1 - alpha)))
+_MOMENTS = ("total", "peak", "center", "com_offset", "sigma", "erf_size", "erf_trf_ratio", "kurtosis")
+
+
+def _moment_columns(names: list[str], ndim: int) -> dict[int, tuple[str, int | None]]:
+    """Column -> (family, axis) of the names the batched moment path computes."""
+    ax = axis_names(ndim)
+    out: dict[int, tuple[str, int | None]] = {}
+    for j, name in enumerate(names):
+        if name in ("total", "peak"):
+            out[j] = (name, None)
+            continue
+        if name.startswith("mass_radius_"):
+            try:
+                f = float(name[len("mass_radius_"):])
+            except ValueError:
+                continue
+            if 0 < f <= 1:
+                out[j] = ("mass_radius", f)
+            continue
+        for fam in _MOMENTS[2:]:
+            if name.startswith(fam + "_") and name[len(fam) + 1:] in ax:
+                out[j] = (fam, ax.index(name[len(fam) + 1:]))
     return out
+
+
+def _moment_values(maps: np.ndarray, cols: dict[int, tuple[str, int | None]], out: np.ndarray, trf: Any,
+                   center: Sequence[float] | None) -> None:
+    """Fill ``out[:, j]`` for the moment metrics of a batch of maps (NaN where ``check_map`` would refuse)."""
+    B, ndim = maps.shape[0], maps.ndim - 1
+    flat = maps.reshape(B, -1)
+    ok = np.all(np.isfinite(flat), 1) & ~np.any(flat < 0, 1) & (flat.sum(1) > 0)
+    total = flat.sum(1)
+    ref = center_unit(maps.shape[1:]) if center is None else tuple(float(c) for c in center)
+    t = None
+    per_axis: dict = {}
+    radii = [j for j, (fam, _) in cols.items() if fam == "mass_radius"]
+    if radii:  # one sort of the pixel distances per replicate, as stats.mass_radius
+        grids = np.indices(maps.shape[1:], dtype=np.float64).reshape(ndim, -1)
+        wn = flat / np.where(total > 0, total, 1)[:, None]
+        com = wn @ grids.T
+        r = np.sqrt(sum((grids[a][None, :] - com[:, a:a + 1]) ** 2 for a in range(ndim)))
+        order = np.argsort(r, axis=1, kind="stable")
+        r = np.concatenate([np.zeros((B, 1)), np.take_along_axis(r, order, 1)], 1)
+        cum = np.concatenate([np.zeros((B, 1)), np.cumsum(np.take_along_axis(flat, order, 1), 1)], 1)
+        rows = np.arange(B)
+        for j in radii:
+            target = cols[j][1] * cum[:, -1]
+            k = np.clip(np.clip((cum < target[:, None]).sum(1), None, cum.shape[1] - 1), 1, None)
+            c0, c1 = cum[rows, k - 1], cum[rows, k]
+            frac = np.where(c1 <= c0, 0.0, (target - c0) / np.where(c1 > c0, c1 - c0, 1))
+            out[:, j] = np.where(ok, r[rows, k - 1] + frac * (r[rows, k] - r[rows, k - 1]), np.nan)
+    for j, (fam, i) in cols.items():
+        if fam == "mass_radius":
+            continue
+        if i is not None and i not in per_axis:
+            marg = maps.sum(axis=tuple(a + 1 for a in range(ndim) if a != i))
+            x = np.arange(marg.shape[1], dtype=np.float64)
+            c0 = (marg.shape[1] - 1) / 2.0  # shifted coordinates keep the raw moments small
+            wn = marg / np.where(total > 0, total, 1)[:, None]
+            m1 = wn @ (x - c0)
+            d = (x - c0)[None, :] - m1[:, None]
+            var = np.einsum("bk,bk->b", wn, d ** 2)
+            m4 = np.einsum("bk,bk->b", wn, d ** 4)
+            per_axis[i] = (m1 + c0, np.sqrt(np.clip(var, 0, None)), m4 / np.where(var > 0, var, np.nan) ** 2 - 3.0)
+        if fam == "total":
+            v = total
+        elif fam == "peak":
+            v = flat.max(1)
+        else:
+            mean, sigma, kurt = per_axis[i]
+            if fam == "center":
+                v = mean
+            elif fam == "com_offset":
+                v = mean - ref[i]
+            elif fam == "sigma":
+                v = sigma
+            elif fam == "erf_size":
+                v = 2.0 * sigma
+            elif fam == "kurtosis":
+                v = kurt
+            else:
+                if trf is None:
+                    raise ErfError(f"metric {'erf_trf_ratio'!r} needs the TRF size (trf=...)")
+                t = t or trf_sizes(trf, ndim)
+                v = 2.0 * sigma / t[i]
+        out[:, j] = np.where(ok, v, np.nan)
 
 
 def standard_error_map(group_sums: ArrayLike, group_counts: ArrayLike) -> np.ndarray:

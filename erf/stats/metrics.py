@@ -27,14 +27,18 @@ from erf.stats.fits import GaussianFit, fit_gaussian, fit_gaussian_1d, fit_profi
 from erf.stats.moments import Moments, axis_names, center_unit, check_map, moments, trf_sizes
 from erf.stats.sizes import area_above, check_box, high_contribution_area_ratio, mass_in_box, mass_radius
 
-__all__ = ["Metric", "METRICS", "default_metrics", "scalar_metrics", "summarize"]
+__all__ = ["Metric", "METRICS", "default_metrics", "scalar_metrics", "summarize", "uniform_map", "uniform_reference",
+           "uniform_reference_names"]
 
 
 class _Evaluation:
     """One map's metrics being computed: moments, the Gaussian fit and each fraction group once."""
 
-    def __init__(self, a: np.ndarray, names: Sequence[str], trf: Any):
+    def __init__(self, a: np.ndarray, names: Sequence[str], trf: Any, center: Sequence[float] | None = None):
         self.a, self.names, self.trf = a, names, trf
+        self.center = center_unit(a.shape) if center is None else tuple(float(c) for c in center)
+        if len(self.center) != a.ndim:
+            raise ErfError(f"center must have {a.ndim} coordinates (one per axis); got {center!r}")
         self._moments: Moments | None = None
         self._fit: GaussianFit | None = None
         self._groups: dict[str, dict] = {}
@@ -86,6 +90,16 @@ def _erf_trf_ratio(ev: _Evaluation, name: str, i: int) -> float:
     return 2.0 * ev.moments.sigma[i] / trf_sizes(ev.trf, ev.a.ndim)[i]
 
 
+def _kurtosis(ev: _Evaluation, name: str, i: int) -> float:
+    """Excess kurtosis of the map's marginal along axis ``i`` (Gaussian 0, box -1.2, Laplace 3)."""
+    marg = ev.a.sum(axis=tuple(j for j in range(ev.a.ndim) if j != i))
+    x = np.arange(marg.size, dtype=np.float64)
+    w = marg / marg.sum()
+    d = x - float(w @ x)
+    var = float(w @ d ** 2)
+    return float(w @ d ** 4) / var ** 2 - 3.0 if var > 0 else math.nan
+
+
 def _fit_sigma(ev: _Evaluation, name: str, i: int) -> float:
     if ev.a.ndim != 2:
         raise ErfError(f"metric {name!r} needs a 2-D map")
@@ -109,10 +123,13 @@ METRICS: dict[str, Metric] = {
     "fit_r2": Metric("map", lambda ev, name, _: float(ev.fit.r2) if ev.fit.ok else math.nan,
                      "R^2 of the 2-D Gaussian fit"),
     "center": Metric("axis", lambda ev, name, i: ev.moments.center[i], "centre of mass", True),
-    "com_offset": Metric("axis", lambda ev, name, i: ev.moments.center[i] - center_unit(ev.a.shape)[i],
-                         "centre of mass minus the centre unit", True),
+    "com_offset": Metric("axis", lambda ev, name, i: ev.moments.center[i] - ev.center[i],
+                         "centre of mass minus the reference centre (the unit's TRF centre where known, else "
+                         "the centre unit n // 2)", True),
     "sigma": Metric("axis", lambda ev, name, i: ev.moments.sigma[i], "moment sigma", True),
     "erf_size": Metric("axis", lambda ev, name, i: 2.0 * ev.moments.sigma[i], "ERF size = 2 sigma", True),
+    "kurtosis": Metric("axis", _kurtosis, "excess kurtosis of the marginal along the axis (Gaussian 0, box -1.2): "
+                                          "tells a Gaussian from a flat top", True),
     "erf_trf_ratio": Metric("axis", _erf_trf_ratio, "ERF/TRF = 2 sigma / trf (needs the TRF)", "trf"),
     "fit_sigma": Metric("axis", _fit_sigma, "sigma of the 2-D Gaussian fit (2-D maps; slow)"),
     "mass_radius": _fraction("mass_radius", lambda a, fs: mass_radius(a, fs), lambda v: v,
@@ -177,7 +194,8 @@ def default_metrics(ndim: int = 2, trf: Any = None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def scalar_metrics(m: ArrayLike, names: Sequence[str] | None = None, trf: Any = None) -> dict[str, float]:
+def scalar_metrics(m: ArrayLike, names: Sequence[str] | None = None, trf: Any = None,
+                   center: Sequence[float] | None = None) -> dict[str, float]:
     """Flat scalar metrics of a map by name (the ``summarize`` scalar keys).
 
     Names: ``total, peak``; per axis (suffix from ``axis_names``) ``center_*,
@@ -190,6 +208,8 @@ def scalar_metrics(m: ArrayLike, names: Sequence[str] | None = None, trf: Any = 
         m: the map.
         names: metric names; None gives ``default_metrics(m.ndim, trf)``.
         trf: the TRF size (one for all axes or one per axis), needed by ``erf_trf_ratio_*``.
+        center: the reference point of position metrics (``com_offset_*``), one coordinate per axis in
+            pixels: the unit's TRF centre (``ERFResult.trf_center``); default the centre unit n // 2.
 
     Returns:
         ``{name: value}`` in the order of ``names``.
@@ -203,7 +223,7 @@ def scalar_metrics(m: ArrayLike, names: Sequence[str] | None = None, trf: Any = 
     if names is None:
         names = default_metrics(a.ndim, trf)
     exact = _exact_names(a.ndim)
-    ev = _Evaluation(a, names, trf)
+    ev = _Evaluation(a, names, trf, center)
     out = {}
     for name in names:
         family, arg = _parse_fraction(name) or exact.get(name) or (None, None)
@@ -214,7 +234,8 @@ def scalar_metrics(m: ArrayLike, names: Sequence[str] | None = None, trf: Any = 
     return out
 
 
-def summarize(m: ArrayLike, trf: Any = None, trf_box: ArrayLike | None = None, *, fits: bool = True) -> dict:
+def summarize(m: ArrayLike, trf: Any = None, trf_box: ArrayLike | None = None, *, fits: bool = True,
+              center: Sequence[float] | None = None) -> dict:
     """Every metric of one map as a JSON-ready dict (keys in the ``erf.stats`` docstring).
 
     Args:
@@ -223,6 +244,8 @@ def summarize(m: ArrayLike, trf: Any = None, trf_box: ArrayLike | None = None, *
             when only the box is given.
         trf_box: the TRF box, inclusive ``(first, last)`` per axis (may extend past the map).
         fits: False skips the Gaussian fits (``gaussian`` and ``profiles`` are ``None``).
+        center: the reference point of the position metrics (``com_offset_*``; reported as
+            ``reference_center``): the unit's TRF centre; default the centre unit n // 2.
 
     Returns:
         The summary (strict JSON: non-finite floats as ``None``).
@@ -240,8 +263,9 @@ def summarize(m: ArrayLike, trf: Any = None, trf_box: ArrayLike | None = None, *
     out = {"ndim": a.ndim, "shape": list(a.shape), "axes": list(ax),
            "total": float(a.sum()), "peak": float(a.max()),
            "peak_index": [int(i) for i in np.unravel_index(int(np.argmax(a)), a.shape)],
-           "center_unit": list(center_unit(a.shape))}
-    scal = scalar_metrics(a, default_metrics(a.ndim, None), trf=None)
+           "center_unit": list(center_unit(a.shape)),
+           "reference_center": list(center_unit(a.shape) if center is None else map(float, center))}
+    scal = scalar_metrics(a, default_metrics(a.ndim, None), trf=None, center=center)
     scal.pop("total"), scal.pop("peak")
     exact = _exact_names(a.ndim)
     first = [k for k in scal if k in exact and METRICS[exact[k][0]].kind == "axis"]
@@ -264,3 +288,66 @@ def summarize(m: ArrayLike, trf: Any = None, trf_box: ArrayLike | None = None, *
     elif fits and a.ndim == 1:
         out["gaussian"] = fit_gaussian_1d(a, name="map").to_dict()
     return to_json(out)
+
+
+def uniform_map(shape: Sequence[int], box: ArrayLike | None = None) -> np.ndarray:
+    """A map of ones over ``box`` (inclusive ``(first, last)`` per axis, cut to the map), zeros elsewhere.
+
+    Args:
+        shape: the map's shape.
+        box: the region (may extend past the map); None = the whole map.
+
+    Returns:
+        The float64 map.
+
+    Raises:
+        ErfError: a box of the wrong shape, or one that misses the map.
+    """
+    out = np.zeros(tuple(int(n) for n in shape))
+    if box is None:
+        out[...] = 1.0
+        return out
+    b = check_box(box, out.shape)
+    sl = tuple(slice(max(0, int(lo)), min(n - 1, int(hi)) + 1) for (lo, hi), n in zip(b, out.shape))
+    if any(x.start >= x.stop for x in sl):
+        raise ErfError(f"the box {b.tolist()} does not overlap the {'x'.join(map(str, shape))} map")
+    out[sl] = 1.0
+    return out
+
+
+def uniform_reference_names(ndim: int = 2) -> list[str]:
+    """The size metrics ``uniform_reference`` compares: sigma, ERF size, mass radii 0.5/0.9/0.95."""
+    ax = axis_names(ndim)
+    return [f"sigma_{s}" for s in ax] + [f"erf_size_{s}" for s in ax] + \
+        ["mass_radius_0.5", "mass_radius_0.9", "mass_radius_0.95"]
+
+
+def uniform_reference(m: ArrayLike, box: ArrayLike | None = None, names: Sequence[str] | None = None) -> dict:
+    """The ERF's size metrics against a uniform map over the visible region (a clipped or global TRF).
+
+    Where the TRF reaches past the image (or covers all of it), the ERF cannot be wider than the
+    visible part of the TRF: a uniform map over that region is the largest it can be. A 224 x 224
+    uniform map has sigma 64.7 and mass_radius_0.9 124.9 px; an ERF "far smaller than its TRF"
+    is only that if it is far smaller than this reference.
+
+    Args:
+        m: the ERF map.
+        box: the TRF box (inclusive, may extend past the map); None = the whole map.
+        names: size metrics (default ``uniform_reference_names``).
+
+    Returns:
+        ``{"region": [[first, last], ...] (the box cut to the map), "uniform": {name: value},
+        "vs_uniform": {name: ERF value / uniform value}}``.
+
+    Raises:
+        ErfError: an invalid map or box, or an unknown name.
+    """
+    a = check_map(m)
+    u = uniform_map(a.shape, box)
+    names = list(names or uniform_reference_names(a.ndim))
+    ref = scalar_metrics(u, names)
+    own = scalar_metrics(a, names)
+    nz = np.argwhere(u > 0)
+    region = [[int(lo), int(hi)] for lo, hi in zip(nz.min(0), nz.max(0))]
+    return to_json({"region": region, "uniform": ref,
+                    "vs_uniform": {k: (own[k] / ref[k] if ref[k] else math.nan) for k in names}})

@@ -10,7 +10,7 @@ through), so this module does not import torch.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -94,6 +94,9 @@ class Preset:
       (True) or to the channel-reduced gradient (False) -- see ``reduce_gradient``.
     * ``post``: applied to the final mean map (``apply_post``, a name of ``POSTS``): ``None``,
       ``log1p_max`` = log10(1+x)/max, ``sum1`` = x/sum.
+    * ``token_center_first``: on a token grid (``(N, L, C)``) with an even side, the measured unit
+      is the first (upper-left) of the central tokens, ``(n - 1) // 2``, as OpenERF 0.6.1 takes it;
+      otherwise (and on every conv map) the centre unit is ``n // 2`` (``center``).
 
     Raises:
         ErfError: a field names no entry of its table.
@@ -107,6 +110,7 @@ class Preset:
     post: str | None
     signal_first: bool = True
     description: str = field(default="", compare=False)
+    token_center_first: bool = False
 
     def __post_init__(self) -> None:
         if self.target_reduce not in tuple(REDUCTIONS):
@@ -122,29 +126,55 @@ class Preset:
         """The preset's fields as a plain dict."""
         return asdict(self)
 
+    def center(self, shape: Sequence[int], tokens: bool = False) -> tuple[int, ...]:
+        """The unit this definition measures by default on a layer map of ``shape``.
+
+        Args:
+            shape: the layer's spatial map size.
+            tokens: the positions are tokens of an ``(N, L, C)`` layer (a transformer's grid).
+
+        Returns:
+            ``n // 2`` per axis, or ``(n - 1) // 2`` on token grids with ``token_center_first``.
+        """
+        if tokens and self.token_center_first:
+            return tuple((int(n) - 1) // 2 for n in shape)
+        return tuple(int(n) // 2 for n in shape)
+
 
 PRESETS: dict[str, Preset] = {
-    # Default.  Luo et al. (NIPS 2016) back-propagate a 1 at the centre output unit
-    # (all channels: the target is their sum) and average the input gradient over
-    # samples.  With random weights the signed gradient averages to ~0 (sign
-    # symmetry), so we average |grad| instead, summed over input channels: it
-    # measures how strongly each pixel influences the unit, whatever the sign.
+    # Luo et al. (NIPS 2016) back-propagate a 1 at the centre output unit (all channels: the
+    # target is their sum). Their analysis of random weights is about the gradient's variance
+    # (the `square` signal): with zero-mean weights the expected signed gradient is 0 and its
+    # variance map is the uniform-kernel map. The paper does not say whether its figures show
+    # variances, mean magnitudes or signed means. This preset averages |grad| (summed over input
+    # channels): how strongly each pixel moves the unit whatever the sign. Its expected map for
+    # random linear nets is the square root of the variance map (erf.linear_erf(signal="abs")),
+    # wider than Luo's variance map; use signal="square" for the quantity their theory describes.
     "luo": Preset("luo", "sum", False, "abs", "sum", None, True,
-                  "Luo et al. 2016: d(sum of centre unit's channels)/d input, |grad| summed over "
-                  "input channels, averaged over samples; no post-processing."),
+                  "After Luo et al. 2016: d(sum of centre unit's channels)/d input; |grad| summed over input "
+                  "channels, averaged over samples. Luo et al.'s random-weight theory is about the variance "
+                  "(signal='square'); their figures do not say which signal they show."),
     # RepLKNet (Ding et al., CVPR 2022, erf/visualize_erf.py): target = sum over
     # channels of ReLU(centre activation); relu(grad) per element summed over input
     # channels and samples; analyze_erf.py then takes log10(1+x) and divides by the
-    # max before the high-contribution area ratio and the heatmap.
+    # max before the high-contribution area ratio and the heatmap. log10(1+x) is not
+    # scale free: the same Gaussian scored 0.02 at 1e-4 and 0.07 at 1e4 (hcar_log1p_max_0.2),
+    # so their area ratios compare only maps of one scale: trained ImageNet nets on real
+    # images summed (not averaged) over their 50 images as in their script. With noise
+    # inputs, other input counts or normalised draws the number is not the paper's.
     "replknet": Preset("replknet", "sum", True, "positive", "sum", "log1p_max", True,
                        "RepLKNet 2022: d(sum ReLU(centre activation))/d input, positive part summed over "
-                       "input channels, averaged; then log10(1+x)/max."),
-    # OpenERF-style: target = channel mean of the centre activation; the input
+                       "input channels, averaged; then log10(1+x)/max (scale dependent: area ratios compare "
+                       "only maps of one scale)."),
+    # OpenERF 0.6.1: target = channel mean of the centre activation; the input
     # gradient is averaged over input channels *then* clipped at zero; the map is
-    # normalised to sum 1 (a distribution over pixels).
+    # normalised to sum 1 (a distribution over pixels). On token grids with an even
+    # side it takes the upper-left of the four central tokens ((3, 3) on 8x8); on conv
+    # maps the n // 2 unit (matches OpenERF to 1e-17).
     "openerf": Preset("openerf", "mean", False, "positive", "mean", "sum1", False,
-                      "OpenERF-style: d(channel mean of centre activation)/d input, averaged over input "
-                      "channels then clipped at 0, normalised to sum 1."),
+                      "OpenERF 0.6.1: d(channel mean of centre activation)/d input, averaged over input "
+                      "channels then clipped at 0, normalised to sum 1; upper-left central token on even "
+                      "token grids.", True),
 }
 
 

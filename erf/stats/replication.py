@@ -1,0 +1,230 @@
+"""Intervals for comparisons: paired ratios, networks as replicates (hierarchical bootstrap), power laws.
+
+An interval over the probe inputs of one network says nothing about another network of the same
+architecture: two seeds of one plain net give sigma_x 3.74 [3.71, 3.78] and 3.89 [3.86, 3.92].
+Comparisons between architectures or training states are made over several networks per arm:
+
+* ``hierarchical_replicates``: networks with replacement, then each drawn network's groups
+  (its input groups) with replacement; a replicate's map is the mean of the drawn networks'
+  maps (each to unit total with ``normalize``, so every network counts the same), and the
+  metric is computed on it. Networks are the first level because they vary most.
+* ``paired_ratio_interval``: the ratio ``metric(b) / metric(a)`` from one joint bootstrap of
+  both arms. ``paired=True`` resamples the same indices in both arms (the same network before
+  and after training, the same probe inputs): shared noise cancels in the ratio. ``paired=False``
+  resamples the arms independently (independently seeded networks). Either way the interval
+  comes from the replicate ratios, not from independent log-normal errors.
+* ``power_law_interval``: a power law's exponent with a bootstrap interval over groups (or
+  networks), from per-point replicates; the regression's t-interval on 2-3 degrees of freedom
+  measures the curvature of the law, not sampling noise.
+
+Every function takes ``(group_sums, group_counts)`` pairs as ``ERFResult.groups`` gives them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from erf.errors import ErfError
+from erf.stats.intervals import N_BOOT, bootstrap_weights, metric_replicates, percentile_interval
+from erf.stats.metrics import scalar_metrics
+from erf.stats.powerlaw import PowerLawFit, fit_power_law
+from erf.stats.presets import apply_post
+
+__all__ = ["Groups", "hierarchical_replicates", "hierarchical_interval", "paired_ratio_interval",
+           "power_law_interval"]
+
+Groups = tuple[ArrayLike, ArrayLike]  # (group_sums (G, *shape), group_counts (G,))
+
+
+def _net_maps(networks: Sequence[Groups]) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for i, (s, n) in enumerate(networks):
+        s, n = np.asarray(s, dtype=np.float64), np.asarray(n, dtype=np.float64).ravel()
+        if s.ndim < 2 or s.shape[0] != n.size or not n.sum() > 0:
+            raise ErfError(f"network {i}: groups must be (sums (G, *shape), counts (G,)) with samples")
+        out.append((s.reshape(len(n), -1), n))
+    if not out:
+        raise ErfError("hierarchical bootstrap needs at least one network")
+    shapes = {np.asarray(s).shape[1:] for s, _ in networks}
+    if len(shapes) != 1:
+        raise ErfError(f"every network's map must have one shape; got {sorted(shapes)}")
+    return out
+
+
+def hierarchical_replicates(networks: Sequence[Groups], metric: str, n_boot: int = N_BOOT, seed: int = 0, *,
+                            normalize: bool = True, trf: Any = None, post: str | None = None,
+                            center: Sequence[float] | None = None, plan: np.ndarray | None = None) -> np.ndarray:
+    """Replicates of ``metric`` under the two-level bootstrap (networks, then groups within each).
+
+    The draws depend only on ``seed``, the number of networks and their group counts, so two
+    arms with the same layout bootstrapped with one seed are paired (``paired_ratio_interval``).
+
+    Args:
+        networks: one ``(group_sums, group_counts)`` per network (same map shape).
+        metric: a ``scalar_metrics`` name.
+        n_boot: replicates; ``seed``: seed of the draws.
+        normalize: each network's replicate map to unit total before averaging.
+        trf, post, center: as for ``scalar_metrics`` / ``metric_intervals``.
+        plan: ``(n_boot, K)`` network multiplicities to use instead of drawing them (pairing by hand).
+
+    Returns:
+        ``(n_boot,)`` values (NaN where a replicate has no value). With one network only its groups
+        are resampled.
+
+    Raises:
+        ErfError: invalid groups, maps of different shapes, an unknown metric.
+    """
+    nets = _net_maps(networks)
+    shape = np.asarray(networks[0][0]).shape[1:]
+    K = len(nets)
+    rng = np.random.default_rng(seed)
+    top = bootstrap_weights(K, n_boot, seed) if plan is None else np.asarray(plan)
+    if K == 1:
+        top = np.ones((int(n_boot), 1), dtype=np.int64)
+    inner = [bootstrap_weights(len(n), n_boot, int(rng.integers(2 ** 31))) for _, n in nets]
+    out = np.full(int(n_boot), np.nan)
+    for b in range(int(n_boot)):
+        acc = np.zeros(int(np.prod(shape)))
+        for k, (s, n) in enumerate(nets):
+            if not top[b, k]:
+                continue
+            w = inner[k][b].astype(np.float64)
+            m = (w @ s) / max(float(w @ n), 1e-300)
+            if normalize:
+                tot = m.sum()
+                m = m / tot if tot > 0 else m * 0
+            acc += top[b, k] * m
+        try:
+            out[b] = scalar_metrics(apply_post(acc.reshape(shape), post), [metric], trf, center=center)[metric]
+        except ErfError:
+            pass
+    return out
+
+
+def _point(networks: Sequence[Groups], metric: str, normalize: bool, trf: Any, post: str | None,
+           center: Sequence[float] | None) -> float:
+    maps = []
+    for s, n in _net_maps(networks):
+        m = s.sum(0) / n.sum()
+        maps.append(m / m.sum() if normalize and m.sum() > 0 else m)
+    shape = np.asarray(networks[0][0]).shape[1:]
+    return float(scalar_metrics(apply_post(np.mean(maps, 0).reshape(shape), post), [metric], trf,
+                                center=center)[metric])
+
+
+def hierarchical_interval(networks: Sequence[Groups], metric: str, level: float = 0.95, n_boot: int = N_BOOT,
+                          seed: int = 0, *, normalize: bool = True, trf: Any = None, post: str | None = None,
+                          center: Sequence[float] | None = None) -> tuple[float, tuple[float, float] | None]:
+    """``metric`` of the networks' mean map and its interval over networks (``hierarchical_replicates``).
+
+    Args:
+        networks: one ``(group_sums, group_counts)`` per network.
+        metric: a ``scalar_metrics`` name; ``level``: the coverage.
+        n_boot, seed, normalize, trf, post, center: see ``hierarchical_replicates``.
+
+    Returns:
+        ``(estimate, (lo, hi))``: the expanded percentile interval for the number of networks (or of
+        groups, with one network); None with fewer than 2 finite replicates.
+
+    Raises:
+        ErfError: as ``hierarchical_replicates``.
+    """
+    est = _point(networks, metric, normalize, trf, post, center)
+    reps = hierarchical_replicates(networks, metric, n_boot, seed, normalize=normalize, trf=trf, post=post,
+                                   center=center)
+    units = len(networks) if len(networks) > 1 else len(np.asarray(networks[0][1]).ravel())
+    return est, percentile_interval(reps, level, units)
+
+
+def paired_ratio_interval(a: Groups | Sequence[Groups], b: Groups | Sequence[Groups], metric: str,
+                          level: float = 0.95, n_boot: int = N_BOOT, seed: int = 0, *, paired: bool = True,
+                          normalize: bool = True, trf_a: Any = None, trf_b: Any = None,
+                          post: str | None = None) -> tuple[float, tuple[float, float] | None]:
+    """``metric(b) / metric(a)`` with an interval from one joint bootstrap of both arms.
+
+    Each arm is one ``(group_sums, group_counts)`` (the groups of one measurement) or a list of
+    them (one per network: ``hierarchical_replicates``). ``paired=True`` needs the same layout in
+    both arms and draws the same indices in both (the same networks and inputs, e.g. before and
+    after training); ``paired=False`` draws the arms independently.
+
+    Args:
+        a, b: the two arms (the ratio is b over a).
+        metric: a ``scalar_metrics`` name; ``level``: the coverage; ``n_boot``, ``seed``: the bootstrap.
+        paired: resample both arms alike.
+        normalize: with lists of networks, each network's map to unit total.
+        trf_a, trf_b: each arm's TRF (for ``erf_trf_ratio_*``); ``post``: a name of ``POSTS``.
+
+    Returns:
+        ``(ratio, (lo, hi))``, the interval None with fewer than 2 finite replicate ratios.
+
+    Raises:
+        ErfError: invalid groups, or ``paired`` arms whose layouts differ.
+    """
+    arms = []
+    for arm in (a, b):
+        nets = [arm] if _is_groups(arm) else list(arm)
+        arms.append(nets)
+    layout = [[len(np.asarray(n).ravel()) for _, n in nets] for nets in arms]
+    if paired and layout[0] != layout[1]:
+        raise ErfError(f"paired arms need the same networks and groups; got layouts {layout[0]} and {layout[1]} "
+                       "(pass paired=False for independent arms)")
+    seeds = (seed, seed) if paired else (seed, seed + 1)
+    reps, ests = [], []
+    for nets, trf, sd in zip(arms, (trf_a, trf_b), seeds):
+        if len(nets) == 1:  # one measurement: its groups are the resampled units
+            s, n = nets[0]
+            reps.append(metric_replicates(s, n, [metric], None, n_boot, sd, trf=trf, post=post)[:, 0])
+            ests.append(float(scalar_metrics(apply_post(np.asarray(s).sum(0) / np.asarray(n).sum(), post),
+                                             [metric], trf)[metric]))
+        else:
+            reps.append(hierarchical_replicates(nets, metric, n_boot, sd, normalize=normalize, trf=trf, post=post))
+            ests.append(_point(nets, metric, normalize, trf, post, None))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = reps[1] / reps[0]
+    units = min(len(arms[0]) if len(arms[0]) > 1 else layout[0][0], len(arms[1]) if len(arms[1]) > 1 else layout[1][0])
+    est = ests[1] / ests[0] if ests[0] else math.nan
+    return est, percentile_interval(ratios, level, units)
+
+
+def _is_groups(arm: Any) -> bool:
+    return isinstance(arm, tuple) and len(arm) == 2 and np.asarray(arm[1]).ndim == 1 and np.asarray(arm[0]).ndim >= 2
+
+
+def power_law_interval(x: ArrayLike, y: ArrayLike, replicates: ArrayLike, level: float = 0.95,
+                       units: int | None = None) -> PowerLawFit:
+    """A power law ``y = a x^b`` whose intervals come from bootstrap replicates of every point.
+
+    Row r of ``replicates`` holds one bootstrap replicate of each point's value (e.g. column i from
+    ``metric_replicates`` or ``hierarchical_replicates`` of point i; rows drawn with one plan when
+    the points share networks or inputs). The law is refitted on every row; the exponent's and
+    prefactor's intervals are the expanded percentiles of the refits (``units``: the resampled
+    networks or groups per point).
+
+    Args:
+        x: the abscissae (e.g. depths); ``y``: the point estimates.
+        replicates: ``(B, len(x))`` replicate values.
+        level: the coverage; ``units``: top-level resampling units (None: plain percentiles).
+
+    Returns:
+        The ``PowerLawFit`` of ``y`` with bootstrap ``exponent_ci`` and ``prefactor_ci``.
+
+    Raises:
+        ErfError: as ``fit_power_law``, or replicates of the wrong shape.
+    """
+    fit = fit_power_law(x, y, level=level)
+    reps = np.asarray(replicates, dtype=np.float64)
+    xs = np.asarray(x, dtype=np.float64).ravel()
+    if reps.ndim != 2 or reps.shape[1] != xs.size:
+        raise ErfError(f"replicates must be (B, {xs.size}); got shape {reps.shape}")
+    lx = np.log(xs)
+    X = np.column_stack([np.ones_like(lx), lx])
+    good = np.all(np.isfinite(reps) & (reps > 0), 1)
+    coef = np.linalg.lstsq(X, np.log(reps[good]).T, rcond=None)[0] if good.any() else np.zeros((2, 0))
+    method = "expanded" if units else "percentile"
+    b_ci = percentile_interval(coef[1], level, units, method) or (math.nan, math.nan)
+    a_ci = percentile_interval(np.exp(coef[0]), level, units, method) or (math.nan, math.nan)
+    return PowerLawFit(fit.exponent, fit.prefactor, b_ci, a_ci, fit.r2, fit.n, fit.level, False)
