@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from erf.engine.context import Context
-from erf.engine.inputs import NoiseSource, sample_key
+from erf.engine.crop import check_input, compare, full_gradient
 from erf.engine.probe import Probe
 from erf.engine.target import TargetRunner
 from erf.errors import ErfError
@@ -183,14 +183,17 @@ def plan_cone(ctx: Context, window: Window | None) -> tuple[ConeRunner, dict[int
     return ConeRunner(steps, box, offset), {d: 0 for d in range(2, 2 + nd)}
 
 
-def choose_cone(ctx: Context, window: Window | None, full_probe: Probe
+def choose_cone(ctx: Context, window: Window | None, full_probe: Probe,
+                reference: Callable[[], torch.Tensor] | None = None
                 ) -> tuple[ConeRunner | None, dict[int, int] | None, list[str]]:
     """The cone runner and the unit's index in its output, checked once; ``(None, None, notes)`` to run as usual.
 
     Args:
         ctx: the measurement (``ctx.opts.cone``: 'auto', True or False).
         window: the input crop (None: the full input).
-        full_probe: the probe of the usual (cropped or full-size) pass, for the check.
+        full_probe: the probe of the usual (cropped or full-size) pass (its preset and channel).
+        reference: returns the uncropped pass's gradient (``erf.engine.crop.full_gradient``, shared with
+            the crop's check); computed here when None.
 
     Returns:
         ``(runner, index, notes)``.
@@ -208,7 +211,7 @@ def choose_cone(ctx: Context, window: Window | None, full_probe: Probe
         return None, None, [f"not cone-executed: {plan}"]
     runner, index = plan
     if mode == "auto":
-        diff = cone_check(ctx, window, runner, index, full_probe)
+        diff = cone_check(ctx, window, runner, index, full_probe, reference)
         if diff is not None:
             return None, None, [f"not cone-executed: the cone pass differs from the uncropped pass ({diff})"]
         return runner, index, ["cone-executed: each op computed only where the unit depends on it "
@@ -217,28 +220,18 @@ def choose_cone(ctx: Context, window: Window | None, full_probe: Probe
 
 
 def cone_check(ctx: Context, window: Window | None, runner: ConeRunner, index: dict[int, int],
-               full_probe: Probe) -> str | None:
+               full_probe: Probe, reference: Callable[[], torch.Tensor] | None = None) -> str | None:
     """One sample's cone gradient against the uncropped full-size one; None when they agree.
 
-    Same tolerance as ``erf.engine.crop.crop_check``: 1e-9 of the largest gradient in float64,
-    1e-3 in float32, in the measurement dtype without autocast.
+    Same sample and tolerance as ``erf.engine.crop.crop_check`` (1e-9 of the largest gradient in
+    float64, 1e-3 in float32, in the measurement dtype without autocast).
 
     Returns:
         None, or the difference found.
     """
-    rtol = 1e-9 if ctx.dtype == torch.float64 else 1e-3
-    x = NoiseSource("gaussian", (ctx.chans, *ctx.size), ctx.device, ctx.dtype).batch(
-        [sample_key(ctx.opts.seed, 0, 0)], tuple(slice(0, n) for n in ctx.size))
-    amp = {"ctx": contextlib.nullcontext}
-    p = full_probe
-    full = Probe(TargetRunner(ctx.model, ctx.target), p.preset, p.channel, amp, ctx.target.index_of(ctx.unit))
-    full = full.grad(x).double()
+    full = (reference or (lambda: full_gradient(ctx)))()
     win = window or tuple(slice(0, n) for n in ctx.size)
-    part = Probe(runner, p.preset, p.channel, amp, index).grad(x[(slice(None), slice(None), *win)]).double()
-    placed = torch.zeros_like(full)
-    placed[(slice(None), slice(None), *win)] = part
-    scale = float(full.abs().max())
-    err = float((placed - full).abs().max())
-    if not scale > 0 or not err <= rtol * scale:
-        return f"max difference {err:.3g} of max {scale:.3g}"
-    return None
+    amp = {"ctx": contextlib.nullcontext}
+    part = Probe(runner, full_probe.preset, full_probe.channel, amp, index)
+    part = part.grad(check_input(ctx)[(slice(None), slice(None), *win)]).double()
+    return compare(ctx, full, part, win)

@@ -9,6 +9,7 @@ the cropped one first.
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
 
@@ -18,16 +19,18 @@ from erf.engine.probe import Probe
 from erf.engine.target import Target, TargetRunner
 from erf.errors import ErfError
 
-__all__ = ["choose_crop", "crop_check", "crop_index", "plan_crop"]
+__all__ = ["check_input", "choose_crop", "compare", "crop_check", "crop_index", "full_gradient", "plan_crop"]
 
 Window = tuple[slice, ...]
 
 
-def choose_crop(ctx: Context) -> tuple[Window | None, tuple[int, ...] | None, list[str]]:
+def choose_crop(ctx: Context, reference: Callable[[], torch.Tensor] | None = None
+                ) -> tuple[Window | None, tuple[int, ...] | None, list[str]]:
     """Window, unit-in-crop and notes; ``(None, None, notes)`` to run at full size (a note says why).
 
     Args:
         ctx: the measurement (``ctx.opts.crop``: 'auto', True or False).
+        reference: returns the check's full-size gradient (``full_gradient``; shared with the cone's check).
 
     Returns:
         ``(window, unit in the crop, notes)``.
@@ -55,7 +58,7 @@ def choose_crop(ctx: Context) -> tuple[Window | None, tuple[int, ...] | None, li
     window, cunit = plan
     text = "cropped to the unit's TRF: " + " x ".join(f"[{w.start}:{w.stop}]" for w in window)
     if crop == "auto":
-        diff = crop_check(ctx, window, cunit)
+        diff = crop_check(ctx, window, cunit, reference)
         if diff is not None:
             notes.append(f"not cropped: a cropped pass differs from the full-size pass ({diff}); measured at full size")
             return None, None, notes
@@ -70,7 +73,28 @@ def crop_index(target: Target, cunit: tuple[int, ...]) -> dict[int, int]:
     return dict(zip(target.spatial_dims, cunit))
 
 
-def crop_check(ctx: Context, window: Window, cunit: tuple[int, ...]) -> str | None:
+def check_input(ctx: Context) -> torch.Tensor:
+    """The one full-size sample the crop and cone checks run on (sample 0 of draw 0), in the measurement dtype."""
+    return NoiseSource("gaussian", (ctx.chans, *ctx.size), ctx.device, ctx.dtype).batch(
+        [sample_key(ctx.opts.seed, 0, 0)], tuple(slice(0, n) for n in ctx.size))
+
+
+def full_gradient(ctx: Context) -> torch.Tensor:
+    """The uncropped pass's input gradient of ``check_input`` (float64), the reference of both checks.
+
+    Args:
+        ctx: the measurement.
+
+    Returns:
+        ``(1, C, *size)`` float64.
+    """
+    amp = {"ctx": contextlib.nullcontext}
+    probe = Probe(TargetRunner(ctx.model, ctx.target), ctx.preset, ctx.opts.channel, amp, ctx.target.index_of(ctx.unit))
+    return probe.grad(check_input(ctx)).double()
+
+
+def crop_check(ctx: Context, window: Window, cunit: tuple[int, ...],
+               reference: Callable[[], torch.Tensor] | None = None) -> str | None:
     """Compare one sample's full-size input gradient with the cropped one; None when they agree.
 
     Both run in the measurement dtype (no autocast) and are compared in float64: a float64
@@ -78,17 +102,30 @@ def crop_check(ctx: Context, window: Window, cunit: tuple[int, ...]) -> str | No
     rounding differs between input sizes; a wrong crop differs by O(1)). A float64 check of a
     float32 model would cost 3x a float32 pass on CPU, for no better detection.
 
+    Args:
+        ctx: the measurement; ``window``, ``cunit``: the crop and the unit in it.
+        reference: returns ``full_gradient(ctx)`` (computed here when None).
+
     Returns:
         None, or the difference found (for the note).
     """
-    target, size, fdtype, channel, pre = ctx.target, ctx.size, ctx.dtype, ctx.opts.channel, ctx.preset
-    rtol = 1e-9 if fdtype == torch.float64 else 1e-3
-    x = NoiseSource("gaussian", (ctx.chans, *size), ctx.device, fdtype).batch(
-        [sample_key(ctx.opts.seed, 0, 0)], tuple(slice(0, n) for n in size))
+    target = ctx.target
+    full = (reference or (lambda: full_gradient(ctx)))()
     amp = {"ctx": contextlib.nullcontext}
-    full = Probe(TargetRunner(ctx.model, target), pre, channel, amp, target.index_of(ctx.unit)).grad(x).double()
-    part = Probe(TargetRunner(ctx.model, target), pre, channel, amp, crop_index(target, cunit))
-    part = part.grad(x[(slice(None), slice(None), *window)]).double()
+    part = Probe(TargetRunner(ctx.model, target), ctx.preset, ctx.opts.channel, amp, crop_index(target, cunit))
+    part = part.grad(check_input(ctx)[(slice(None), slice(None), *window)]).double()
+    return compare(ctx, full, part, window)
+
+
+def compare(ctx: Context, full: torch.Tensor, part: torch.Tensor, window: Window) -> str | None:
+    """None when ``part`` (the gradient on ``window``) placed in the input equals ``full`` to the check's tolerance.
+
+    A float64 measurement must agree to 1e-9 of the largest gradient, a float32 one to 1e-3.
+
+    Returns:
+        None, or the difference found (for the note).
+    """
+    rtol = 1e-9 if ctx.dtype == torch.float64 else 1e-3
     placed = torch.zeros_like(full)
     placed[(slice(None), slice(None), *window)] = part
     scale = float(full.abs().max())
