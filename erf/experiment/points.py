@@ -19,6 +19,7 @@ import torch.nn as nn
 from erf import distributed
 from erf.analytic import infer_in_channels
 from erf.engine import ERFResult, measure
+from erf.engine.images import generate_images
 from erf.experiment.records import Record, make_record
 from erf.experiment.runfolder import RunFolder
 from erf.experiment.sweeps import Config, Point
@@ -31,7 +32,7 @@ CONFIG_ONLY = ("level", "n_boot")
 
 # How a config spells "not set" for each [measure] key that has such a value; erf.measure spells it None.
 UNSET: dict[str, Any] = {"layer": "", "unit": [], "channel": "all", "preset": "", "tol": 0.0, "max_samples": 0,
-                         "prefix_tokens": "auto"}
+                         "prefix_tokens": "auto", "mean": [], "std": []}
 
 
 def measure_keywords(measure_settings: dict[str, Any]) -> dict[str, Any]:
@@ -131,10 +132,15 @@ def measure_state(cfg: Config, point: Point, model: nn.Module | None, device: st
 
 
 def _inputs(settings: dict, model: nn.Module, seed: int) -> str | ImageSampler:
-    """The engine's ``inputs``: a noise name, or an iterable over local images (``ImageSampler``)."""
+    """The engine's ``inputs``: a noise name, a PATH of images (``erf.engine.images``; generated ones for
+    kind = 'generated'), or with sampler = 'sequential' an iterable over loaded images (``ImageSampler``)."""
     inp = settings["inputs"]
+    if inp["kind"] == "generated":
+        return generate_images(inp["count"], inp["size"], seed)
     if inp["kind"] != "images":
         return inp["kind"]
+    if inp["sampler"] == "random":
+        return inp["path"]
     size = inp["size"]
     images = load_images(inp["path"], size if isinstance(size, int) else tuple(size), count=inp["count"], seed=seed,
                          channels=infer_in_channels(model))

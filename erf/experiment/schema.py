@@ -94,6 +94,12 @@ def _ints(lo=0):
     return check
 
 
+def _floats(v):
+    if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        return "must be a list of numbers"
+    return None
+
+
 def _strs(v):
     if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
         return "must be a list of non-empty strings"
@@ -136,6 +142,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     "results go to results/<name>/", required=True),
         "title": Key("", _str(), "str", "title of the report (default: the name)"),
         "description": Key("", _str(), "str", "what the experiment shows; printed at the top of report.md"),
+        "quick_note": Key("", _str(), "str", "what --quick changes beyond sizes and samples (e.g. random weights, "
+                          "generated images): the first line of a --quick report says it"),
         "seed": Key(0, _int(0), "int", "seed of the models, inputs, weight draws and training (CLI --seed overrides)"),
         "device": Key("auto", _choice("auto", "cpu", "cuda"), "str",
                       "auto (CUDA when available), cpu or cuda (CLI --device overrides)"),
@@ -156,13 +164,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
                           "fetched into its own cache (CLI --pretrained); offline, use checkpoint instead"),
     },
     "inputs": {
-        "kind": Key("gaussian", _choice("gaussian", "uniform", "constant", "images"), "str",
-                    "probe inputs: gaussian / uniform noise, constant ones, or images from 'path'"),
+        "kind": Key("gaussian", _choice("gaussian", "uniform", "constant", "images", "generated"), "str",
+                    "probe inputs: gaussian / uniform noise, constant ones, images from 'path', or 'count' images the "
+                    "code generates (a temporary ImageFolder; for --quick runs and CI)"),
         "size": Key(64, _size, "int or list[int]", "input size in pixels, e.g. 64 or [64, 48]"),
-        "path": Key("", _str(), "str", "kind = 'images': a folder of images or an .npz file"),
-        "count": Key(256, _int(1), "int", "kind = 'images': how many images to load"),
+        "path": Key("", _str(), "str", "kind = 'images': an image folder (class subfolders or flat) or an .npy/.npz "
+                    "array (as erf measure --inputs PATH)"),
+        "count": Key(256, _int(1), "int", "kind = 'generated': how many images; kind = 'images' with sampler = "
+                     "'sequential': how many to load"),
         "sampler": Key("random", _choice("random", "sequential"), "str",
-                       "kind = 'images': draw images at random (with replacement, seeded) or in order"),
+                       "kind = 'images': random = measure.samples distinct images drawn with the seed, class-balanced, "
+                       "normalised with the model's preprocessing (else measure.mean/std, else ImageNet's); "
+                       "sequential = count images loaded, normalised over the set, taken in a cycle"),
     },
     "measure": {
         "layer": Key("", _str(), "str", "layer to measure (\"\" = the model output); names as in 'erf rf'"),
@@ -188,6 +201,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                      "against a full-size pass in the measurement dtype), true (without that check), false (never)"),
         "tol": Key(0.0, _float(0), "float", "stop early when the relative SE of sigma falls below this (0 = off)"),
         "max_samples": Key(0, _int(0), "int", "with tol: most samples per draw (0 = samples)"),
+        "mean": Key([], _floats, "list[float]", "image inputs: per-channel mean ([] = the model's preprocessing, "
+                    "else ImageNet's)"),
+        "std": Key([], _floats, "list[float]", "image inputs: per-channel std ([] = the model's preprocessing, "
+                   "else ImageNet's)"),
         "level": Key(0.95, _float(0, 1, True, True), "float", "confidence level of every interval"),
         "n_boot": Key(200, _int(20), "int", "bootstrap replicates per interval"),
     },
