@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from erf.errors import ErfError
 
 __all__ = ["IMAGE_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "SKIP_NOTE", "ImageSet", "ImageSource", "Preprocessing",
-           "array_image", "decode_image", "find_images", "first_readable", "fit_image", "is_path",
+           "array_image", "decode_image", "find_images", "first_readable", "fit_image", "generate_images", "is_path",
            "model_preprocessing", "preprocessing_for"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -422,3 +423,51 @@ def first_readable(images: ImageSet, channels: int = 3) -> None:
         return
     raise ErfError(f"no readable image under {images.path!r} ({len(images.files)} files, none decodes; e.g. "
                    f"{first}); point --inputs at readable images")
+
+
+_GENERATED: dict[tuple, str] = {}
+
+
+def generate_images(count: int, size: int | Sequence[int], seed: int = 0, classes: int = 4,
+                    folder: str | os.PathLike | None = None) -> str:
+    """Write ``count`` PNG images the code draws (for ``--quick`` runs and CI): an ImageFolder of ``classes``.
+
+    Each image is a smooth random field (a sum of a few Gaussian blobs and an oriented
+    grating whose angle is its class's) with pixel noise, 5/4 of ``size`` high and 3/2 wide so
+    the resize and centre crop have work to do. The same arguments give the same pixels;
+    without ``folder`` they go to a temporary folder made once per process.
+
+    Args:
+        count: how many images; ``size``: the input size (an int or ``(H, W)``).
+        seed: fixes the pixels; ``classes``: class subfolders.
+        folder: where to write (default: a new temporary folder, reused for the same arguments).
+
+    Returns:
+        The folder.
+    """
+    from PIL import Image  # lazy: Pillow is only needed for image inputs
+
+    h, w = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    key = (int(count), h, w, int(seed), int(classes))
+    if folder is None and key in _GENERATED and os.path.isdir(_GENERATED[key]):
+        return _GENERATED[key]
+    out = os.fspath(folder) if folder is not None else tempfile.mkdtemp(prefix="erf-generated-images-")
+    H, W = (5 * h) // 4, (3 * w) // 2
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    rng = np.random.default_rng([int(seed), 0x6E7])
+    for i in range(int(count)):
+        c = i % classes
+        img = np.zeros((H, W, 3))
+        for _ in range(4):
+            cy, cx, r = rng.uniform(0, H), rng.uniform(0, W), rng.uniform(0.05, 0.3) * min(H, W)
+            img += rng.uniform(0.2, 1.0, 3) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None]
+        angle = np.pi * c / classes
+        grating = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * 2 * np.pi / max(4.0, min(H, W) / 6))
+        img += 0.3 * grating[..., None] + 0.05 * rng.standard_normal((H, W, 3))
+        img = (img - img.min()) / max(float(img.max() - img.min()), 1e-9)
+        path = os.path.join(out, f"class{c}", f"img{i:04d}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(path)
+    if folder is None:
+        _GENERATED[key] = out
+    return out
