@@ -135,7 +135,7 @@ def diagnose(sample_mass: np.ndarray, group_size: int, group_sums: np.ndarray, g
         w = w * np.where(gm > 0, gc / np.where(gm > 0, gm, 1), 0.0)[inv]
     n = int(w.size)
     share, ess = _shares(w) if n else (math.nan, math.nan)
-    gshare, n_groups, inner, inner_n = math.nan, 0, math.nan, 0
+    gshare, n_groups, inner, inner_n, biggest = math.nan, 0, math.nan, 0, 0
     if n:
         ids, inv = np.unique(groups, return_inverse=True)
         gw = np.bincount(inv, weights=w)
@@ -144,6 +144,7 @@ def diagnose(sample_mass: np.ndarray, group_size: int, group_sums: np.ndarray, g
         within = w / np.where(gw > 0, gw, 1)[inv]  # each sample's share of its own group
         top = int(within.argmax())
         inner, inner_n = float(within[top]), int(np.sum(inv == inv[top]))
+        biggest = int(np.bincount(inv).max())
     out: dict[str, Any] = {"samples_weighed": n, "max_sample_share": share, "ess": ess,
                            "ess_fraction": ess / n if n else math.nan, "groups": n_groups,
                            "max_group_share": gshare, "max_sample_share_in_group": inner, "max_group_influence": group_influence(group_sums, group_counts),
@@ -157,11 +158,12 @@ def diagnose(sample_mass: np.ndarray, group_size: int, group_sums: np.ndarray, g
         flagged.append(f"one input sample holds {inner:.0%} of its group's mass ({inner_n} samples in the group; a "
                        "weight draw when groups are draws): that network's map is mostly one input; pass "
                        "normalize_samples=True (each sample's map to unit total)")
-    if n_groups >= 2 and gshare > max(0.5, GROUP_FACTOR / n_groups):
+    if n_groups >= 2 and biggest >= 2 and gshare > max(0.5, GROUP_FACTOR / n_groups):
         flagged.append(f"one group (a weight draw when groups are draws) holds {gshare:.0%} of the map's mass "
-                       f"({n_groups} groups): pass normalize_draws=True so every network counts the same")
+                       f"({n_groups} groups): with weight draws pass normalize_draws=True so every network counts "
+                       "the same, else normalize_samples=True")
     infl = out["max_group_influence"]
-    if infl is not None and infl["flagged"]:
+    if infl is not None and infl["flagged"] and not flagged:  # not when a share flag already says why
         flagged.append(f"leaving out group {infl['group']} changes sigma by {infl['change']:.1%} "
                        f"({infl['ratio_to_median']:.1f}x the median group's change): one network (or group of "
                        "inputs) has a map of another shape; look at the per-group maps")
