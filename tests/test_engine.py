@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import erf
 from erf import stats
 from erf.analytic import Layer, linear_erf
 from erf.engine import ERFResult, measure
@@ -425,3 +426,36 @@ def test_a_nan_is_found_after_the_loop_and_located_by_layer():
         model[2].weight[0, 1, 1, 1] = float("nan")
     with pytest.raises(ErfError, match="NaN or Inf.*layer '2'"):
         measure(model, 12, samples=4, batch_size=2, crop=False)
+
+
+def test_trf_center_of_a_clipped_unit_and_the_uniform_reference():
+    """A corner unit's TRF reaches past the image: its centre is the unit's own, unclipped; positions refer to it."""
+    model = erf.create_model("plain_net", depth=6, width=4, kernel_size=3, activation="linear", in_channels=1)
+    res = erf.measure(model, 16, unit=(0, 1), samples=4, crop=False, device="cpu")
+    assert res.trf == (13, 13) and res.clipped
+    assert res.trf_box_unclipped == ((-6, 6), (-5, 7)) and res.trf_box == ((0, 6), (0, 7))
+    assert res.trf_center == (0.0, 1.0)
+    m = res.metrics
+    assert m["trf_clipped"] is True and m["reference_center"] == [0.0, 1.0]
+    assert m["com_offset_y"] == pytest.approx(m["center_y"] - 0.0) and m["com_offset_x"] == pytest.approx(
+        m["center_x"] - 1.0)
+    ref = res.uniform_reference
+    assert ref["region"] == [[0, 6], [0, 7]]
+    assert ref["vs_uniform"]["sigma_x"] == pytest.approx(res.sigma[1] / ref["uniform"]["sigma_x"])
+    d = res.to_dict()
+    assert not {"ndim", "shape", "axes"} & set(d["metrics"]) and d["shape"] == [16, 16]
+    assert d["trf_center"] == [0.0, 1.0] and d["uniform_reference"]["region"] == [[0, 6], [0, 7]]
+    assert set(d["intervals"]) == set(stats.interval_metrics(2, res.trf))
+    assert d["intervals"]["com_offset_x"] is not None
+    text = repr(res)
+    assert len(text) < 200 and "unit (0, 1)" in text and "TRF 13x13 clipped" in text and "sigma" in text
+    inner = erf.measure(model, 16, samples=2, crop=False, device="cpu")  # the centre unit: not clipped
+    assert inner.trf_center == (8.0, 8.0) and inner.uniform_reference is None
+
+
+def test_resnet50_layer4_centre_unit_trf_centre_is_96():
+    """At 224 px the layer4 centre unit (3, 3) of ResNet-50 covers [-117, 309]: its TRF centre is (96, 96), not 112."""
+    rep = erf.receptive_field(erf.create_model("resnet50", width=0.125), (224, 224), layer="layer4")
+    box = rep.target.box()
+    assert box == ((-117, 309), (-117, 309))
+    assert tuple((a + b) / 2 for a, b in box) == (96.0, 96.0)

@@ -363,3 +363,87 @@ def test_power_law_bad_input():
         S.fit_power_law([1], [1])
     f = S.fit_power_law([1, 4], [1, 2])
     assert f.exponent == pytest.approx(0.5) and math.isnan(f.exponent_ci[0])
+
+
+def test_kurtosis_tells_a_gaussian_from_a_box():
+    g = gauss((81, 81), 40, 40, 6.0, 6.0)
+    box = np.zeros((81, 81))
+    box[20:61, 30:51] = 1.0
+    m = S.scalar_metrics(g, ["kurtosis_y", "kurtosis_x"])
+    assert m["kurtosis_y"] == pytest.approx(0.0, abs=0.01) and m["kurtosis_x"] == pytest.approx(0.0, abs=0.01)
+    b = S.scalar_metrics(box, ["kurtosis_y", "kurtosis_x", "fit_r2"])
+    assert b["kurtosis_y"] == pytest.approx(-1.2, abs=0.01) and b["kurtosis_x"] == pytest.approx(-1.2, abs=0.02)
+    assert "kurtosis_x" in S.default_metrics(2)
+
+
+def test_position_metrics_refer_to_the_given_centre():
+    g = gauss((41, 41), 10, 12, 3.0, 3.0)
+    assert S.scalar_metrics(g, ["com_offset_y", "com_offset_x"]) == pytest.approx(
+        {"com_offset_y": -10.0, "com_offset_x": -8.0}, abs=1e-2)
+    assert S.scalar_metrics(g, ["com_offset_y", "com_offset_x"], center=(10, 12)) == pytest.approx(
+        {"com_offset_y": 0.0, "com_offset_x": 0.0}, abs=1e-2)
+    assert S.summarize(g, center=(10.0, 12.0), fits=False)["reference_center"] == [10.0, 12.0]
+
+
+def test_uniform_reference_of_an_image_bound_trf():
+    ref = S.uniform_reference(np.ones((224, 224)), [[-117, 309], [-117, 309]])
+    assert ref["region"] == [[0, 223], [0, 223]]
+    assert ref["uniform"]["sigma_x"] == pytest.approx(64.66, abs=0.01)
+    assert ref["uniform"]["mass_radius_0.9"] == pytest.approx(124.90, abs=0.01)
+    assert ref["vs_uniform"]["sigma_x"] == pytest.approx(1.0)
+    assert S.uniform_map((4, 4), [[-2, 1], [2, 9]]).sum() == 4  # rows 0-1, columns 2-3
+
+
+def test_bootstrap_defaults_batched_metrics_and_bca():
+    assert S.N_BOOT == 2000
+    rng = np.random.default_rng(0)
+    s = rng.random((6, 21, 21)) ** 3
+    n = np.ones(6)
+    names = list(S.interval_metrics(2, (9, 9)))
+    assert "kurtosis_x" in names and "com_offset_x" in names and not any(k.startswith("hcar") for k in names)
+    w = S.bootstrap_weights(6, 7, seed=3)
+    assert w.shape == (7, 6) and (w.sum(1) == 6).all()
+    fast = S.metric_replicates(s, n, names, w, trf=(9, 9), center=(10, 11))
+    slow = np.array([list(S.scalar_metrics((wb @ s.reshape(6, -1) / (wb @ n)).reshape(21, 21), names, (9, 9),
+                                           center=(10, 11)).values()) for wb in w])
+    assert np.allclose(fast, slow, rtol=1e-12, atol=1e-12)
+    est = S.scalar_metrics(s.sum(0) / 6, ["sigma_x"])["sigma_x"]
+    for method in ("expanded", "percentile", "bca"):
+        lo, hi = S.metric_intervals(s, n, ["sigma_x"], method=method, n_boot=400)["sigma_x"]
+        assert lo < est < hi
+
+
+def test_paired_ratio_interval_uses_the_shared_noise():
+    rng = np.random.default_rng(1)
+    base = [gauss((31, 31), 15, 15, 3.0, 3.0 + rng.normal(0, 0.4)) for _ in range(8)]
+    a = (np.stack(base), np.ones(8))
+    b = (np.stack([m ** (1 / 1.44) for m in base]), np.ones(8))  # each group 1.2x wider: same noise
+    ratio, (lo, hi) = S.paired_ratio_interval(a, b, "sigma_x", n_boot=300)
+    _, (ulo, uhi) = S.paired_ratio_interval(a, b, "sigma_x", n_boot=300, paired=False)
+    assert lo - 1e-9 <= ratio <= hi + 1e-9 and ratio == pytest.approx(1.2, rel=0.01)
+    assert hi - lo < 0.5 * (uhi - ulo) and ulo < 1.2 < uhi
+    with pytest.raises(ErfError, match="paired arms"):
+        S.paired_ratio_interval(a, (b[0][:4], b[1][:4]), "sigma_x")
+    nets = [(np.stack([gauss((31, 31), 15, 15, 3.0 + k * 0.2, 3.0)] * 2), np.ones(2)) for k in range(4)]
+    est, (hlo, hhi) = S.hierarchical_interval(nets, "sigma_y", n_boot=200)
+    assert hlo < est < hhi and hhi - hlo > 0.1  # the networks' spread, not the (zero) spread of their inputs
+
+
+def test_power_law_interval_from_replicates():
+    x = np.array([5.0, 10, 20, 40])
+    rng = np.random.default_rng(2)
+    reps = np.sqrt(x) * np.exp(rng.normal(0, 0.03, (500, 4)))
+    fit = S.power_law_interval(x, np.sqrt(x), reps, units=6)
+    assert fit.exponent == pytest.approx(0.5) and fit.exponent_ci[0] < 0.5 < fit.exponent_ci[1]
+    assert fit.exponent_ci[1] - fit.exponent_ci[0] > 0.01  # sampling noise, not the (zero) curvature
+
+
+def test_openerf_centre_token_and_replknet_scale_dependence():
+    op, luo = S.get_preset("openerf"), S.get_preset("luo")
+    assert op.center((8, 8), tokens=True) == (3, 3) and op.center((8, 8)) == (4, 4)
+    assert op.center((7, 7), tokens=True) == (3, 3) and luo.center((8, 8), tokens=True) == (4, 4)
+    g = gauss((64, 64), 32, 32, 6.0, 6.0)
+    small, large = (S.scalar_metrics(g * k, ["hcar_log1p_max_0.2", "hcar_0.2"]) for k in (1e-4, 1e4))
+    assert small["hcar_0.2"] == large["hcar_0.2"]  # the raw map's ratio is scale free
+    assert large["hcar_log1p_max_0.2"] > 3 * small["hcar_log1p_max_0.2"]  # RepLKNet's is not
+    assert "scale" in S.PRESETS["replknet"].description and "square" in S.PRESETS["luo"].description
