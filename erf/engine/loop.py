@@ -11,22 +11,26 @@ then measured again to say where they start.
 
 from __future__ import annotations
 
+import copy
 import math
-import sys
 import time
 from typing import Any, Callable, Protocol
 
 import torch
+import torch.nn as nn
 
 from erf import distributed
-from erf.engine.accumulate import Accumulator
+from erf.engine.accumulate import Accumulator, OutOfMemory
 from erf.engine.context import Context
 from erf.engine.inputs import Source
 from erf.engine.probe import Probe
 from erf.engine.resume import NoSaves
 from erf.errors import ErfError
+from erf.progress import progress_bar as new_progress_bar
 
-__all__ = ["Loop", "plan_shares", "progress_bar"]
+__all__ = ["Loop", "plan_shares", "progress_bar", "fit_batch", "channels_last_model", "MAX_AUTO_BATCH"]
+
+MAX_AUTO_BATCH = 4096  # the largest batch ``fit_batch`` tries
 
 Plan = list[tuple[int, int, int]]
 
@@ -141,17 +145,54 @@ def plan_shares(draws: int, limit: int, batch: int,
 
 
 def progress_bar(progress: bool, total: int) -> Bar:
-    """A tqdm bar on stderr when ``progress``, else one that shows nothing."""
-    if progress:
-        from tqdm import tqdm  # lazy: tqdm is only needed when a bar is shown
+    """This measurement's bar (``erf.progress.progress_bar``).
 
-        return tqdm(total=total, unit="img", file=sys.stderr, leave=False)
-    return _NoBar()
+    Its counts go to the run's bar when one is open (``erf run``); else, when ``progress``, a tqdm
+    bar on a terminal or a line every 30 s in logs; else nothing.
+    """
+    return new_progress_bar(total, desc="measure", unit="img", enabled=progress)
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
+def fit_batch(maps: Callable[[torch.Tensor], Any], make: Callable[[int], torch.Tensor | None], start: int,
+              empty_cache: Callable[[], None] = torch.cuda.empty_cache) -> int:
+    """The largest batch from ``start`` down (halving) whose pass does not run out of memory; found once.
 
-    def close(self) -> None:
-        pass
+    Args:
+        maps: one pass (``Probe.maps``); its result is dropped.
+        make: ``b -> a batch of b samples`` (the measurement's own inputs), None when there are none.
+        start: the first size tried.
+        empty_cache: frees the cached blocks after an out-of-memory (CUDA's allocator by default).
+
+    Returns:
+        The batch size (at least 1; a batch of one that does not fit raises in the loop as before).
+    """
+    b = max(1, int(start))
+    while b > 1:
+        x = make(b)
+        if x is None:
+            return b
+        try:
+            maps(x)
+            return b
+        except OutOfMemory:
+            del x
+            empty_cache()
+            b //= 2
+    return 1
+
+
+def channels_last_model(work: nn.Module, caller: nn.Module) -> nn.Module:
+    """``work`` with its 4-d weights in ``channels_last`` (a copy when ``work`` is the caller's own model).
+
+    cuDNN then runs every conv in NHWC, the layout its tensor-core kernels use; the input follows the
+    weights' layout in the first conv.
+
+    Args:
+        work: the working model; ``caller``: the model the caller passed (never modified).
+
+    Returns:
+        The converted working model.
+    """
+    if work is caller:
+        work = copy.deepcopy(work)
+    return work.to(memory_format=torch.channels_last)
