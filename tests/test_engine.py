@@ -459,3 +459,33 @@ def test_resnet50_layer4_centre_unit_trf_centre_is_96():
     box = rep.target.box()
     assert box == ((-117, 309), (-117, 309))
     assert tuple((a + b) / 2 for a, b in box) == (96.0, 96.0)
+
+
+def test_fit_batch_halves_until_a_pass_fits():
+    from erf.engine.loop import fit_batch
+
+    tried, freed = [], []
+
+    def maps(x):
+        tried.append(x.shape[0])
+        if x.shape[0] > 300:
+            raise OOM("CUDA out of memory (simulated)")
+        return x
+
+    assert fit_batch(maps, lambda b: torch.zeros(b, 1), 4096, empty_cache=lambda: freed.append(1)) == 256
+    assert tried == [4096, 2048, 1024, 512, 256] and len(freed) == 4
+    assert fit_batch(maps, lambda b: None, 64) == 64  # no inputs to try: keep the start
+    assert fit_batch(lambda x: (_ for _ in ()).throw(OOM("oom")), lambda b: torch.zeros(b), 8,
+                     empty_cache=lambda: None) == 1
+
+
+def test_auto_batch_and_channels_last_stay_off_on_cpu():
+    from erf.engine.loop import channels_last_model
+
+    model = relu_net()
+    res = measure(model, 16, samples=4, batch_size=2)
+    assert res.settings["auto_batch"] is False and res.settings["batch_size"] == 2
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3))
+    work = channels_last_model(conv, conv)
+    assert work is not conv and work[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv[0].weight.is_contiguous()  # the caller's model is left as it was

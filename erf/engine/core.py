@@ -29,7 +29,7 @@ from erf.engine.cone import choose_cone
 from erf.engine.context import frozen, prepare
 from erf.engine.crop import choose_crop, crop_index, full_gradient
 from erf.engine.inputs import make_source
-from erf.engine.loop import Loop, plan_shares, progress_bar
+from erf.engine.loop import MAX_AUTO_BATCH, Loop, channels_last_model, fit_batch, plan_shares, progress_bar
 from erf.engine.options import MeasureOptions
 from erf.engine.probe import Probe, channels_cancel
 from erf.engine.ranks import Ranks
@@ -74,6 +74,8 @@ def measure(model: nn.Module, input_size: Any, options: MeasureOptions | None = 
     notes: list[str] = []
     with frozen(model, opts.eval_mode), determinism.deterministic_mode(opts.deterministic, dev):
         ctx = prepare(model, input_size, opts, dev, preset, ranks, notes)
+        if dev.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in ctx.model.modules()):
+            ctx.model = channels_last_model(ctx.model, model)  # cuDNN's NHWC kernels
         t_trace = time.perf_counter()
         reference = functools.cache(lambda: full_gradient(ctx))  # one uncropped pass for both checks
         window, cunit, crop_notes = ranks.from_main(lambda: choose_crop(ctx, reference), (None, None, []))
@@ -86,11 +88,17 @@ def measure(model: nn.Module, input_size: Any, options: MeasureOptions | None = 
         fast = probe if runner is None else Probe(runner, preset, opts.channel, ctx.amp, cone_index, ctx.model,
                                                   check=probe.check)
         shape = tuple(w.stop - w.start for w in window) if window else ctx.size
+        auto = opts.auto_batch and dev.type == "cuda" and not ranks.active and ctx.batch > 1 and isinstance(
+            opts.inputs, str)
+        if auto:
+            source = make_source(opts.inputs, (ctx.chans, *ctx.size), dev, ctx.dtype, window)
+            ctx.batch = fit_batch(fast.maps, lambda b: source(opts.seed, 0, 0, b),
+                                  min(opts.per_draw, MAX_AUTO_BATCH))
         gs = opts.draw_group_size()
         acc = Accumulator(shape, dev, gs if opts.tol else final_group_size(gs, opts.draws * opts.per_draw),
                           merge=bool(opts.tol))
         plan = plan_shares(opts.draws, opts.per_draw, ctx.batch, ranks.share)
-        settings = dict(settings_of(ctx), cone=runner is not None)
+        settings = dict(settings_of(ctx), cone=runner is not None, auto_batch=auto)
         saves = NoSaves() if opts.state_file is None else StateFile(ranks.state_path(opts.state_file), dict(
             settings, window=[[w.start, w.stop] for w in window or ()], group_size=acc.gs, world=ranks.world,
             model=checksum(ctx.model)), opts.save_every)

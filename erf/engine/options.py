@@ -105,6 +105,9 @@ class MeasureOptions:
     cone: str | bool = _opt("auto", "'auto' (run each op only where the unit depends on it, for chains of convs, "
                                     "pools and pointwise ops; checked once), True (unchecked) or False (never)",
                             python_only="exact where it runs (checked once, like the crop); False is for benchmarks")
+    auto_batch: bool = _opt(True, "on CUDA (one process, noise inputs): use the largest batch that fits, found once "
+                                  "by halving from min(samples, 4096) on out-of-memory; reported as batch_size",
+                            python_only="on by default where it applies; False keeps batch_size (benchmarks)")
     single_sample: bool = _opt(False, "one sample per pass (train-mode BatchNorm mixes a batch)",
                                python_only="only with eval_mode=False, which the CLI never sets")
     tol: float | None = _opt(None, "keep sampling until the relative SE of sigma is below tol", "--tol",
