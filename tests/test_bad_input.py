@@ -164,7 +164,7 @@ MEASURE_CASES = [
     ([*M, "--init", "bogus"], "unknown init 'bogus'"),
     ([*M, "--signal", "loud"], "signal must be one of"),
     ([*M, "--preset", "nope"], "unknown ERF preset 'nope'"),
-    ([*M, "--inputs", "noise"], "inputs must be"),
+    ([*M, "--inputs", "noise"], "noise"),
     ([*M, "--dtype", "float16"], "dtype must be"),
     ([*M, "--autocast", "fp8"], "autocast must be"),
     ([*M, "--seed", "abc"], "argument --seed: invalid int value"),

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Iterable, Sequence
 
 from erf import __version__
@@ -76,8 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after ``erf`` (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit code: 0 on success, 2 for bad input (one line on stderr), 130 when interrupted.
-        ``--help``, ``--version`` and argparse errors exit through ``SystemExit`` as usual.
+        The exit code: 0 on success, 2 for bad input (one line on stderr), 130 when interrupted
+        (Ctrl-C). ``--help``, ``--version`` and argparse errors exit through ``SystemExit`` as usual.
+        Model code (a model file's import, its factory or its forward) that calls ``sys.exit`` or
+        raises ``KeyboardInterrupt`` itself gets one line and exit code 2: a real Ctrl-C is told
+        apart by the SIGINT handler ``main`` installs while the command runs.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser([command_in(argv)]).parse_args(argv)
@@ -85,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # so that --help and --version answer in well under a second
     from erf import determinism, distributed
 
+    ctrl_c = _CtrlC()
     try:
         if getattr(args, "deterministic", False):
             determinism.prepare()
@@ -95,11 +103,71 @@ def main(argv: Sequence[str] | None = None) -> int:
             msg = " ".join(str(exc).split())
             print(f"erf: error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("erf: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        if ctrl_c.pressed:
+            print("erf: interrupted", file=sys.stderr)
+            return 130
+        if distributed.is_main():
+            print(f"erf: error: {code_exit(exc)}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # argparse exits before the try; nothing in erf calls sys.exit
+        if distributed.is_main():
+            print(f"erf: error: {code_exit(exc)}", file=sys.stderr)
+        return 2
     finally:
+        ctrl_c.restore()
         distributed.shutdown()
+
+
+class _CtrlC:
+    """Tells a real Ctrl-C from a ``KeyboardInterrupt`` that code raised: SIGINT sets ``pressed`` first.
+
+    Installed only in the main thread over Python's default handler (which it then calls), and
+    removed again by ``restore``; elsewhere every ``KeyboardInterrupt`` counts as a Ctrl-C.
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        else:
+            self.pressed = True
+
+    def _handle(self, signum, frame) -> None:
+        self.pressed = True
+        signal.default_int_handler(signum, frame)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
+def code_exit(exc: BaseException) -> str:
+    """The one line for a ``SystemExit`` or ``KeyboardInterrupt`` raised by code erf ran (a model file).
+
+    Says what the code did, while doing what (importing the model file, building the model, or
+    running it) and where, from the traceback.
+
+    Args:
+        exc: the exception, with its traceback.
+
+    Returns:
+        E.g. ``model code called sys.exit(0) while building the model (net.py:7, in make); erf stops``.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    names = {f.name for f in frames}
+    if "_import_file" in names or "exec_module" in names:
+        phase = "importing the model file"
+    elif "call_factory" in names:
+        phase = "building the model"
+    else:
+        phase = "running the model"
+    what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else "raised KeyboardInterrupt"
+    where = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno}, in {frames[-1].name})" if frames else ""
+    return f"model code {what} while {phase}{where}; erf stops (a model must return or raise an exception)"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,8 +6,8 @@ Nothing here imports torch: the parsers are built from this module alone.
 from __future__ import annotations
 
 import argparse
-import os
 
+from erf import limits
 from erf.errors import ErfError
 
 # subcommand -> its one-line help; each is the module erf.cli.<name> with register(subparsers)
@@ -112,23 +112,16 @@ def add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
 
 
 def check_output_file(flag: str, path: str | None) -> None:
-    """Refuse, before any work, an output file that cannot be written: a folder, or a parent that is a file.
+    """Refuse, before any work, an output file erf must not or cannot write (``erf.limits.check_output_path``).
 
     Args:
         flag: how the message names the flag (``"--save"``).
-        path: the file asked for (None or empty: nothing to check).
+        path: the file asked for (None: nothing to check).
 
     Raises:
-        ErfError: ``path`` is a folder, its parent is a file, or the parent is not writable.
+        ErfError: ``path`` is empty, a folder, a device, FIFO or socket, under /proc, too long, below
+            a file, or in a folder that is not writable.
     """
-    if not path:
+    if path is None:
         return
-    if os.path.isdir(path):
-        raise ErfError(f"{flag} {path}: is a folder; give a file name inside it")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ErfError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
-    if not os.access(parent, os.W_OK):
-        raise ErfError(f"{flag} {path}: the folder {parent} is not writable; choose another path")
+    limits.check_output_path(flag, path)

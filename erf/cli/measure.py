@@ -14,11 +14,15 @@ import os
 import sys
 from typing import Any, Callable
 
-from erf import distributed, models
-from erf.analytic import spatial_ndim
+import torch
+
+from erf import distributed, limits, models
+from erf.analytic import infer_in_channels, spatial_ndim
 from erf.cli.common import add_model_args, check_output_file, input_size, parse_ints
+from erf.device import resolve_device
 from erf.engine import MeasureOptions, measure
 from erf.errors import ErfError
+from erf.models.registry import is_model
 
 _PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
@@ -79,6 +83,64 @@ def options_from_args(args: argparse.Namespace, **overrides: Any) -> MeasureOpti
     return MeasureOptions(**{**values, **overrides})
 
 
+def input_files(args: argparse.Namespace) -> dict[str, str]:
+    """The files a model command reads (flag -> path): ``--checkpoint``, the model file, ``--inputs`` images.
+
+    Args:
+        args: the parsed ``erf measure`` or ``erf rf`` command line.
+
+    Returns:
+        Each input path named on the command line (no output may be written there).
+    """
+    files = {}
+    if getattr(args, "checkpoint", None):
+        files["--checkpoint"] = args.checkpoint
+    spec = str(args.model or "")
+    path = spec.rpartition(":")[0] if ".py:" in spec else spec
+    if path and os.path.isfile(path):  # a model file (.py, TorchScript, torch.export)
+        files["MODEL"] = path
+    inputs = getattr(args, "inputs", None)
+    if isinstance(inputs, str) and inputs not in ("gaussian", "uniform", "constant"):
+        files["--inputs"] = inputs
+    return files
+
+
+def check_registry_model(spec: str, model_args: dict[str, Any], itemsize: int, memory: int) -> None:
+    """A registry model's parameters fit in ``memory`` (built on the meta device: no memory, no weights drawn).
+
+    Only for registry names, whose factories are cheap and known; a model file is imported once, later.
+
+    Args:
+        spec: the MODEL spec.
+        model_args: its ``--model-arg`` values.
+        itemsize: bytes per parameter.
+        memory: the bytes available.
+
+    Raises:
+        ErfError: a refused model (``erf.limits.check_model_memory``) or a factory error.
+    """
+    if not is_model(spec):
+        return
+    with torch.device("meta"):
+        model = models.load_model(spec, model_args)
+    values = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    shown = " ".join(f"{k}={v}" for k, v in model_args.items())
+    limits.check_model_memory(values, itemsize, f"model {spec!r}" + (f" ({shown})" if shown else ""), memory)
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """Upper limits of the counts (``erf.limits``); their lower limits are ``MeasureOptions``'s."""
+    why = "a sample's input is keyed by its index modulo 2**32"
+    for flag, value in (("--samples", args.samples), ("--batch", args.batch), ("--max-samples", args.max_samples)):
+        if value is not None and value > limits.MAX_SAMPLES:
+            limits.check_count(value, flag, limits.MAX_SAMPLES, why=why)
+    if args.tol is not None and args.max_samples is None and 64 * args.samples > limits.MAX_SAMPLES:
+        raise ErfError(f"--tol samples up to 64 x --samples per draw, more than 2**32 ({why}); give --max-samples")
+    if args.weight_draws > limits.MAX_WEIGHT_DRAWS:
+        limits.check_count(args.weight_draws, "--weight-draws", limits.MAX_WEIGHT_DRAWS,
+                           why="each draw re-initialises the model and has its own plan entry")
+
+
 def run(args: argparse.Namespace) -> int:
     """Measure, then print the summary (or JSON) and write ``--plot`` / ``--save``.
 
@@ -92,11 +154,18 @@ def run(args: argparse.Namespace) -> int:
         raise ErfError(f"--plot must name a {', '.join(_PLOT_SUFFIXES)} file; got {args.plot!r}")
     for flag, path in (("--plot", args.plot), ("--save", args.save)):
         check_output_file(flag, path)
-    if args.seed < 0:
-        raise ErfError(f"--seed must be >= 0; got {args.seed}")
+    limits.check_distinct({"--plot": args.plot, "--save": args.save}, input_files(args))
+    limits.check_seed(args.seed)
     if args.tol is None and args.max_samples is not None:
         raise ErfError("--max-samples only applies with --tol; add --tol X or drop --max-samples")
+    _check_counts(args)
     model_args = models.parse_model_args(args.model_arg)
+    memory = limits.memory_bytes(resolve_device(args.device).type)
+    itemsize = 8 if args.dtype == "float64" else 4
+    if args.in_channels:
+        limits.check_input(parse_ints(args.input, "--input"), args.in_channels, "--input", itemsize=itemsize,
+                           memory=memory)
+    check_registry_model(args.model, model_args, itemsize, memory)
     model = models.load_model(args.model, model_args, args.checkpoint, seed=args.seed)
     init = args.init
     if init == "model" and args.weight_draws:
@@ -105,7 +174,9 @@ def run(args: argparse.Namespace) -> int:
                            "drop one of them")
         init = models.rebuild_init(args.model, model_args)
     options = options_from_args(args, init=init, progress=sys.stderr.isatty())
-    res = measure(model, input_size(args.input, spatial_ndim(model)), options)
+    size = input_size(args.input, spatial_ndim(model))
+    limits.check_input(size, args.in_channels or infer_in_channels(model), "--input", itemsize=itemsize, memory=memory)
+    res = measure(model, size, options)
     if not distributed.is_main():
         return 0
     text = json.dumps(res.to_dict()) if args.json else res.summary()

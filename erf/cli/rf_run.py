@@ -7,10 +7,11 @@ import json
 import textwrap
 import time
 
-from erf import models
-from erf.analytic import receptive_field, spatial_ndim
+from erf import limits, models
+from erf.analytic import infer_in_channels, receptive_field, spatial_ndim
 from erf.analytic.rules import TREAT_AS
 from erf.cli.common import input_size, parse_ints
+from erf.cli.measure import check_registry_model
 from erf.engine import check_traced, check_value
 from erf.errors import ErfError
 
@@ -40,9 +41,21 @@ def run(args: argparse.Namespace) -> int:
         if not sep or kind not in TREAT_AS:
             raise ErfError(f"--treat-as takes OP={'|'.join(TREAT_AS)}, got {item!r}")
         treat_as[op] = kind
-    model = models.load_model(args.model, models.parse_model_args(args.model_arg), args.checkpoint)
+    model_args = models.parse_model_args(args.model_arg)
+    memory = limits.memory_bytes()
+    if args.in_channels:  # before anything is built; again below with the model's own axes
+        limits.check_input(parse_ints(args.input, "--input"), args.in_channels, "--input", memory=memory,
+                           trace_only=True)
+    check_registry_model(args.model, model_args, 4, memory)
+    model = models.load_model(args.model, model_args, args.checkpoint)
+    size = input_size(args.input, spatial_ndim(model))
+    # The trace runs on the meta device (no memory) first; a real pass, needed when that fails, is
+    # bounded only where --in-channels was given (a channel count the model does not take makes
+    # the meta pass fail): a huge --input alone stays an analytic question, answered on meta.
+    channels = args.in_channels or infer_in_channels(model)
+    limits.check_input(size, channels, "--input", memory=memory if args.in_channels else 2**62, trace_only=True)
     start = time.perf_counter()
-    report = receptive_field(model, input_size(args.input, spatial_ndim(model)), layer=args.layer,
+    report = receptive_field(model, size, layer=args.layer,
                              in_channels=args.in_channels, treat_as=treat_as, allow_unaligned=args.allow_unaligned)
     notes = check_traced(report.target, check_value(args.prefix_tokens), report.target.name)
     unit = None

@@ -2,7 +2,11 @@
 
 ``check_models`` runs before any measurement (``erf run`` and ``erf run --check``), so bad model
 arguments, unknown layers, units outside the layer's map, inputs too small for the network,
-bad channels and checkpoints that do not fit are refused in one ``ConfigError`` line first.
+bad channels and checkpoints that do not fit are refused in one ``ConfigError`` line first. Inputs,
+parameters and activations too large for the memory here are refused too (``erf.limits``).
+
+Building a model runs its factory: a ``path/to/file.py:factory`` model file is imported, so its
+code runs (like any Python import), also under ``erf run --check``.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ import warnings
 
 import torch
 
-from erf import stats
-from erf.analytic import RFReport, receptive_field
+from erf import limits, stats
+from erf.analytic import RFReport, infer_in_channels, receptive_field, spatial_ndim
 from erf.engine import PrefixTokensError, check_traced, require_spatial
 from erf.errors import ErfError, UnsupportedOpError
 from erf.experiment.schema import Fail
@@ -49,8 +53,10 @@ def check_models(cfg: Config) -> None:
             with torch.device("meta"):
                 model = load_model(s["model"]["name"], s["model"]["args"])
         except ErfError as exc:
-            fail("model", f"{pre}{' '.join(str(exc).split())}")
+            fail("model", f"{pre}{' '.join(str(exc).split())}{_imported(s['model']['name'])}")
         model.eval()
+        itemsize = 8 if s["experiment"]["dtype"] == "float64" else 4
+        _check_memory(fail, pre, model, size, itemsize)
         try:
             rep = receptive_field(model, tuple(size) if isinstance(size, list) else size,
                                   layer=s["measure"]["layer"] or None)
@@ -66,7 +72,30 @@ def check_models(cfg: Config) -> None:
             k = "measure.unit" if "unit" in str(exc) else ("measure.layer" if "layer" in str(exc) else "inputs.size")
             fail(k, f"{pre}{' '.join(str(exc).split())}")
         _check_target(fail, pre, rep, s["measure"])
+        try:
+            limits.check_activations((row.shape for row in rep.layers), itemsize, f"{pre}model {s['model']['name']!r}")
+        except ErfError as exc:
+            fail("inputs.size", str(exc))
     _check_checkpoints(fail, cfg)
+
+
+def _imported(spec: str) -> str:
+    """The note added to a model file's error: checking imported it, so its code ran."""
+    return " (erf imported the model file to check it: its code runs)" if ".py:" in spec else ""
+
+
+def _check_memory(fail: Fail, pre: str, model: torch.nn.Module, size, itemsize: int) -> None:
+    """The model's parameters and one full-size input sample fit in the memory here (``erf.limits``)."""
+    values = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    try:
+        limits.check_model_memory(values, itemsize, f"{pre}the model")
+    except ErfError as exc:
+        fail("model.args", str(exc))
+    sizes = list(size) if isinstance(size, list) else [size] * spatial_ndim(model)
+    try:
+        limits.check_input(sizes, infer_in_channels(model), "the input", itemsize=itemsize)
+    except ErfError as exc:
+        fail("inputs.size", f"{pre}{exc}")
 
 
 def _check_target(fail: Fail, pre: str, rep: RFReport, measure: dict) -> None:

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from erf.errors import ConfigError
+from erf import limits
+from erf.errors import ConfigError, ErfError
 from erf.experiment.schema import (FIGURE_KEYS, SCHEMA, SECTIONS, SPECIAL_KEYS, SWEEPABLE, Fail, check_dotted,
                                    check_value, close_match, is_number)
 from erf.experiment.sweeps import (Config, Point, apply_quick_caps, check_axis, expand_points, flatten, parse_sweep,
@@ -94,6 +95,10 @@ def parse_config(raw: dict, path: str = "<config>", *, quick: bool = False, devi
     figures = _parse_figures(fail, raw.get("figures", []))
     _apply_quick(fail, raw.get("quick", {}), settings, grid, quick)
     _check_report(fail, settings)
+    try:  # counted before the points are made: a grid of 10**8 points is refused at once
+        limits.check_grid({**{k: len(v) for k, v in variants.items()}, **{k: len(v) for k, v in grid.items()}}, path)
+    except ErfError as exc:
+        raise ConfigError(str(exc)) from None
 
     points = expand_points(settings, grid, variants, quick)
     cfg = Config(path, settings, grid, variants, figures, points, quick, overrides)
@@ -149,20 +154,21 @@ def _check_section(fail: Fail, section: str, table) -> dict:
 
 
 def _read_toml(path: str) -> dict:
+    """The parsed TOML of a regular file of sane size and nesting (``erf.limits``), or one ``ConfigError`` line."""
     fail = Fail(path)
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a TOML config file") from None
+        data = limits.read_config(path)
+        text = data.decode("utf-8")
+        limits.check_toml_depth(text, path)
+        return tomllib.loads(text)
+    except ErfError as exc:
+        raise ConfigError(str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         fail("", f"malformed TOML: {exc}")
     except UnicodeDecodeError as exc:
         fail("", f"not UTF-8 text: {exc}")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except RecursionError:  # pragma: no cover - check_toml_depth refuses such nesting first
+        fail("", f"TOML nested too deeply (at most {limits.MAX_TOML_DEPTH} levels)")
     return {}  # pragma: no cover - fail raises
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from erf import limits
 from erf.errors import ConfigError
 from erf.models import INITS
 from erf.stats import PRESETS, SIGNALS
@@ -83,6 +84,8 @@ def _size(v):
     vals = v if isinstance(v, list) else [v]
     if not 1 <= len(vals) <= 3 or not all(_is_int(x) and x >= 1 for x in vals):
         return "must be a positive integer or a list of 1 to 3 positive integers, e.g. 64 or [64, 48]"
+    if any(x >= 2**31 for x in vals):
+        return "must be below 2**31 pixels per axis"
     return None
 
 
@@ -138,13 +141,14 @@ class Key:
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "experiment": {
-        "name": Key(None, _str(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a folder name (letters, digits, _ . -)"), "str",
+        "name": Key(None, _str(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (limits.MAX_NAME - 1),
+                                f"a folder name (letters, digits, _ . -; at most {limits.MAX_NAME} characters)"), "str",
                     "results go to results/<name>/", required=True),
         "title": Key("", _str(), "str", "title of the report (default: the name)"),
         "description": Key("", _str(), "str", "what the experiment shows; printed at the top of report.md"),
         "quick_note": Key("", _str(), "str", "what --quick changes beyond sizes and samples (e.g. random weights, "
                           "generated images): the first line of a --quick report says it"),
-        "seed": Key(0, _int(0), "int", "seed of the models, inputs, weight draws and training (CLI --seed overrides)"),
+        "seed": Key(0, _int(0, limits.SEED_LIMIT - 1), "int", "seed of the models, inputs, weight draws and training (CLI --seed overrides)"),
         "device": Key("auto", _choice("auto", "cpu", "cuda"), "str",
                       "auto (CUDA when available), cpu or cuda (CLI --device overrides)"),
         "dtype": Key("float32", _choice("float32", "float64"), "str", "precision of the measurement"),
@@ -170,7 +174,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "size": Key(64, _size, "int or list[int]", "input size in pixels, e.g. 64 or [64, 48]"),
         "path": Key("", _str(), "str", "kind = 'images': an image folder (class subfolders or flat) or an .npy/.npz "
                     "array (as erf measure --inputs PATH)"),
-        "count": Key(256, _int(1), "int", "kind = 'generated': how many images; kind = 'images' with sampler = "
+        "count": Key(256, _int(1, limits.MAX_SAMPLES), "int", "kind = 'generated': how many images; kind = 'images' with sampler = "
                      "'sequential': how many to load"),
         "sampler": Key("random", _choice("random", "sequential"), "str",
                        "kind = 'images': random = measure.samples distinct images drawn with the seed, class-balanced, "
@@ -184,9 +188,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "prefix_tokens": Key("auto", _prefix_tokens, "int or \"auto\"",
                              "(N, L, C) token layers: non-image tokens before the grid (class, distillation); auto = "
                              "from the traced graph, else the model's num_prefix_tokens / cls_token"),
-        "samples": Key(64, _int(1), "int", "input samples per weight draw"),
-        "batch_size": Key(32, _int(1), "int", "samples per forward/backward pass"),
-        "weight_draws": Key(0, _int(0), "int", "independent re-initialisations with 'init' (0 = the model's weights)"),
+        "samples": Key(64, _int(1, limits.MAX_SAMPLES), "int", "input samples per weight draw"),
+        "batch_size": Key(32, _int(1, limits.MAX_SAMPLES), "int", "samples per forward/backward pass"),
+        "weight_draws": Key(0, _int(0, limits.MAX_WEIGHT_DRAWS), "int", "independent re-initialisations with 'init' (0 = the model's weights)"),
         "init": Key("model", _choice(*INITS), "str",
                     "weights: model (as built or loaded; with weight_draws, rebuilt by its factory with a new seed "
                     "per draw), uniform (random U), constant (1/fan_in, Luo's 'uniform weights'), kaiming_normal, "
@@ -200,13 +204,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "crop": Key("auto", _crop, "str or bool", "crop the input to the unit's TRF window: auto (where the analytic TRF says it is exact, checked once "
                      "against a full-size pass in the measurement dtype), true (without that check), false (never)"),
         "tol": Key(0.0, _float(0), "float", "stop early when the relative SE of sigma falls below this (0 = off)"),
-        "max_samples": Key(0, _int(0), "int", "with tol: most samples per draw (0 = samples)"),
+        "max_samples": Key(0, _int(0, limits.MAX_SAMPLES), "int", "with tol: most samples per draw (0 = samples)"),
         "mean": Key([], _floats, "list[float]", "image inputs: per-channel mean ([] = the model's preprocessing, "
                     "else ImageNet's)"),
         "std": Key([], _floats, "list[float]", "image inputs: per-channel std ([] = the model's preprocessing, "
                    "else ImageNet's)"),
         "level": Key(0.95, _float(0, 1, True, True), "float", "confidence level of every interval"),
-        "n_boot": Key(200, _int(20), "int", "bootstrap replicates per interval"),
+        "n_boot": Key(200, _int(20, limits.MAX_BOOT), "int", "bootstrap replicates per interval"),
     },
     "train": {
         "enabled": Key(False, _bool, "bool", "train each model before (and while) measuring"),
@@ -216,8 +220,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "task_args": Key({}, _table, "table", "parameters of the task, e.g. {spacing = 8}"),
         "size": Key(0, lambda v: None if v == 0 else _size(v), "int or list[int]",
                     "training image size (0 = inputs.size)"),
-        "steps": Key(200, _int(1), "int", "optimisation steps"),
-        "batch_size": Key(32, _int(1), "int", "training batch size"),
+        "steps": Key(200, _int(1, limits.MAX_SAMPLES), "int", "optimisation steps"),
+        "batch_size": Key(32, _int(1, limits.MAX_SAMPLES), "int", "training batch size"),
         "lr": Key(0.001, _float(0, lo_open=True), "float", "learning rate (AdamW)"),
         "checkpoints": Key([], _ints(1), "list[int]",
                            "steps at which the ERF is also measured during training (init and the end always are)"),
