@@ -103,7 +103,7 @@ def calibrate_bn(model: nn.Module, batches: Callable[[int, int], Optional[torch.
         samples: how many inputs in all.
 
     Returns:
-        The number of inputs used.
+        The number of inputs used (inputs with a non-finite value are skipped).
 
     Raises:
         ErfError: no input to calibrate on.
@@ -113,7 +113,7 @@ def calibrate_bn(model: nn.Module, batches: Callable[[int, int], Optional[torch.
         return 0
     saved = [(m, m.momentum, m.training) for m in layers]
     run = run or model
-    used = 0
+    used = seen = 0
     try:
         for m in layers:
             m.reset_running_stats()
@@ -121,11 +121,14 @@ def calibrate_bn(model: nn.Module, batches: Callable[[int, int], Optional[torch.
             m.train()
         with torch.no_grad():
             for _ in range(math.ceil(samples / batch_size)):
-                x = batches(used, min(batch_size, samples - used))
+                x = batches(seen, min(batch_size, samples - seen))
                 if x is None or x.shape[0] == 0:
                     break
-                run(x)
-                used += int(x.shape[0])
+                seen += int(x.shape[0])
+                x = x[torch.isfinite(x).reshape(x.shape[0], -1).all(1)]  # a non-finite input would poison the mean
+                if x.shape[0] > 1:
+                    run(x)
+                    used += int(x.shape[0])
     finally:
         for m, momentum, training in saved:
             m.momentum = momentum
