@@ -144,7 +144,9 @@ class _Forward(Progress):
 
 def _secs(s: float) -> str:
     s = int(round(s))
-    return f"{s} s" if s < 120 else f"{s // 60} min {s % 60:02d} s" if s < 7200 else f"{s // 3600} h {s // 60 % 60:02d} min"
+    if s < 120:
+        return f"{s} s"
+    return f"{s // 60} min {s % 60:02d} s" if s < 7200 else f"{s // 3600} h {s // 60 % 60:02d} min"
 
 
 def _mode(enabled: bool | None, stream: TextIO | None = None) -> str:

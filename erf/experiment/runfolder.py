@@ -125,7 +125,7 @@ class RunFolder:
         raise ConfigError(f"cannot take the lock {self.lock_path}: other processes keep replacing it; retry")
 
     def unlock(self) -> None:
-        """Release the lock (only this process's own), and the results root when this run created it and left it empty."""
+        """Release the lock (this process's own only); remove the results root if this run made it and it is empty."""
         if self._lock_text is not None:
             with contextlib.suppress(OSError):
                 if self.lock_path.read_text() == self._lock_text:
@@ -270,7 +270,8 @@ class RunFolder:
     def finish(self) -> None:
         """Put ``out/`` in place of the destination (replacing older results there); remove the run folder.
 
-        Damaged saves set aside during the run go to the results' ``damaged/``. ``out/`` is flushed and marked ``finished`` first, so a kill at any later point is completed
+        Damaged saves set aside during the run go to the results' ``damaged/``. ``out/`` is flushed
+        and marked ``finished`` first, so a kill at any later point is completed
         by the next start (``recover``).
         """
         if (self.path / "damaged").is_dir():  # damaged saves set aside: kept with the results, never deleted
