@@ -153,7 +153,7 @@ def bench(name, model, size, layer, samples, batch, dev, rounds):
 def bench_cone(depth, width, size, samples, batch, dev, rounds):
     """One plain net: the engine with and without cone execution against the limit on the crop."""
     net = erf.create_model("plain_net", depth=depth, width=width, activation="relu", in_channels=3).to(dev).eval()
-    kw = dict(samples=samples, batch_size=batch, device=str(dev))
+    kw = dict(samples=samples, batch_size=batch, device=str(dev), auto_batch=False)  # the limit's batch
     measure(net, size, samples=batch, batch_size=batch, device=str(dev))  # warm-up, not timed
     times = {"engine_cone": [], "engine_no_cone": [], "limit": [], "cone_sampling": [], "no_cone_sampling": []}
     fixed = []
