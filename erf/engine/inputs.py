@@ -86,8 +86,12 @@ class NoiseSource:
             return torch.ones(size, device=self.device, dtype=self.dtype)
         base = self._positions(window)
         k = torch.tensor(keys, dtype=torch.int64, device=self.device).view(-1, *[1] * base.dim())
-        # top 24 bits: exact in float32, u in (0, 1); ndtri's tails reach +-5.3 sigma
+        # top 24 bits, u in (0, 1); ndtri's tails reach +-5.3 sigma. (2**24 - 1) + 0.5 rounds up to
+        # 2**24 in float32, which made u = 1 and ndtri(u) = +inf (about 1 pixel in 2**24, so ~1% of
+        # 3x224x224 images): the clamp moves that one value to the largest float32 below 1 and
+        # leaves every other value as it was.
         u = ((hash32(base.unsqueeze(0) ^ k) >> 8).to(torch.float32) + 0.5) * (1.0 / 2**24)
+        u = u.clamp_(max=1.0 - 2**-24)
         if self.kind == "gaussian":
             u = torch.special.ndtri(u)
         return u.to(self.dtype)
