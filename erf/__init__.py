@@ -6,12 +6,15 @@ The public API:
   receptive field (TRF) of every layer of any ``nn.Module`` (or a layer list).
 - ``measure(model, input_size, layer=None, ...)``: the effective receptive field of one
   unit, averaged over inputs and weight draws, with fits and confidence intervals.
-- ``linear_erf(layers)``: the exact ERF of a linear chain (Luo et al.'s theory).
+- ``linear_erf(layers, signal=...)``: the exact ERF of a linear chain (Luo et al.'s theory), and
+  the exact expected map of random linear nets for ``signal='square'`` / ``'abs'``.
 - ``create_model`` / ``load_model`` / ``list_models``: the model registry.
 - ``load_config(path)`` / ``run_experiment(config)``: an experiment from a TOML config to
   its results folder (``erf run``); ``--resume`` is ``run_experiment(..., resume=True)``.
 - ``summarize``, ``fit_gaussian``, ``metric_intervals``, ``fit_power_law``: fits and
-  metrics of ERF maps (``erf.stats``); ``plot_erf`` and friends (``erf.plots``).
+  metrics of ERF maps (``erf.stats``); ``paired_ratio_interval``, ``hierarchical_interval``,
+  ``power_law_interval``: intervals of comparisons; ``uniform_reference``: the ERF against a
+  uniform map over a clipped TRF; ``plot_erf`` and friends (``erf.plots``).
 
 Every name is imported from its submodule on first use (PEP 562 ``__getattr__``), not
 here: importing ``erf`` must not import torch, so that the ``erf`` command answers
@@ -34,7 +37,8 @@ _API: dict[str, str] = {
     **dict.fromkeys(["create_model", "list_models", "load_model", "load_checkpoint", "register_model",
                      "apply_init"], "erf.models"),
     **dict.fromkeys(["summarize", "moments", "fit_gaussian", "metric_intervals", "standard_error_map",
-                     "fit_power_law", "PRESETS"], "erf.stats"),
+                     "fit_power_law", "PRESETS", "paired_ratio_interval", "hierarchical_interval",
+                     "power_law_interval", "uniform_reference"], "erf.stats"),
     **dict.fromkeys(["plot_erf", "plot_erf_grid", "plot_growth"], "erf.plots"),
     **dict.fromkeys(["load_config", "check_models", "run_experiment", "Config"], "erf.experiment"),
     **dict.fromkeys(["ErfError", "ModelError", "TraceError", "UnsupportedOpError", "AlignmentError", "ConfigError"],
