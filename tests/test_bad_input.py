@@ -3,7 +3,10 @@ print one line that names the problem, show no traceback, and leave nothing behi
 no output file, no partial file). Every case runs in its own temporary folder, which is also the
 working directory, so ``results/<name>`` of ``erf run`` would land there too."""
 
+import os
 import pickle
+import signal
+import stat
 
 import pytest
 import torch
@@ -29,6 +32,14 @@ FACTORIES = {
                      "def make():\n    return M()\n"),
     "head.py": ("import torch.nn as nn\ndef make():\n    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), "
                 "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))\n"),
+    # model code that ends the process itself: at import, in the factory, in forward (issue 12)
+    "exit_import.py": "import sys\nsys.exit(0)\n",
+    "exit_factory.py": "import sys\ndef make():\n    sys.exit(0)\n",
+    "kbi_factory.py": "def make():\n    raise KeyboardInterrupt\n",
+    "exit_forward.py": ("import sys, torch.nn as nn\nclass M(nn.Conv2d):\n    def forward(self, x):\n"
+                        "        sys.exit(3)\ndef make():\n    return M(1, 1, 3)\n"),
+    "kbi_forward.py": ("import torch.nn as nn\nclass M(nn.Conv2d):\n    def forward(self, x):\n"
+                       "        raise KeyboardInterrupt\ndef make():\n    return M(1, 1, 3)\n"),
     # float32 overflows to inf in 'blowup'; the next conv turns inf - inf into NaN
     "blowup.py": ("import torch.nn as nn\nclass Scale(nn.Module):\n    def forward(self, x):\n"
                   "        return x * 1e39\ndef make():\n    m = nn.Sequential()\n"
@@ -53,8 +64,11 @@ def _files(tmp_path):
     (tmp_path / "corrupt.pt").write_bytes(b"\x00not a checkpoint")
     (tmp_path / "empty.pt").write_bytes(b"")
     torch.save({"foo": torch.zeros(3)}, tmp_path / "otherkeys.pt")
-    (tmp_path / "afolder").mkdir()
+    (tmp_path / "afolder").mkdir(exist_ok=True)
     (tmp_path / "afile").write_text("not a folder\n")
+    for link, target in (("oklink.png", tmp_path / "ok.pt"), ("nulllink", "/dev/null")):
+        if not (tmp_path / link).is_symlink():
+            (tmp_path / link).symlink_to(target)
 
 
 def _no_timm():
@@ -107,6 +121,15 @@ RF_CASES = [
     (["rf", "plain_net", *NET, "--checkpoint", "{d}/wide.pt"], "shape"),
     (["rf", "timm:resnet18"] if _no_timm() else ["rf", "timm:not_a_model_name_xyz"], "timm"),
     (["rf"], "give a MODEL"),
+    # sizes and memory (erf.limits), before anything is built or traced
+    (["rf", "plain_net", *NET, "--in-channels", "1000000000"], "1000000000 channel(s)"),
+    (["rf", "plain_net", "--model-arg", "width=100000", "--input", "16"], "parameters"),
+    (["rf", "plain_net", *NET[:4], "--input", "9999999999,9999999999"], "int64"),
+    # model code that calls sys.exit or raises KeyboardInterrupt
+    (["rf", "{d}/exit_import.py:make", "--input", "8"], "sys.exit(0) while importing the model file"),
+    (["rf", "{d}/exit_factory.py:make", "--input", "8"], "sys.exit(0) while building the model"),
+    (["rf", "{d}/kbi_factory.py:make", "--input", "8"], "raised KeyboardInterrupt while building the model"),
+    (["rf", "{d}/exit_forward.py:make", "--input", "8"], "sys.exit(3) while running the model"),
     (["nosuchcommand"], "invalid choice"),
 ]
 
@@ -185,6 +208,35 @@ MEASURE_CASES = [
     ([*M, "--save", "{d}/afolder"], "--save {d}/afolder: is a folder"),
     ([*M, "--plot", "{d}/afile/erf.png"], "is a file, not a folder"),
     ([*M, "--save", "{d}/afile/sub/erf.npz"], "is a file, not a folder"),
+    # outputs never replace an input, each other, a device or a file under /proc; names fit the filesystem
+    ([*M, "--save", "{d}/erf.png"], "is the same file as --plot (another output)"),
+    ([*M, "--checkpoint", "{d}/ok.pt", "--save", "{d}/ok.pt"], "is the same file as --checkpoint (an input)"),
+    ([*M, "--checkpoint", "{d}/ok.pt", "--plot", "{d}/oklink.png"], "is the same file as --checkpoint"),
+    (["measure", "{d}/good.py:make", "--input", "8", "--samples", "2", "--save", "{d}/good.py"], "same file as MODEL"),
+    ([*M, "--save", "/dev/null"], "is under /dev"),
+    ([*M, "--save", "{d}/nulllink"], "is under /dev"),
+    ([*M, "--plot", "/proc/erf.png"], "is under /proc"),
+    ([*M, "--save", "{d}/" + "n" * 300 + ".npz"], "more than this filesystem allows"),
+    ([*M, "--save", ""], "--save: the path is empty"),
+    # seeds, counts and sizes beyond what int64, the 32-bit sample keys or the memory allow
+    ([*M, "--seed", str(2**64)], "--seed must be >= 0 and below 2**63"),
+    ([*M, "--seed", str(2**63)], "--seed must be >= 0 and below 2**63"),
+    ([*M, "--samples", str(2**70)], "--samples must be at most 4294967296"),
+    ([*M, "--batch", str(2**40)], "--batch must be at most 4294967296"),
+    ([*M, "--weight-draws", str(10**14), "--init", "uniform"], "--weight-draws must be at most 1048576"),
+    ([*M, "--tol", "0.1", "--samples", str(2**30)], "give --max-samples"),
+    ([*M, "--input", "100000"], ("--input 100000x100000", "more than the")),
+    ([*M, "--in-channels", "100000000"], "100000000 channel(s)"),
+    ([*M, "--input", "9999999999,9999999999"], "more than int64 can index"),
+    (["measure", "plain_net", "--model-arg", "width=100000", "--input", "16", *OUT], "parameters"),
+    # model code that calls sys.exit or raises KeyboardInterrupt: one line, exit 2 (not 0, not 130)
+    (["measure", "{d}/exit_import.py:make", "--input", "8", *OUT], "sys.exit(0) while importing the model file"),
+    (["measure", "{d}/exit_factory.py:make", "--input", "8", *OUT], "sys.exit(0) while building the model"),
+    (["measure", "{d}/kbi_factory.py:make", "--input", "8", *OUT], "KeyboardInterrupt while building the model"),
+    (["measure", "{d}/exit_forward.py:make", "--input", "8", "--samples", "2", *OUT],
+     ("sys.exit(3) while running the model", "exit_forward.py:4, in forward")),
+    (["measure", "{d}/kbi_forward.py:make", "--input", "8", "--samples", "2", *OUT],
+     "raised KeyboardInterrupt while running the model"),
     # NaN / Inf in the gradients: the message names the layer where they start
     (["measure", "{d}/blowup.py:make", "--input", "8", "--samples", "2", *OUT], ("nan", "'blowup'")),
 ]
@@ -290,6 +342,35 @@ RUN_CASES = [
     (GOOD, [], "the following arguments are required: CONFIG"),
     # NaN / Inf in the gradients
     (cfg(model={"name": '"blowup.py:make"', "args": None}, inputs={"size": "8"}), C, ("nan", "'blowup'")),
+    # the config file itself: a device, too large, nested too deeply (erf.limits)
+    (None, ["/dev/zero"], "/dev/zero: is a character device, not a TOML config file"),
+    ("# " + "x" * (5 * 2**20) + "\n" + GOOD, C, "too large for a config file"),
+    (GOOD + "[report]\nx = " + "[" * 5000 + "]" * 5000 + "\n", C, "nested more than 32 levels"),
+    (GOOD + "[" + ".".join(["a"] * 5000) + "]\n", C, "nested more than 32 levels"),
+    # seeds, counts, names, sweeps and sizes beyond the limits: refused by --check too, nothing left behind
+    (cfg(experiment={"seed": str(2**64)}), C, "experiment.seed: must be <= 9223372036854775807"),
+    (GOOD, [*C, "--seed", str(2**64)], "--seed: must be <= 9223372036854775807"),
+    (cfg(experiment={"seed": str(2**63)}), [*C, "--check"], "experiment.seed: must be <="),
+    (cfg(experiment={"name": '"' + "a" * 300 + '"'}), C, "at most 200 characters"),
+    (cfg(experiment={"name": '"../up"'}), C, "experiment.name: must be a folder name"),
+    (cfg(measure={"samples": str(2**70)}), [*C, "--check"], "measure.samples: must be <= 4294967296"),
+    (cfg(measure={"weight_draws": str(10**14), "init": '"uniform"'}), C, "measure.weight_draws: must be <= 1048576"),
+    (cfg(measure={"n_boot": str(2**40)}), C, "measure.n_boot: must be <= 100000"),
+    (GOOD + '[sweep.grid]\n"measure.samples" = [' + ", ".join(map(str, range(1, 10001))) + ']\n'
+     '"measure.batch_size" = [' + ", ".join(map(str, range(1, 10001))) + "]\n", [*C, "--check"],
+     "make more than 10000 points"),
+    (cfg(inputs={"size": "100000"}), [*C, "--check"], ("inputs.size", "100000x100000", "more than the")),
+    (cfg(inputs={"size": str(2**40)}), C, "inputs.size: must be below 2**31"),
+    (cfg(model={"args": "{depth = 3, width = 100000}"}), [*C, "--check"], ("model.args", "parameters")),
+    (cfg(model={"args": "{depth = 3, width = 512}"}, inputs={"size": "4000"}), [*C, "--check"], "activations"),
+    # model code that calls sys.exit or raises KeyboardInterrupt, found by --check (which imports model files)
+    (cfg(model={"name": '"exit_import.py:make"', "args": None}), [*C, "--check"],
+     "sys.exit(0) while importing the model file"),
+    (cfg(model={"name": '"syntax.py:make"', "args": None}), [*C, "--check"],
+     ("importing syntax.py failed", "erf imported the model file to check it: its code runs")),
+    (cfg(model={"name": '"kbi_factory.py:make"', "args": None}), C, "KeyboardInterrupt while building the model"),
+    (cfg(model={"name": '"exit_forward.py:make"', "args": None}, inputs={"size": "8"}), C,
+     "sys.exit(3) while running the model"),
 ]
 if not torch.cuda.is_available():
     RUN_CASES += [(cfg(experiment={"device": '"cuda"'}), C, "experiment.device: 'cuda' was asked for"),
@@ -305,7 +386,7 @@ def _tree(folder):
 def _check(capsys, monkeypatch, tmp_path, argv, needle):
     _files(tmp_path)
     monkeypatch.chdir(tmp_path)  # erf run's results/<name> would appear here
-    (tmp_path / "afolder2").mkdir()
+    (tmp_path / "afolder2").mkdir(exist_ok=True)
     (tmp_path / "afolder2" / "keep.txt").write_text("not results\n")
     before = _tree(tmp_path)
     argv = [a.replace("{d}", str(tmp_path)) for a in argv]
@@ -360,3 +441,42 @@ def test_measure_missing_gpu_index(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     _check(capsys, monkeypatch, tmp_path, [*M, "--device", "cuda:7"], ("'cuda:7' is not there", "cuda:0 to cuda:0"))
+
+
+def test_fifo_outputs_and_config_stay_fifos(capsys, monkeypatch, tmp_path):
+    """A FIFO at --save / --plot, or as the config, is refused at once (nothing blocks) and is still a FIFO."""
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    _check(capsys, monkeypatch, tmp_path, [*M, "--save", str(fifo)], "--save {d}/out.fifo: is a FIFO")
+    _check(capsys, monkeypatch, tmp_path, [*M, "--plot", str(fifo) + ".png", "--save", str(fifo)], "is a FIFO")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    os.mkfifo(tmp_path / "bad.toml")
+    _check(capsys, monkeypatch, tmp_path, ["run", "bad.toml", "--check"], "bad.toml: is a FIFO, not a TOML config")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "bad.toml").st_mode)
+
+
+def test_checkpoint_not_clobbered(capsys, monkeypatch, tmp_path):
+    """--save at the checkpoint being measured (or a link to it) leaves its bytes as they were."""
+    torch.save(create_model("plain_net", depth=3, width=4).state_dict(), tmp_path / "keep.pt")
+    before = (tmp_path / "keep.pt").read_bytes()
+    (tmp_path / "link.npz").symlink_to(tmp_path / "keep.pt")
+    _check(capsys, monkeypatch, tmp_path, [*M, "--checkpoint", "{d}/keep.pt", "--save", "{d}/link.npz"],
+           "same file as --checkpoint")
+    assert (tmp_path / "keep.pt").read_bytes() == before
+
+
+def test_real_ctrl_c_still_interrupts(capsys, tmp_path):
+    """A SIGINT that really arrives (here sent by the model's forward to its own process) exits 130 'interrupted',
+    unlike a KeyboardInterrupt the model code raises itself (exit 2, above); the handler is put back after."""
+    (tmp_path / "sigint.py").write_text(
+        "import os, signal, torch.nn as nn\nclass M(nn.Conv2d):\n    def forward(self, x):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n        return super().forward(x)\n"
+        "def make():\n    return M(1, 1, 3)\n")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code = main(["rf", f"{tmp_path}/sigint.py:make", "--input", "8"])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130
+    assert capsys.readouterr().err.strip() == "erf: interrupted"
