@@ -38,7 +38,7 @@ __all__ = [
     "SEED_LIMIT", "INDEX_LIMIT", "MAX_SAMPLES", "MAX_WEIGHT_DRAWS", "MAX_POINTS", "MAX_CONFIG_BYTES",
     "MAX_TOML_DEPTH", "MAX_NAME", "MAX_BOOT", "check_seed", "check_count", "check_input", "check_model_memory",
     "check_activations", "input_bytes", "memory_bytes", "check_grid", "read_config", "check_toml_depth",
-    "check_output_path", "check_distinct", "check_folder_name", "show_bytes",
+    "check_output_path", "check_distinct", "show_bytes",
 ]
 
 SEED_LIMIT = 2**63  # torch's generators take a signed 64-bit seed
@@ -49,7 +49,7 @@ MAX_BOOT = 100_000  # bootstrap replicates of one interval
 MAX_POINTS = 10_000  # points of one sweep
 MAX_CONFIG_BYTES = 4 * 2**20  # a config is a short text file
 MAX_TOML_DEPTH = 32  # nested arrays, inline tables and dotted keys
-MAX_NAME = 200  # an experiment name: .<name>.partial and .<name>.old-XXXXXXXX fit in NAME_MAX (255)
+MAX_NAME = 200  # an experiment name (schema): .<name>.partial and .<name>.old-XXXXXXXX fit in NAME_MAX (255)
 _SYSTEM_TREES = ("/proc", "/sys", "/dev")
 
 # bytes per input value of one full-size sample: the int64 pixel positions and two int64 hash
@@ -447,7 +447,7 @@ def _read_only(folder: str) -> bool:
         return False
 
 
-def check_distinct(outputs: Mapping[str, str | None], inputs: Mapping[str, str | None] = {}) -> None:
+def check_distinct(outputs: Mapping[str, str | None], inputs: Mapping[str, str | None] | None = None) -> None:
     """Refuse two outputs at one path, or an output at the path of an input (symlinks resolved).
 
     Args:
@@ -457,6 +457,7 @@ def check_distinct(outputs: Mapping[str, str | None], inputs: Mapping[str, str |
     Raises:
         ErfError: naming both flags.
     """
+    inputs = inputs or {}
     seen: dict[tuple, str] = {}
     for flag, path in list(inputs.items()) + list(outputs.items()):
         if not path:
@@ -475,19 +476,3 @@ def _identity(path: str) -> tuple:
         return ("inode", st.st_dev, st.st_ino)
     except OSError:
         return ("path", os.path.realpath(path))
-
-
-def check_folder_name(name: str, what: str) -> None:
-    """A name usable as one folder name: letters, digits, ``_ . -``, not starting with a dot, not too long.
-
-    Args:
-        name: the name (an experiment's).
-        what: how the message names it.
-
-    Raises:
-        ErfError: anything else.
-    """
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ErfError(f"{what} must be a folder name (letters, digits, _ . -, not starting with . or -); got {name!r}")
-    if len(name) > MAX_NAME:
-        raise ErfError(f"{what} is {len(name)} characters long; at most {MAX_NAME} (it names folders)")
