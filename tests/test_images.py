@@ -195,3 +195,15 @@ def test_measure_on_an_image_folder_end_to_end(tmp_path):
     assert any("ran out after 6" in n for n in res.notes)
     again = measure(model, 16, inputs=str(root), samples=8, batch_size=3, dtype="float64")
     np.testing.assert_allclose(res.map, again.map, rtol=1e-12)  # the batch size does not change the images
+
+
+def test_mean_and_std_flags(tmp_path, capsys):
+    from erf.cli import build_parser
+    from erf.cli.measure import options_from_args
+
+    args = build_parser(["measure"]).parse_args(["measure", "small_cnn", "--mean", "0.5,0.4,0.3", "--std", "0.2"])
+    opts = options_from_args(args)
+    assert opts.mean == (0.5, 0.4, 0.3) and opts.std == (0.2,)
+    with pytest.raises(SystemExit) as exc:
+        main(["measure", "small_cnn", "--mean", "0.5,x"])
+    assert exc.value.code == 2 and "--mean takes numbers separated by commas" in capsys.readouterr().err

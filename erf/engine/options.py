@@ -17,6 +17,7 @@ gives the metadata. Building an instance checks it (``validate``), with the one-
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -35,6 +36,29 @@ from erf.errors import ErfError
 from erf.models import INITS
 
 __all__ = ["MeasureOptions", "default_group_size", "parse_floats"]
+
+
+def parse_floats(text: str, flag: str) -> tuple[float, ...]:
+    """``'0.5,0.5,0.5'`` -> ``(0.5, 0.5, 0.5)``.
+
+    Raises:
+        ErfError: not a comma-separated list of numbers (naming ``flag``).
+    """
+    try:
+        return tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise ErfError(f"{flag} takes numbers separated by commas, one per channel (e.g. 0.485,0.456,0.406); "
+                       f"got {text!r}") from None
+
+
+def _float_list(flag: str) -> Callable[[str], tuple[float, ...]]:
+    """An argparse ``type``: ``parse_floats`` whose error argparse prints as one usage line (exit 2)."""
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            return parse_floats(text, flag)
+        except ErfError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
 
 
 def _opt(default: Any, help: str, flag: str | None = None, cli: dict | None = None,
@@ -76,10 +100,10 @@ class MeasureOptions:
                                          "(class subfolders or flat), a glob or an .npy/.npz array"})
     mean: tuple[float, ...] | None = _opt(None, "image inputs: per-channel mean to subtract (default: the model's "
                                                 "own preprocessing, else ImageNet's)", "--mean",
-                                          {"metavar": "M,M,M", "type": lambda v: parse_floats(v, "--mean")})
+                                          {"metavar": "M,M,M", "type": _float_list("--mean")})
     std: tuple[float, ...] | None = _opt(None, "image inputs: per-channel std to divide by (default: the model's "
                                                "own preprocessing, else ImageNet's)", "--std",
-                                         {"metavar": "S,S,S", "type": lambda v: parse_floats(v, "--std")})
+                                         {"metavar": "S,S,S", "type": _float_list("--std")})
     weight_draws: int = _opt(0, "re-draw the weights K times with init and average (default 0: the model's "
                                 "weights)", "--weight-draws",
                              {"type": int, "metavar": "K", "help": "re-draw the weights K times with --init and "
@@ -265,19 +289,6 @@ class MeasureOptions:
         if self.preset is not None:
             return self.preset if isinstance(self.preset, stats.Preset) else stats.get_preset(self.preset)
         return stats.Preset("custom", "sum", False, self.signal, self.channel_reduce, None)
-
-
-def parse_floats(text: str, flag: str) -> tuple[float, ...]:
-    """``'0.5,0.5,0.5'`` -> ``(0.5, 0.5, 0.5)``.
-
-    Raises:
-        ErfError: not a comma-separated list of numbers (naming ``flag``).
-    """
-    try:
-        return tuple(float(v) for v in str(text).split(","))
-    except ValueError:
-        raise ErfError(f"{flag} takes numbers separated by commas, one per channel (e.g. 0.485,0.456,0.406); "
-                       f"got {text!r}") from None
 
 
 def default_group_size(samples: int, draws: int) -> int:
