@@ -8,7 +8,8 @@ is off (an adaptive stop, a resumed point) never pushes the bar past the point's
 
 When stderr is not a terminal (a log file on a GPU box) the bar prints one line such as
 ``erf: small: 120/480 samples+steps (25%), 31 s, about 93 s left`` every ``EVERY_S`` seconds
-and at each tenth of the total, and a last line when it closes.
+and at each tenth of the total (none in its first ``FIRST_S`` seconds), and a last line when it
+closes (none when the run stops with an error: the error is the one line then).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-__all__ = ["Progress", "progress_bar", "run_progress", "EVERY_S"]
+__all__ = ["Progress", "progress_bar", "run_progress", "EVERY_S", "FIRST_S"]
 
 EVERY_S = 30.0  # seconds between two lines when stderr is not a terminal
+FIRST_S = 5.0  # no line before a run has taken this long (a short run prints its last line only)
 
 _OPEN: list[Progress] = []  # the run-level bars open now, innermost last
 
@@ -30,7 +32,7 @@ class Progress:
     """A progress bar over ``total`` units: ``mode`` "bar" (tqdm), "lines" (periodic lines) or "off"."""
 
     def __init__(self, total: int, desc: str = "", unit: str = "it", mode: str = "lines",
-                 stream: TextIO | None = None, every: float = EVERY_S, leave: bool = True):
+                 stream: TextIO | None = None, every: float = EVERY_S, leave: bool = True, first: float = FIRST_S):
         """
         Args:
             total: the units expected (an estimate; the count never shows past it).
@@ -40,9 +42,10 @@ class Progress:
             stream: where it writes (default: stderr at the time of writing).
             every: seconds between lines in "lines" mode.
             leave: keep a tqdm bar on screen once closed.
+            first: no line (but the last) before this many seconds.
         """
         self.total, self.desc, self.unit, self.mode = max(0, int(total)), desc, unit, mode
-        self.stream, self.every, self.n = stream, float(every), 0
+        self.stream, self.every, self.first, self.n = stream, float(every), float(first), 0
         self.postfix = ""
         self._t0 = self._last = time.monotonic()
         self._tenth = 0
@@ -94,7 +97,7 @@ class Progress:
         elif self.mode == "lines":
             now = time.monotonic()
             tenth = 10 * self.n // self.total if self.total else 0
-            due = now - self._last >= self.every or tenth > self._tenth
+            due = (now - self._last >= self.every or tenth > self._tenth) and now - self._t0 >= self.first
             if due and not (self.total and self.n >= self.total):  # the closing line says 100%
                 self._tenth, self._last = tenth, now
                 self._line()
@@ -198,6 +201,10 @@ def run_progress(total: int, desc: str = "", unit: str = "it", enabled: bool | N
     _OPEN.append(bar)
     try:
         yield bar
+    except BaseException:
+        if bar.mode == "lines":
+            bar.mode = "off"  # the error is what the log shows last, not a closing line
+        raise
     finally:
         _OPEN.remove(bar)
         bar.close()

@@ -31,7 +31,7 @@ batch_size = 2
 
 def test_lines_at_each_tenth_and_a_last_line():
     out = io.StringIO()
-    bar = progress.Progress(100, "run", "samples", mode="lines", stream=out)
+    bar = progress.Progress(100, "run", "samples", mode="lines", stream=out, first=0)
     for _ in range(100):
         bar.update(1)
     bar.close()
@@ -47,7 +47,7 @@ def test_a_line_every_30_seconds_between_tenths(monkeypatch):
     out = io.StringIO()
     bar = progress.Progress(1000, "run", mode="lines", stream=out)
     bar.update(1)
-    assert out.getvalue() == ""
+    assert out.getvalue() == ""  # nothing in the first seconds
     now[0] = progress.EVERY_S + 1
     bar.update(1)
     assert out.getvalue().startswith("erf: run: 2/1000 it (0%), 31 s, about")
@@ -66,6 +66,14 @@ def test_loops_forward_to_the_run_bar_and_parts_bound_them():
             pass  # a point read back from its save: the count jumps over it
         assert outer.n == 10
     assert progress.progress_bar(5).mode == "off"  # no run bar open, not enabled
+
+
+def test_a_run_stopped_by_an_error_ends_on_the_error_not_a_progress_line(capsys):
+    with pytest.raises(ValueError):
+        with progress.run_progress(10, "run", enabled=True) as outer:
+            outer.update(5)
+            raise ValueError("boom")
+    assert capsys.readouterr().err == ""
 
 
 def test_training_steps_count_on_the_run_bar():
