@@ -392,6 +392,7 @@ def _draw(seed):
     raise AssertionError("no valid random network drawn")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(40))
 def test_random_networks_against_gradient_support(seed):
     rng, net, size, out = _draw(seed)

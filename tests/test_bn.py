@@ -18,6 +18,7 @@ def residual(seed=0):
     return erf.create_model("residual_net", **ARGS)
 
 
+@pytest.mark.slow
 def test_calibrated_residual_net_at_init_has_a_far_larger_erf():
     """Fresh eval-mode BatchNorm is the identity: the residual branches vanish and the ERF is the skip path.
 
@@ -39,6 +40,7 @@ def test_calibrated_residual_net_at_init_has_a_far_larger_erf():
     assert is_fresh(model)
 
 
+@pytest.mark.slow
 def test_auto_keeps_trained_statistics_and_calibrate_replaces_them():
     model = residual(1)
     model.train()

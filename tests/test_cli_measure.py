@@ -14,6 +14,7 @@ from erf.engine import ERFResult
 BASE = ["measure", "plain_net", "--model-arg", "depth=3", "--model-arg", "width=4", "--input", "32", "--samples", "8"]
 
 
+@pytest.mark.slow
 def test_json_output_has_the_keys(capsys):
     assert main(BASE + ["--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -26,6 +27,7 @@ def test_json_output_has_the_keys(capsys):
     assert out["ratio"] == pytest.approx([2 * s / 7 for s in out["sigma"]])
 
 
+@pytest.mark.slow
 def test_summary_and_files(capsys, tmp_path):
     png, npz = tmp_path / "erf.png", tmp_path / "erf.npz"
     args = BASE + ["--model-arg", "activation=relu", "--unit", "2,30", "--plot", str(png), "--save", str(npz),

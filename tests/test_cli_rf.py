@@ -15,6 +15,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_json_keys_and_values(capsys):
     code, out, _ = run(capsys, "rf", "resnet50", "--model-arg", "width=0.0625", "--layer", "layer4", "--json",
                        "--unit", "0,0")
@@ -79,6 +80,7 @@ def test_unaligned_graph_is_exit_2(tmp_path, capsys):
     assert code == 2 and "not aligned" in err and "'a'" in err and "'c'" in err
 
 
+@pytest.mark.slow
 def test_console_script_runs_without_traceback():
     p = subprocess.run([sys.executable, "-m", "erf.cli", "rf", "nope"], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.startswith("erf: error:") and "Traceback" not in p.stderr

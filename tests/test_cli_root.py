@@ -21,6 +21,7 @@ def test_version_prints_the_package_version(capsys):
     assert erf.__version__ == importlib.metadata.version("erf")
 
 
+@pytest.mark.slow
 def test_python_dash_m_erf_is_the_erf_command():
     p = subprocess.run([sys.executable, "-m", "erf", "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.startswith("usage: erf ")

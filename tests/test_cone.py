@@ -25,6 +25,7 @@ def mixed_net() -> nn.Module:
     return net
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unit", [None, (0, 0), (1, 9), (10, 10)])
 def test_cone_equals_the_uncropped_pass_inside_and_at_the_border(unit):
     net = mixed_net()

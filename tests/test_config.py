@@ -35,6 +35,7 @@ def test_every_figure_config_is_shipped():
     assert {p.stem for p in CONFIGS} == SHIPPED
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("quick", [False, True])
 def test_shipped_configs_validate(path, quick):

@@ -25,6 +25,7 @@ def _measure_in_new_process(tmp_path, name, *extra):
     return ERFResult.load(path)
 
 
+@pytest.mark.slow
 def test_two_processes_with_one_seed_give_identical_maps(tmp_path):
     """torch seeds its generator at random in every process: the model must be built from the seed."""
     a = _measure_in_new_process(tmp_path, "a")

@@ -41,6 +41,7 @@ def test_rank_shares_are_whole_batches_covering_every_sample_once(monkeypatch, w
     assert sorted(seen) == [(d, i) for d in range(draws) for i in range(limit)]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_measure_the_map_of_one(tmp_path):
     one, two = tmp_path / "one.npz", tmp_path / "two.npz"
     args = [*NET, "--samples", "10", "--weight-draws", "2", "--init", "kaiming_normal", "--json"]
@@ -56,6 +57,7 @@ def test_two_gloo_processes_measure_the_map_of_one(tmp_path):
     assert json.loads(double.stdout)["samples"] == json.loads(single.stdout)["samples"] == 20
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_run_a_config_like_one(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[experiment]\nname = "c"\n[model]\nname = "plain_net"\nargs = { width = 4, depth = 3 }\n'
@@ -71,6 +73,7 @@ def test_two_gloo_processes_run_a_config_like_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "one", "two"]
 
 
+@pytest.mark.slow
 def test_adaptive_sampling_is_refused_under_torchrun():
     done = _erf("measure", *NET, "--samples", "4", "--tol", "0.1", procs=2, check=False)
     # the workers exit 2; torchrun itself then reports the failed workers and exits 1
@@ -98,6 +101,7 @@ def test_shares_of_an_input_list_add_up_to_the_whole(monkeypatch):
     np.testing.assert_allclose(total / 11, whole.map, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_every_rank_stops_when_rank_0_refuses_to_drop_an_interrupted_run(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[experiment]\nname = "c"\n[model]\nname = "plain_net"\nargs = { width = 2, depth = 2 }\n'

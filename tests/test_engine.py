@@ -77,6 +77,7 @@ def test_linear_crop_matches_full_size():
     np.testing.assert_allclose(a.map, b.map, rtol=0, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_batched_engine_equals_per_image_loop():
     model = relu_net()
     torch.manual_seed(1)
@@ -103,6 +104,7 @@ def test_default_inputs_are_the_documented_noise():
     assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
 
 
+@pytest.mark.slow
 def test_batch_size_invariance_and_seeds():
     model = relu_net().float()
     maps = [measure(model, 24, samples=16, batch_size=b, crop=False).map for b in (1, 7, 16)]
@@ -118,6 +120,7 @@ def test_batch_size_invariance_and_seeds():
     assert g1[1].tolist() == g2[1].tolist() == [4, 4, 4, 4]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strides, unit", [((), None), ((), (1, 58)), ((1,), None), ((1,), (30, 0))])
 def test_crop_equals_full_size(strides, unit):
     model = relu_net(depth=4, strides=strides)
@@ -157,6 +160,7 @@ def test_crop_refused_for_global_pooling():
     assert inner.cropped
 
 
+@pytest.mark.slow
 def test_user_model_left_exactly_as_it_was():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
@@ -199,6 +203,7 @@ def test_weight_draws_average_several_nets():
     assert np.allclose(one.groups[0].sum(0), two.groups[0][two.groups[1].cumsum() <= 4].sum(0))
 
 
+@pytest.mark.slow
 def test_train_mode_batchnorm_single_sample():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1))
@@ -217,6 +222,7 @@ def test_train_mode_batchnorm_single_sample():
     assert not res.cropped
 
 
+@pytest.mark.slow
 def test_adaptive_stopping():
     model = relu_net()
     loose = measure(model, 16, samples=4, batch_size=4, tol=0.5, max_samples=64, group_size=1)
@@ -273,6 +279,7 @@ def test_errors_are_one_line_erf_errors():
         measure(nan_net, 8, samples=2)
 
 
+@pytest.mark.slow
 def test_signals_presets_and_channel():
     model = relu_net()
     kw = dict(samples=4, dtype="float64", crop=False)
@@ -286,6 +293,7 @@ def test_signals_presets_and_channel():
     assert d.settings["preset"]["name"] == "replknet" and d.post_map.max() == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_result_roundtrip(tmp_path):
     res = measure(relu_net(), 16, samples=8)
     d = res.to_dict()
@@ -344,6 +352,7 @@ def test_save_to_a_name_without_suffix_and_a_bad_file(tmp_path):
             ERFResult.load(tmp_path / bad)
 
 
+@pytest.mark.slow
 def test_normalized_draws_weigh_every_network_the_same():
     model = relu_net()
     kw = dict(samples=6, weight_draws=3, init="kaiming_normal", dtype="float64", crop=False)
@@ -392,6 +401,7 @@ def test_sample_mass_is_each_samples_total_by_global_index(monkeypatch):
     np.testing.assert_allclose(res.groups[0].reshape(2, -1).sum(1), mass.reshape(2, 5).sum(1), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_the_batch_path_reads_nothing_back_to_the_host(monkeypatch):
     """No .item/.cpu/.tolist/.numpy/bool/float/int in a batch's path (a CUDA loop would wait there)."""
     model = relu_net()
@@ -428,6 +438,7 @@ def test_a_nan_is_found_after_the_loop_and_located_by_layer():
         measure(model, 12, samples=4, batch_size=2, crop=False)
 
 
+@pytest.mark.slow
 def test_trf_center_of_a_clipped_unit_and_the_uniform_reference():
     """A corner unit's TRF reaches past the image: its centre is the unit's own, unclipped; positions refer to it."""
     model = erf.create_model("plain_net", depth=6, width=4, kernel_size=3, activation="linear", in_channels=1)

@@ -118,6 +118,7 @@ def _damage(path: Path, how: str, other: Path) -> None:
         checksum_path(path).unlink()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["flipped", "altered"])
 def test_a_damaged_saved_measurement_is_set_aside_and_measured_again(interrupted, tmp_path, monkeypatch, capsys,
                                                                     how):
@@ -151,6 +152,7 @@ def test_every_kind_of_damaged_save_is_found_and_kept(interrupted, tmp_path, cap
     assert "damaged" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated", "empty", "flipped", "junk", "altered", "no checksum"])
 def test_a_damaged_engine_save_restarts_that_measurement(tmp_path, monkeypatch, capsys, how):
     model = create_model("plain_net", depth=2, width=2)
@@ -180,6 +182,7 @@ def test_a_damaged_engine_save_restarts_that_measurement(tmp_path, monkeypatch, 
     assert (tmp_path / "damaged" / "m.state").is_file()
 
 
+@pytest.mark.slow
 def test_an_erf_error_keeps_the_finished_measurements(tmp_path, monkeypatch, capsys):
     cfg, out = _config(tmp_path), tmp_path / "o"
     real, calls = runner.measure_point, []
@@ -212,6 +215,7 @@ FINAL_STEPS = [("marker", 1), ("rename", 1), ("rename", 2), ("rename", 3), ("rmt
 @pytest.mark.slow
 @pytest.mark.parametrize("step,nth,then", [(*s, "--resume") for s in FINAL_STEPS]
                          + [("rename", 2, "plain"), ("rename", 3, "plain"), ("marker", 1, "plain")])
+@pytest.mark.slow
 def test_a_kill_during_the_final_renames_loses_nothing_and_leaves_nothing(tmp_path, monkeypatch, capsys, step,
                                                                            nth, then):
     cfg, out = _run_twice(tmp_path)
@@ -321,6 +325,7 @@ def test_resume_with_nothing_to_resume_says_so(tmp_path, capsys):
     assert not (tmp_path / "new").exists()  # nothing created
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_saves(tmp_path, monkeypatch, capsys):
     cfg, out = _config(tmp_path), tmp_path / "o"
     real, calls = np.savez_compressed, []

@@ -111,6 +111,7 @@ def test_every_registered_model_has_a_forward_case():
     assert set(list_models()) - builders - transformers == set(FORWARD_CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FORWARD_CASES))
 def test_reference_forward_at_small_width(name):
     size, shape = FORWARD_CASES[name]
@@ -401,6 +402,7 @@ def test_torchscript_round_trip(tmp_path):
         load_checkpoint(model, str(path))
 
 
+@pytest.mark.slow
 def test_torch_export_round_trip(tmp_path):
     model = create_model("plain_net", depth=2, width=2, activation="relu").eval()
     x = torch.randn(1, 1, 9, 9)

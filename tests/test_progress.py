@@ -84,6 +84,7 @@ def test_training_steps_count_on_the_run_bar():
     assert outer.n == 5
 
 
+@pytest.mark.slow
 def test_erf_run_reports_progress_in_logs_and_quiet_silences_it(tmp_path, capsys):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(CONFIG)

@@ -56,6 +56,7 @@ def _same_results(a: Path, b: Path) -> None:
         assert x == y
 
 
+@pytest.mark.slow
 def test_engine_resumes_from_its_state_file_exactly(tmp_path, monkeypatch):
     model = create_model("plain_net", depth=3, width=4)
     kw = dict(samples=12, batch_size=3, weight_draws=2, init="kaiming_normal", seed=3)
@@ -86,6 +87,7 @@ def test_engine_resumes_from_its_state_file_exactly(tmp_path, monkeypatch):
     assert not np.array_equal(other.map, ref.map)
 
 
+@pytest.mark.slow
 def test_interrupted_run_keeps_its_saves_and_resumes(tmp_path, monkeypatch, capsys):
     cfg = _write(tmp_path)
     ref, out = tmp_path / "ref", tmp_path / "res" / "small"
@@ -126,6 +128,7 @@ def test_interrupted_run_keeps_its_saves_and_resumes(tmp_path, monkeypatch, caps
     assert json.loads((out / "summary.json").read_text())["seed"] == 5
 
 
+@pytest.mark.slow
 def test_crash_keeps_saves_but_an_erf_error_does_not(tmp_path, monkeypatch):
     cfg = _write(tmp_path)
     out, partial = tmp_path / "o", tmp_path / ".o.partial"
@@ -142,6 +145,7 @@ def test_crash_keeps_saves_but_an_erf_error_does_not(tmp_path, monkeypatch):
     assert main(["run", str(cfg), "--out", str(out)]) == 0 and not partial.exists()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_measurement_then_resume_equals_one_run(tmp_path):
     """A real kill -9 of the CLI while it measures; --resume finishes with identical files."""
     cfg = _write(tmp_path, samples=200)
@@ -169,6 +173,7 @@ def test_sigkill_mid_measurement_then_resume_equals_one_run(tmp_path):
     assert not (tmp_path / ".killed.partial").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tol,kill_at", [(3e-3, 30), (1e-2, 6)])
 def test_adaptive_run_resumes_exactly(tmp_path, monkeypatch, tol, kill_at):
     """With tol the groups merge as they grow: the save carries the group size and the stop rule goes on.
@@ -216,6 +221,7 @@ checkpoints = [4, 8]
 """
 
 
+@pytest.mark.slow
 def test_training_point_resumes_from_its_last_measured_step(tmp_path, monkeypatch):
     cfg = tmp_path / "t.toml"
     cfg.write_text(TRAINING)
