@@ -72,6 +72,7 @@ def check_common(out: Path, n_figures: int):
     return summary, rows
 
 
+@pytest.mark.slow
 def test_luo_fig1(run_quick):
     summary, rows = check_common(run_quick("luo_fig1"), 3)
     uniform = [t for t in summary["analyses"]["theory"] if t["exact"]]
@@ -86,6 +87,7 @@ def test_luo_fig1(run_quick):
     assert "Uniform (constant 1/fan_in) weights" in summary["findings"][0]
 
 
+@pytest.mark.slow
 def test_luo_growth(run_quick):
     summary, rows = check_common(run_quick("luo_growth"), 2)
     (growth,) = [f for f in summary["analyses"]["figures"] if f["kind"] == "growth"]
@@ -102,6 +104,7 @@ def test_luo_growth(run_quick):
     assert "ERF/TRF" in (run_quick("luo_growth") / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_luo_subsample_dilation(run_quick):
     summary, rows = check_common(run_quick("luo_subsample_dilation"), 3)
     for weights in ("uniform weights", "random + ReLU"):
@@ -114,6 +117,7 @@ def test_luo_subsample_dilation(run_quick):
     assert len(exact) == 6 and all(abs(t["relative_difference"]) < 1e-5 for t in exact)
 
 
+@pytest.mark.slow
 def test_plain_vs_residual(run_quick):
     out = run_quick("plain_vs_residual")
     summary, rows = check_common(out, 4)
@@ -127,6 +131,7 @@ def test_plain_vs_residual(run_quick):
     assert all("erf_size_x" in row["changes"] for row in change["rows"])
 
 
+@pytest.mark.slow
 def test_training_weights_measurable_again(run_quick):
     out = run_quick("training")
     summary, rows = check_common(out, 3)
@@ -154,6 +159,7 @@ def _has_measure_cli():
     return "measure" in build_parser()._subparsers._group_actions[0].choices
 
 
+@pytest.mark.slow
 def test_resnet_family(run_quick):
     summary, rows = check_common(run_quick("resnet_family"), 3)
     assert [r["model.name"] for r in rows] == ["resnet18", "resnet50"]
@@ -184,6 +190,7 @@ cols = "model.args.depth"
 """
 
 
+@pytest.mark.slow
 def test_rerun_replaces_results_and_refuses_foreign_folder(tmp_path, capsys):
     cfg = tmp_path / "small.toml"
     cfg.write_text(SMALL)
@@ -200,6 +207,7 @@ def test_rerun_replaces_results_and_refuses_foreign_folder(tmp_path, capsys):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_summary_is_strict_json_and_csv_has_intervals(tmp_path):
     cfg = tmp_path / "small.toml"
     cfg.write_text(SMALL)
@@ -213,6 +221,7 @@ def test_summary_is_strict_json_and_csv_has_intervals(tmp_path):
         assert lo <= v + 1e-9 and v <= hi + 1e-9 and math.isfinite(float(r["theory_sigma_x"]))
 
 
+@pytest.mark.slow
 def test_local_images_as_probes_and_training_data(tmp_path):
     rng = np.random.default_rng(0)
     data = tmp_path / "toy.npz"
@@ -247,6 +256,7 @@ kind = "training"
     assert (out / summary["points"][-1]["train"]["weights"]).is_file()
 
 
+@pytest.mark.slow
 def test_a_model_the_tracer_cannot_follow_runs_without_a_trf(tmp_path):
     """As with erf measure: an op with no RF rule leaves the TRF unknown, not the run refused."""
     (tmp_path / "spectral.py").write_text(
