@@ -16,7 +16,8 @@ from erf.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
 SHIPPED = {"luo_fig1", "luo_growth", "luo_subsample_dilation", "plain_vs_residual", "training", "resnet_family",
-           "vit_vs_cnn"}
+           "vit_vs_cnn", "pretrained_cnn_vs_vit"}
+COMPARISONS = ("plain_vs_residual", "training", "resnet_family", "vit_vs_cnn")
 
 GOOD = """
 [experiment]
@@ -202,3 +203,17 @@ def test_measure_keys_are_the_engine_options():
     assert kw["unit"] == (1, 2) and kw["channel"] == 0 and kw["tol"] == 0.05 and kw["max_samples"] == 128
     assert kw["prefix_tokens"] == 1 and kw["layer"] == "features" and kw["preset"] == "luo"
     assert measure_keywords({**set_values, "tol": 0.0})["max_samples"] is None  # a cap of adaptive runs only
+
+
+def test_comparison_configs_replicate_networks_and_say_what_changed():
+    for name in COMPARISONS:
+        cfg = load_config(ROOT / "configs" / f"{name}.toml")
+        assert cfg.settings["model"]["networks"] >= 4, name           # several networks per arm by default
+        assert not cfg.settings["experiment"]["common_seeds"], name
+        assert "issue 11" in cfg.settings["report"]["changes"], name
+        assert load_config(ROOT / "configs" / f"{name}.toml", quick=True).settings["model"]["networks"] >= 2, name
+
+
+def test_networks_must_be_positive():
+    with pytest.raises(ConfigError, match="model.networks: must be >= 1"):
+        parse_config(_toml(GOOD.replace('name = "plain_net"', 'name = "plain_net"\nnetworks = 0')), "t.toml")

@@ -270,3 +270,122 @@ def test_a_model_the_tracer_cannot_follow_runs_without_a_trf(tmp_path):
     point = json.loads((tmp_path / "f" / "summary.json").read_text())["points"][0]
     assert point["trf"] is None and point["samples"] == 4
     assert any("fft" in n for n in point["notes"])
+
+
+# --------------------------------------------------------------------------- networks as replicates (issue 11)
+
+NETS = """
+[experiment]
+name = "nets"
+title = "nets ({model.args.width} channels)"
+[model]
+name = "plain_net"
+networks = 3
+args = { width = 4, depth = 3, activation = "relu" }
+[inputs]
+size = 16
+[measure]
+samples = 8
+n_boot = 200
+[[sweep.variants]]
+axis = "arch"
+label = "a"
+"model.args.depth" = 3
+[[sweep.variants]]
+axis = "arch"
+label = "b"
+"model.args.depth" = 4
+[[figures]]
+kind = "bars"
+x = "arch"
+series = ""
+metric = "erf_size_x"
+[quick]
+"model.args.width" = 2
+"""
+
+
+@pytest.mark.slow
+def test_networks_are_the_unit_of_replication(tmp_path):
+    cfg = tmp_path / "nets.toml"
+    cfg.write_text(NETS)
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out), "--device", "cpu", "--quick"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    a, b = summary["points"]
+    assert a["networks"] == b["networks"] == 3 and len(a["network_metrics"]) == 3
+    sizes = [n["erf_size_x"] for n in a["network_metrics"]]
+    assert len(set(sizes)) == 3                              # three independently seeded networks
+    assert min(sizes) <= a["metrics"]["erf_size_x"] <= max(sizes)
+    lo, hi = a["intervals"]["erf_size_x"]
+    assert lo < hi
+    (bars,) = [f for f in summary["analyses"]["figures"] if f["kind"] == "bars"]
+    row = [r for r in bars["rows"] if r.get("ratio") is not None][0]
+    assert row["networks"] == 3 and not row["paired"] and row["ratio_interval"] is not None
+    report = (out / "report.md").read_text()
+    assert report.startswith("# nets (2 channels)")          # the title from the settings run (quick width)
+    assert "x 3 networks" in report and "over 3 independent networks per arm" in report
+
+
+@pytest.mark.slow
+def test_one_network_per_arm_gets_no_verdict(tmp_path):
+    cfg = tmp_path / "one.toml"
+    cfg.write_text(NETS.replace("networks = 3", "networks = 1"))
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out), "--device", "cpu"]) == 0
+    findings = " ".join(json.loads((out / "summary.json").read_text())["findings"])
+    assert "one network per arm" in findings and "excludes 1" not in findings
+
+
+def test_network_seeds_independent_unless_common():
+    from erf.experiment.points import network_seed
+
+    cfg = load_config(ROOT / "configs" / "plain_vs_residual.toml")
+    p, q = cfg.points
+    assert network_seed(cfg, p, 0) != network_seed(cfg, q, 0) and network_seed(cfg, p, 0) != network_seed(cfg, p, 1)
+    cfg.settings["experiment"]["common_seeds"] = True
+    assert network_seed(cfg, p, 1) == network_seed(cfg, q, 1)
+
+
+def test_paired_ratio_and_exponent_replicates():
+    from erf.experiment.replicates import exponent_replicates, percentile_interval, ratio_interval
+
+    rng = np.random.default_rng(0)
+    b = rng.lognormal(0, 0.3, 2000)
+    assert ratio_interval(2 * b, b, 0.95, 5) == pytest.approx((2.0, 2.0))      # paired: the noise cancels
+    indep = ratio_interval(2 * rng.permutation(b), b, 0.95, 5)
+    assert indep[0] < 1.7 and indep[1] > 2.3                                  # independent arms: it does not
+    assert percentile_interval(b, 0.95, 1) is None                            # one network: no interval
+    xs = [4, 8, 16, 32]
+    reps = [np.full(10, x ** 0.5435) for x in xs]
+    assert exponent_replicates(xs, reps) == pytest.approx(np.full(10, 0.5435))
+
+
+def test_training_that_did_not_learn_draws_no_conclusion():
+    from erf.experiment.analysis import learned
+
+    flat = {"eval": [{"accuracy": 0.874, "loss": 0.12}, {"accuracy": 0.874, "loss": 0.33}]}
+    up = {"eval": [{"accuracy": 0.25, "loss": 1.4}, {"accuracy": 0.9, "loss": 0.3}]}
+    assert learned({**flat, "networks": [flat]}) is False
+    assert learned({**up, "networks": [up, flat]}) is False              # one network of several did not learn
+    assert learned({**up, "networks": [up, up]}) is True and learned(None) is None
+
+
+def test_setup_line_per_variant_and_abs_theory():
+    from erf.experiment.formatting import setup_line
+    from erf.experiment.records import abs_theory
+
+    cfg = load_config(ROOT / "configs" / "luo_subsample_dilation.toml")
+
+    class R:  # the two fields setup_line reads
+        def __init__(self, point):
+            self.point = point
+
+    line = setup_line(cfg, [R(p) for p in cfg.points], {"device": "cpu"})
+    assert "2 samples x 1 weight draw (uniform weights)" in line and "8 samples x 16 weight draws (random + ReLU)" in line
+    g = load_config(ROOT / "configs" / "luo_growth.toml")
+    linear = [p for p in g.points if p.variants["weights"] == "random weights, linear"]
+    sig = [abs_theory(p.settings)[1] for p in linear]
+    slope = np.polyfit(np.log([p.params["model.args.depth"] for p in linear]), np.log(sig), 1)[0]
+    assert 0.53 < slope < 0.56                                             # the exact finite-depth exponent, not 0.5
+    assert abs_theory([p for p in g.points if p.variants["weights"] == "random weights, ReLU"][0].settings) is None

@@ -20,7 +20,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
 
 from erf import stats
-from erf.experiment.formatting import fmt, key_name, setup_line
+from erf.experiment.formatting import fmt, key_name, setup_line, title_of
 from erf.experiment.records import Record, distinct_values, same_value
 from erf.experiment.sweeps import Config, show_value
 from erf.plots import new_figure, plot_erf
@@ -44,7 +44,7 @@ def draw_figure(cfg: Config, spec: dict, records: list[Record], analyses: dict, 
         ``[{file, caption}]`` of the PNGs written.
     """
     kind = spec["kind"]
-    title = spec["title"] or (cfg.settings["experiment"]["title"] or cfg.name)
+    title = spec["title"] or title_of(cfg)
     sub = setup_line(cfg, records, env)
     if kind == "maps":
         return _maps(spec, records, out_dir, title, sub)
@@ -52,7 +52,78 @@ def draw_figure(cfg: Config, spec: dict, records: list[Record], analyses: dict, 
     draw = {"grid": _grid, "growth": _growth_fig, "bars": _bars, "profiles": _profiles, "training": _training_fig}[kind]
     fig, caption = draw(spec, records, fig_a, title, sub)
     fig.savefig(out_dir / spec["file"], dpi=DPI)
-    return [{"file": spec["file"], "caption": caption}]
+    out = [{"file": spec["file"], "caption": caption}]
+    if kind == "grid" and not spec["log"]:
+        out += network_maps(records, out_dir, title, sub, spec["file"].rsplit(".", 1)[0] + "_networks.png")
+    return out
+
+
+def disagree(r: Record) -> bool:
+    """Whether the networks of a record disagree: one network's share of the mass or its size stands out.
+
+    Args:
+        r: a record.
+
+    Returns:
+        True with several networks when one holds over max(0.5, 2/N) of the summed mass, or when the
+        networks' erf_size_x (sigma_x) spans more than 20% of their median.
+    """
+    if r.networks is None or r.networks.count < 2:
+        return False
+    if r.diagnostics.get("max_network_share", 0) > max(0.5, 2.0 / r.networks.count):
+        return True
+    name = next((m for m in ("erf_size_x", "sigma_x") if m in r.metrics), None)
+    vals = [n.get(name) for n in r.network_metrics] if name else []
+    vals = [v for v in vals if v is not None and np.isfinite(v)]
+    return len(vals) > 1 and (max(vals) - min(vals)) > 0.2 * float(np.median(vals))
+
+
+def network_maps(records: list[Record], out_dir: Path, title: str, sub: str, file: str) -> list[dict]:
+    """One row per record whose networks disagree (``disagree``): each network's map, its share and size.
+
+    Args:
+        records: the measured records.
+        out_dir: the results folder.
+        title: the figure's title.
+        sub: the setup line.
+        file: the PNG's name.
+
+    Returns:
+        ``[{file, caption}]``, empty when every record's networks agree.
+    """
+    rows = [r for r in records if disagree(r)]
+    if not rows:
+        return []
+    ncols = max(r.networks.count for r in rows)
+    fig = new_figure((2.3 * ncols + 1, 2.3 * len(rows) + 1), DPI)
+    axes = np.atleast_2d(fig.subplots(len(rows), ncols, squeeze=False))
+    win = _window(rows)
+    for i, r in enumerate(rows):
+        shares = r.networks.shares()
+        for j in range(ncols):
+            ax = axes[i, j]
+            if j >= r.networks.count or r.networks.maps[j].ndim != 2:
+                ax.set_axis_off()
+                continue
+            m = r.networks.maps[j]
+            h, w = m.shape
+            ax.imshow(m / max(float(m.max()), 1e-300), cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
+                      extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+            _draw_box(ax, r)
+            if win is not None:
+                ax.set_xlim(win[0][1] - 0.5, win[1][1] + 0.5)
+                ax.set_ylim(win[1][0] + 0.5, win[0][0] - 0.5)
+            size = (r.network_metrics[j] if j < len(r.network_metrics) else {}).get("erf_size_x")
+            ax.set_title(f"network {j}: {shares[j]:.0%} of mass" + (f"\nerf_size_x {size:.2f}" if size else ""),
+                         fontsize=7)
+            ax.tick_params(labelsize=6)
+            if j == 0:
+                ax.set_ylabel(r.label, fontsize=7)
+    _suptitle(fig, f"{title}\n{sub}\nper-network maps where the networks disagree (each / its own peak)", fontsize=9)
+    fig.savefig(out_dir / file, dpi=DPI)
+    return [{"file": file, "caption": "Each network's map where the networks of a point disagree (one network's "
+                                      "share of the gradient mass, or its size, stands out); each map divided by "
+                                      "its own peak."}]
 
 
 def _window(records):
@@ -67,6 +138,8 @@ def _window(records):
 
 
 def _draw_box(ax, r):
+    if r.trf_center is not None and len(r.trf_center) == 2:  # the unit's TRF centre (may lie off a clipped box's)
+        ax.plot([r.trf_center[1]], [r.trf_center[0]], "+", color="white", markersize=7, markeredgewidth=1.2)
     if r.trf_box is None:
         return
     (t, b), (left, right) = r.trf_box
@@ -172,7 +245,7 @@ def _growth_fig(spec, records, fa, title, sub):
     ax = axes[0]
     xs_all = sorted({x for s in fa["series"] for x in s["x"]})
     fine = np.geomspace(min(xs_all), max(xs_all), 100)
-    theory_done = False
+    theory_done = abs_done = False
     for k, s in enumerate(fa["series"]):
         color = f"C{k % 10}"
         x, y = np.array(s["x"]), np.array(s["y"])
@@ -190,10 +263,14 @@ def _growth_fig(spec, records, fa, title, sub):
         ax.errorbar(x, y, yerr=err, fmt="o", color=color, capsize=3, markersize=4, label=label)
         if spec["theory"] and s["theory"] is not None and not theory_done:
             tx = np.array(s["x"])
-            ty = np.array(s["theory"])
-            ax.plot(tx, ty, "k--", linewidth=1.3, label="exact linear theory (uniform weights)")
-            ax.plot(tx, ty * math.sqrt(2), "k:", linewidth=1.3, label="√2 × theory (|grad|, random linear)")
+            ax.plot(tx, np.array(s["theory"]), "k--", linewidth=1.3,
+                    label=f"exact: uniform kernels ∝ n^{s['theory_exponent']:.4f}" if s["theory_exponent"]
+                    else "exact: uniform kernels")
             theory_done = True
+        if spec["theory"] and s.get("abs_theory") is not None and not abs_done:
+            ax.plot(np.array(s["x"]), np.array(s["abs_theory"]), "k:", linewidth=1.5,
+                    label=f"exact: mean |grad|, random linear ∝ n^{s['abs_theory_exponent']:.4f}")
+            abs_done = True
     ax.set_xscale("log")
     ax.set_yscale("log")
     _log_ticks(ax, xs_all)
@@ -281,8 +358,11 @@ def _profiles(spec, records, _fa, title, sub):
         rs = [r for r in records if pv is None or same_value(r.value(spec["cols"]), pv)]
         for k, r in enumerate(rs):
             color = f"C{k % 10}"
-            cy = r.summary["center_unit"][0] if r.trf_box is None else int(round(sum(r.trf_box[0]) / 2))
-            cx = r.summary["center_unit"][1] if r.trf_box is None else sum(r.trf_box[1]) / 2
+            if r.trf_center is not None and len(r.trf_center) == 2:  # the unit's TRF centre, not the clipped box's
+                cy, cx = int(round(min(max(r.trf_center[0], 0), r.map.shape[0] - 1))), r.trf_center[1]
+            else:
+                cy = r.summary["center_unit"][0] if r.trf_box is None else int(round(sum(r.trf_box[0]) / 2))
+                cx = r.summary["center_unit"][1] if r.trf_box is None else sum(r.trf_box[1]) / 2
             prof = r.map[cy] / r.map[cy].max()
             x = np.arange(prof.size) - cx
             keep = prof > 1e-4

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
 
 from erf.experiment.records import Record
-from erf.experiment.sweeps import Config, short_key
+from erf.experiment.sweeps import Config, format_value, get_dotted, short_key
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -47,8 +48,36 @@ def metric_axis(metric: str) -> str | None:
     return tail if tail in ("x", "y", "z") else None
 
 
+def title_of(cfg: Config) -> str:
+    """The experiment's title with ``{dotted.key}`` placeholders filled from the settings actually run.
+
+    Args:
+        cfg: the experiment (quick mode and overrides applied).
+
+    Returns:
+        The title (the experiment's name without one).
+    """
+    title = cfg.settings["experiment"]["title"] or cfg.name
+
+    def fill(match: re.Match) -> str:
+        value = get_dotted(cfg.settings, match.group(1))
+        return match.group(0) if value is None else format_value(value)
+
+    return re.sub(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}", fill, title)
+
+
+def _draws(m: dict, networks: int) -> str:
+    """``8 samples x 16 weight draws`` (x networks) for one point's measure settings."""
+    txt = f"{m['samples']} samples"
+    if m["weight_draws"]:
+        txt += f" x {m['weight_draws']} weight draw{'s' if m['weight_draws'] != 1 else ''}"
+    if networks > 1:
+        txt += f" x {networks} networks"
+    return txt
+
+
 def setup_line(cfg: Config, records: list[Record], env: dict) -> str:
-    """One line of measurement settings for figure titles and the report.
+    """One line of measurement settings for figure titles and the report, from the settings run.
 
     Args:
         cfg: the experiment.
@@ -56,15 +85,25 @@ def setup_line(cfg: Config, records: list[Record], env: dict) -> str:
         env: ``runner.environment`` of the run.
 
     Returns:
-        Inputs, samples, weight draws, the averaged signal and the device.
+        Inputs, samples, weight draws and networks (per variant where they differ), the averaged
+        signal and the device.
     """
     s = records[0].point.settings
     m, inp = s["measure"], s["inputs"]
     size = inp["size"] if isinstance(inp["size"], int) else "x".join(map(str, inp["size"]))
-    draws = {r.point.settings["measure"]["weight_draws"] for r in records}
-    draw_txt = f" x {max(draws)} weight draws" if max(draws) else ""
+    setters = [axis for axis, vs in cfg.variants.items()
+               if any(k.startswith("measure.") or k == "model.networks" for v in vs for k in v)]
+    per: dict[str, list[str]] = {}
+    for r in records:
+        txt = _draws(r.point.settings["measure"], r.point.settings["model"]["networks"])
+        label = ", ".join(r.point.variants[a] for a in setters if a in r.point.variants) or r.point.label
+        if label not in per.setdefault(txt, []):
+            per[txt].append(label)
+    draw_txt = next(iter(per)) if len(per) == 1 else "; ".join(f"{t} ({', '.join(v)})" for t, v in per.items())
     if any(r.point.settings["measure"]["normalize_draws"] for r in records):
-        draw_txt += " (each normalised to unit total)"
+        draw_txt += ", each draw normalised to unit total"
+    if any(r.point.settings["model"]["normalize_networks"] for r in records):
+        draw_txt += ", each network normalised to unit total"
     signal = {"abs": "|grad|", "signed": "grad", "square": "grad²", "positive": "max(grad,0)"}[m["signal"]]
-    return (f"{inp['kind']} inputs {size}px, {m['samples']} samples{draw_txt}, ERF = mean {signal}, "
+    return (f"{inp['kind']} inputs {size}px, {draw_txt}, ERF = mean {signal}, "
             f"{env['device']}{' (quick mode)' if cfg.quick else ''}")

@@ -61,13 +61,35 @@ def measure_keywords(measure_settings: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
+def network_seed(cfg: Config, point: Point, network: int) -> int:
+    """The seed of network ``network`` of ``point``: its weights, training order and probe inputs.
+
+    Network k of every point shares a seed only with ``experiment.common_seeds``; otherwise each
+    point's networks get their own seeds (point 0's network 0 keeps the experiment's seed).
+
+    Args:
+        cfg: the experiment.
+        point: the sweep point.
+        network: the network's index (0-based).
+
+    Returns:
+        The seed.
+    """
+    exp = cfg.settings["experiment"]
+    return exp["seed"] + network + (0 if exp["common_seeds"] else 1000 * point.index)
+
+
+Measured = tuple[str, "int | None", ERFResult, "dict | None"]  # (state, step, result, training info)
+
+
 def measure_point(cfg: Config, point: Point, device: str, run: RunFolder,
                   done: set[str] | frozenset[str] = frozenset()) -> list[Record]:
-    """Build (and train) the point's model and measure it; one Record per training state.
+    """Build (and train) the point's ``model.networks`` networks and measure each; one Record per state.
 
     A measurement already in ``done`` (saved by an interrupted run) is read back, not repeated;
     a training point goes on from the training state saved at its last measured step (one
-    process; under torchrun it trains again from the start).
+    process; under torchrun it trains again from the start). The networks' measurements of a
+    state make one Record (``make_record``: networks, then inputs, resampled by its intervals).
 
     Args:
         cfg: the experiment.
@@ -80,18 +102,38 @@ def measure_point(cfg: Config, point: Point, device: str, run: RunFolder,
         The point's records (rank 0's; other ranks get an empty list).
     """
     s = point.settings
-    seed = cfg.settings["experiment"]["seed"]
-    if not s["train"]["enabled"] and Record.key(point, "") in done:
-        return [r for r in [measure_state(cfg, point, None, device, "", None, run, saved=True)] if r is not None]
-    model = load_model(s["model"]["name"], s["model"]["args"], s["model"]["checkpoint"] or None, seed=seed)
-    if not s["train"]["enabled"]:
-        return [r for r in [measure_state(cfg, point, model, device, "", None, run)] if r is not None]
-    return train_and_measure(cfg, point, model, device, seed, run, done)
+    measured: list[Measured] = []
+    for k in range(s["model"]["networks"]):
+        seed = network_seed(cfg, point, k)
+        kw = {"network": k} if k else {}  # network 0 keeps the short call (and its saved keys)
+        if s["train"]["enabled"]:
+            model = load_model(s["model"]["name"], s["model"]["args"], s["model"]["checkpoint"] or None, seed=seed)
+            measured += train_and_measure(cfg, point, model, device, seed, run, done, **kw)
+            continue
+        if Record.key(point, "", k) in done:
+            res = measure_state(cfg, point, None, device, "", None, run, saved=True, **kw)
+        else:
+            model = load_model(s["model"]["name"], s["model"]["args"], s["model"]["checkpoint"] or None, seed=seed)
+            res = measure_state(cfg, point, model, device, "", None, run, **kw)
+        if res is not None:
+            measured.append(("", None, res, None))
+    if not distributed.is_main() or not measured:
+        return []
+    records = []
+    for state in dict.fromkeys(m[0] for m in measured):
+        of_state = [m for m in measured if m[0] == state]
+        infos = [m[3] for m in of_state if m[3] is not None]
+        record = make_record(cfg, point, [m[2] for m in of_state], state, of_state[0][1])
+        if infos:
+            record.train = to_json({**infos[0], "networks": [{k: v for k, v in i.items() if k != "train_loss"}
+                                                             for i in infos]})
+        records.append(record)
+    return records
 
 
 def measure_state(cfg: Config, point: Point, model: nn.Module | None, device: str, state: str, step: int | None,
-                  run: RunFolder, saved: bool = False) -> Record | None:
-    """Measure (or read back the saved measurement of) one point in one training state.
+                  run: RunFolder, saved: bool = False, network: int = 0) -> ERFResult | None:
+    """Measure (or read back the saved measurement of) one network of a point in one training state.
 
     Args:
         cfg: the experiment.
@@ -102,33 +144,33 @@ def measure_state(cfg: Config, point: Point, model: nn.Module | None, device: st
         step: the training step, or None.
         run: the run folder.
         saved: read the measurement back from the run folder instead of measuring.
+        network: the network's index (its seed: ``network_seed``).
 
     Returns:
-        Rank 0 saves the result in the run folder and returns its Record; other ranks return None.
+        Rank 0 saves the result in the run folder and returns it; other ranks return None.
     """
     s = point.settings
     m, exp = s["measure"], cfg.settings["experiment"]
-    seed = exp["seed"]
-    key = Record.key(point, state)
+    seed = network_seed(cfg, point, network)
+    key = Record.key(point, state, network)
     if saved:
         if not distributed.is_main():
             return None
-        res = ERFResult.load(run.saved(key))
-    else:
-        size = s["inputs"]["size"]
-        size = tuple(size) if isinstance(size, list) else size
-        kw = measure_keywords(m)
-        if m["init"] == "model" and m["weight_draws"]:
-            kw["init"] = rebuild_init(s["model"]["name"], s["model"]["args"])
-        res = measure(model, size, **kw, inputs=_inputs(s, model, seed), device=device, dtype=exp["dtype"],
-                      seed=seed, deterministic=exp["deterministic"], state_file=run.engine_state(key),
-                      save_every=exp["save_every"])
-        if not distributed.is_main():
-            return None
-        run.save_result(key, res)  # with its checksum, verified on resume
-        for path in run.path.glob(f"engine/{key}.state*"):  # every rank's save of this measurement
-            path.unlink(missing_ok=True)
-    return make_record(cfg, point, res, state, step)
+        return ERFResult.load(run.saved(key))
+    size = s["inputs"]["size"]
+    size = tuple(size) if isinstance(size, list) else size
+    kw = measure_keywords(m)
+    if m["init"] == "model" and m["weight_draws"]:
+        kw["init"] = rebuild_init(s["model"]["name"], s["model"]["args"])
+    res = measure(model, size, **kw, inputs=_inputs(s, model, seed), device=device, dtype=exp["dtype"],
+                  seed=seed, deterministic=exp["deterministic"], state_file=run.engine_state(key),
+                  save_every=exp["save_every"])
+    if not distributed.is_main():
+        return None
+    run.save_result(key, res)  # with its checksum, verified on resume
+    for path in run.path.glob(f"engine/{key}.state*"):  # every rank's save of this measurement
+        path.unlink(missing_ok=True)
+    return res
 
 
 def _inputs(settings: dict, model: nn.Module, seed: int) -> str | ImageSampler:
@@ -168,29 +210,35 @@ class ImageSampler:
 
 
 def train_and_measure(cfg: Config, point: Point, model: nn.Module, device: str, seed: int, run: RunFolder,
-                      done: set[str] | frozenset[str]) -> list[Record]:
-    """Train the point's model; measure it at step 0, at ``train.checkpoints`` and at the end.
+                      done: set[str] | frozenset[str], network: int = 0) -> list[Measured]:
+    """Train one network of the point; measure it at step 0, at ``train.checkpoints`` and at the end.
 
-    The trained weights go to ``weights/<point>.pt`` in the results (a plain state_dict that
-    ``erf measure MODEL --checkpoint`` and ``model.checkpoint`` load).
+    The trained weights go to ``weights/<point>.pt`` (network k > 0: ``<point>_n<k>.pt``) in the
+    results (a plain state_dict that ``erf measure MODEL --checkpoint`` and ``model.checkpoint`` load).
+    The task's data come from the experiment's seed (the same for every network); the weights and
+    the order of the training batches from ``seed``.
 
     Args:
         cfg: the experiment.
         point: a sweep point with ``train.enabled``.
         model: its freshly built model (trained in place).
         device: "cpu" or "cuda".
-        seed: the experiment's seed.
+        seed: the network's seed (``network_seed``).
         run: the run folder.
         done: keys of the measurements already saved.
+        network: the network's index.
 
     Returns:
-        One record per measured step (rank 0's); the last one carries the training info.
+        ``(state, step, result, info)`` per measured step (rank 0's); ``info`` (the training
+        info) only on the last one.
     """
     tr = point.settings["train"]
     size = tr["size"] or point.settings["inputs"]["size"]
     size = size if isinstance(size, int) else tuple(size)
-    task = make_task(tr["task"], size=size, channels=infer_in_channels(model), seed=seed, **tr["task_args"])
-    by_step: dict[int, Record | None] = {}
+    task = make_task(tr["task"], size=size, channels=infer_in_channels(model), seed=cfg.settings["experiment"]["seed"],
+                     **tr["task_args"])
+    by_step: dict[int, ERFResult | None] = {}
+    kw = {"network": network} if network else {}
 
     def state_of(step):
         return "init" if step == 0 else "trained" if step == tr["steps"] else f"step {step}"
@@ -198,27 +246,28 @@ def train_and_measure(cfg: Config, point: Point, model: nn.Module, device: str, 
     def on_checkpoint(step, net):
         state = state_of(step)
         by_step[step] = measure_state(cfg, point, net, device, state, step, run,
-                                      saved=Record.key(point, state) in done)
+                                      saved=Record.key(point, state, network) in done, **kw)
 
     # one process: training saves its state at each measured step, and a resumed run goes on from there
-    state_file = run.train_state(point.id) if distributed.world_size() == 1 else None
+    state_file = run.train_state(point.id + (f"_n{network}" if network else "")) \
+        if distributed.world_size() == 1 else None
     result = train(model, task, steps=tr["steps"], batch_size=tr["batch_size"], lr=tr["lr"], device=device,
                    seed=seed, checkpoint_every=sorted(set(tr["checkpoints"])), on_checkpoint=on_checkpoint,
                    state_file=state_file)
-    records = []
+    out: list[Measured] = []
     for step in result.config["checkpoint_steps"]:  # steps measured before an interruption come from their saves
-        record = by_step[step] if step in by_step else measure_state(cfg, point, None, device, state_of(step), step,
-                                                                     run, saved=True)
-        if record is not None:
-            records.append(record)
-    info = {"task": task.description, "steps": result.steps, "seconds": result.seconds,
-            "eval": result.eval, "train_loss": result.train_loss, "config": result.config}
-    if not distributed.is_main():
-        return records
+        res = by_step[step] if step in by_step else measure_state(cfg, point, None, device, state_of(step), step,
+                                                                  run, saved=True, **kw)
+        if res is not None:
+            out.append((state_of(step), step, res, None))
+    if not distributed.is_main() or not out:
+        return out
+    info = {"network": network, "seed": seed, "task": task.description, "steps": result.steps,
+            "seconds": result.seconds, "eval": result.eval, "train_loss": result.train_loss, "config": result.config}
     if tr["save_weights"]:
-        path = run.out / "weights" / f"{point.id}.pt"
+        path = run.out / "weights" / f"{point.id}{f'_n{network}' if network else ''}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
         info["weights"] = str(path.relative_to(run.out))
-    records[-1].train = to_json(info)
-    return records
+    out[-1] = (*out[-1][:3], info)
+    return out

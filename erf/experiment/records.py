@@ -17,6 +17,7 @@ from erf import stats
 from erf.analytic import Layer, linear_erf
 from erf.engine import ERFResult
 from erf.errors import ErfError
+from erf.experiment.replicates import Networks, evaluate, percentile_interval, replicate_metrics, uniform_reference
 from erf.experiment.sweeps import Config, Point
 from erf.models import builders
 
@@ -42,11 +43,30 @@ class Record:
     theory_exact: bool = False
     notes: list[str] = field(default_factory=list)
     train: dict | None = None
+    networks: Networks | None = None
+    boot: dict[str, np.ndarray] = field(default_factory=dict)
+    network_metrics: list[dict[str, float]] = field(default_factory=list)
+    reference: dict[str, float] | None = None
+    diagnostics: dict = field(default_factory=dict)
+    theory_abs_sigma: tuple[float, ...] | None = None
+    trf_center: tuple[float, ...] | None = None
 
     @staticmethod
-    def key(point: Point, state: str) -> str:
-        """The record id of ``point`` in training ``state`` ('' untrained): file names in the run folder."""
-        return point.id + (f"_{state.replace(' ', '')}" if state else "")
+    def key(point: Point, state: str, network: int = 0) -> str:
+        """The id of ``point`` in training ``state`` ('' untrained), network k > 0 with ``_n<k>``: run-folder names."""
+        return point.id + (f"_{state.replace(' ', '')}" if state else "") + (f"_n{network}" if network else "")
+
+    @property
+    def units(self) -> int:
+        """Top-level units of the intervals: networks, or the one network's groups (1: no interval)."""
+        return 1 if self.networks is None else self.networks.units
+
+    @property
+    def network_count(self) -> int:
+        """Independently seeded networks behind this record (weight draws of one measurement count)."""
+        if self.networks is not None and self.networks.count > 1:
+            return self.networks.count
+        return max(1, int(self.point.settings["measure"]["weight_draws"]))
 
     @property
     def id(self) -> str:
@@ -91,37 +111,80 @@ def distinct_values(records: list[Record], key: str) -> list:
     return out
 
 
-def make_record(cfg: Config, point: Point, res: ERFResult, state: str, step: int | None) -> Record:
-    """Metrics with intervals, theory and summary of one measured ``ERFResult``.
+def make_record(cfg: Config, point: Point, results: ERFResult | list[ERFResult], state: str,
+                step: int | None) -> Record:
+    """Metrics with hierarchical intervals, theory, references and summary of a point's networks.
+
+    The map is the mean of the networks' maps (each to unit total with ``model.normalize_networks``);
+    the intervals come from ``replicates.replicate_metrics`` (networks, then input groups within
+    them) with a seed shared by the states of a point (paired through training) and, with
+    ``experiment.common_seeds``, by every point.
 
     Args:
         cfg: the experiment (its seed draws the bootstrap).
         point: the sweep point measured.
-        res: its measurement.
+        results: its measurement, one per network.
         state: the training state ("" untrained, "init", "step N", "trained").
         step: the training step, or None.
 
     Returns:
         The ``Record``.
     """
+    results = results if isinstance(results, list) else [results]
+    res = results[0]
     s = point.settings
     m = s["measure"]
-    seed = cfg.settings["experiment"]["seed"]
+    exp = cfg.settings["experiment"]
     names = s["report"]["metrics"]
     notes = list(res.notes)
     if res.trf is None and any("trf" in n for n in names):
         names = [n for n in names if "trf" not in n]
         notes.append("no TRF (the model could not be traced): the ERF/TRF metrics are left out")
-    mp = res.post_map
-    metrics = stats.scalar_metrics(mp, names, trf=res.trf)
-    intervals = stats.metric_intervals(*res.groups, metrics=names, level=m["level"], n_boot=m["n_boot"], seed=seed,
-                                       trf=res.trf, post=res.post)
+    nets = Networks([r.groups[0] for r in results], [r.groups[1] for r in results], [r.map for r in results],
+                    bool(s["model"]["normalize_networks"]))
+    mp = nets.combined(res.post) if len(results) > 1 else res.post_map
+    names = list(names) + [f"kurtosis_{a}" for a in stats.axis_names(mp.ndim)]
+    metrics = evaluate(mp, names, trf=res.trf)
+    boot_seed = exp["seed"] + (0 if exp["common_seeds"] else 7919 * (point.index + 1))
+    reps = replicate_metrics(nets, names, m["n_boot"], boot_seed, trf=res.trf, post=res.post)
+    boot = {n: reps[:, j] for j, n in enumerate(names)}
+    intervals = {n: percentile_interval(boot[n], m["level"], nets.units) for n in names}
+    network_metrics = [evaluate(r.post_map, names, trf=res.trf) for r in results] \
+        if len(results) > 1 else []
     theory, exact = linear_theory(s)
     summary = _summary(mp, res, notes)
+    center = getattr(res, "trf_center", None)
+    reference = None
+    if res.clipped or _global(res.trf_box, mp.shape):
+        reference = uniform_reference(mp.shape, res.trf_box, names, trf=res.trf)
+    diagnostics = _diagnostics(results, nets)
+    if len(results) > 1 and diagnostics["max_network_share"] > max(0.5, 2.0 / len(results)):
+        notes.append(f"one network holds {diagnostics['max_network_share']:.0%} of the summed gradient mass of "
+                     f"{len(results)}: the mean map is mostly that network's")
     return Record(point=point, state=state, step=step, map=mp, se_map=res.se_map, trf=res.trf,
-                  trf_box=res.trf_box, clipped=res.clipped, samples=res.samples, seconds=res.seconds,
-                  metrics=metrics, intervals=intervals, summary=summary, theory_sigma=theory, theory_exact=exact,
-                  notes=notes)
+                  trf_box=res.trf_box, clipped=res.clipped, samples=sum(r.samples for r in results),
+                  seconds=sum(r.seconds for r in results), metrics=metrics, intervals=intervals, summary=summary,
+                  theory_sigma=theory, theory_exact=exact, notes=notes, networks=nets, boot=boot,
+                  network_metrics=network_metrics, reference=reference, diagnostics=diagnostics,
+                  theory_abs_sigma=abs_theory(s), trf_center=None if center is None else tuple(map(float, center)))
+
+
+def _global(box, shape) -> bool:
+    """Whether the TRF box covers the whole map (a global TRF: attention, pooling)."""
+    return box is not None and len(box) == len(shape) and all(
+        b is not None and b[0] <= 0 and b[1] >= n - 1 for b, n in zip(box, shape))
+
+
+def _diagnostics(results: list[ERFResult], nets: Networks) -> dict:
+    """Heavy-tail diagnostics: the engine's per network (where it gives them) and the networks' shares."""
+    per = [dict(getattr(r, "diagnostics", None) or {}) for r in results]
+    shares = nets.shares()
+    out: dict = {"network_shares": shares, "max_network_share": max(shares)}
+    for key in ("max_sample_share", "max_group_share", "ess", "zero_grad_fraction", "samples_weighed"):
+        vals = [d[key] for d in per if d.get(key) is not None]
+        if vals:
+            out[key] = float(min(vals) if key in ("ess", "samples_weighed") else max(vals))
+    return out
 
 
 def _summary(mp: np.ndarray, res: ERFResult, notes: list[str]) -> dict:
@@ -142,6 +205,20 @@ def _summary(mp: np.ndarray, res: ERFResult, notes: list[str]) -> dict:
     return summary
 
 
+def _plain_layers(settings: dict) -> tuple[list[Layer], dict] | None:
+    """The layer chain of a ``plain_net`` point measured at its output, untrained, without norm; else None."""
+    model, meas = settings["model"], settings["measure"]
+    if (model["name"] != "plain_net" or meas["layer"] or model["checkpoint"] or settings["train"]["enabled"]
+            or model["args"].get("norm", "none") not in ("none", None)):
+        return None
+    defaults = {k: p.default for k, p in inspect.signature(builders.plain_net).parameters.items()}
+    a = {**defaults, **model["args"]}
+    depth, k = int(a["depth"]), int(a["kernel_size"])
+    strides = set(a["strides"] or [])
+    dil = a["dilation"] if isinstance(a["dilation"], list) else [a["dilation"]] * depth
+    return [Layer(k, 2 if i in strides else 1, 0, int(dil[i])) for i in range(depth)], a
+
+
 def linear_theory(settings: dict) -> tuple[tuple[float, ...] | None, bool]:
     """Exact sigma of the chain of uniform kernels of a ``plain_net`` (Luo's linear theory).
 
@@ -155,18 +232,37 @@ def linear_theory(settings: dict) -> tuple[tuple[float, ...] | None, bool]:
     Returns:
         ``(sigma per axis, exact)``, or ``(None, False)``.
     """
-    model, meas = settings["model"], settings["measure"]
-    if (model["name"] != "plain_net" or meas["layer"] or model["checkpoint"] or settings["train"]["enabled"]
-            or model["args"].get("norm", "none") not in ("none", None)):
+    chain = _plain_layers(settings)
+    if chain is None:
         return None, False
-    defaults = {k: p.default for k, p in inspect.signature(builders.plain_net).parameters.items()}
-    a = {**defaults, **model["args"]}
-    depth, k = int(a["depth"]), int(a["kernel_size"])
-    strides = set(a["strides"] or [])
-    dil = a["dilation"] if isinstance(a["dilation"], list) else [a["dilation"]] * depth
-    layers = [Layer(k, 2 if i in strides else 1, 0, int(dil[i])) for i in range(depth)]
+    layers, a = chain
+    meas = settings["measure"]
     sigma = linear_erf(layers).sigma
     exact = (meas["init"] == "constant" and str(a["activation"]).lower() in ("linear", "none")
              and not a["bias"] and meas["signal"] in ("abs", "signed", "positive") and not meas["preset"])
     return tuple(float(v) for v in sigma), bool(exact)
 
+
+def abs_theory(settings: dict) -> tuple[float, ...] | None:
+    """Exact sigma of the expected |grad| map of a random zero-mean linear ``plain_net`` (no bias).
+
+    With iid zero-mean weights the gradient at each pixel is a sum over paths whose variance map
+    is the uniform-kernel map; the sum over many channels and paths is close to Gaussian, so E|g|
+    is proportional to the square root of that map: sqrt(uniform map), normalised. None unless the point is a linear random-weight plain net measured
+    with signal abs.
+
+    Args:
+        settings: a point's settings.
+
+    Returns:
+        Sigma per axis, or None.
+    """
+    chain = _plain_layers(settings)
+    if chain is None:
+        return None
+    layers, a = chain
+    meas = settings["measure"]
+    if (meas["init"] in ("constant", "model") or str(a["activation"]).lower() not in ("linear", "none")
+            or a["bias"] or meas["signal"] != "abs" or meas["preset"]):
+        return None
+    return tuple(float(v) for v in linear_erf(layers, signal="abs").sigma)

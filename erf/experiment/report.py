@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from erf.experiment.formatting import fmt_ci, fmt, metric_axis, setup_line
+from erf.experiment.formatting import fmt_ci, fmt, metric_axis, setup_line, title_of
 from erf.experiment.records import Record
 from erf.experiment.sweeps import Config, format_value
 
@@ -24,7 +24,7 @@ def markdown(cfg: Config, records: list[Record], analyses: dict, notes: list[str
         The markdown text.
     """
     exp = cfg.settings["experiment"]
-    lines = [f"# {exp['title'] or cfg.name}", ""]
+    lines = [f"# {title_of(cfg)}", ""]
     if exp["description"]:
         lines += [exp["description"].strip(), ""]
     v = env["versions"]
@@ -46,6 +46,8 @@ def markdown(cfg: Config, records: list[Record], analyses: dict, notes: list[str
     lines += ["- Definitions: σ = moment standard deviation of the ERF map per axis; ERF size = 2σ; "
               "ERF/TRF = 2σ / TRF; the TRF is the exact theoretical receptive field of the centre unit.", ""]
     lines += ["## What the numbers show", ""] + [f"- {n}" for n in notes] + [""]
+    if cfg.settings["report"]["changes"].strip():
+        lines += ["## Changes from the previous version", "", cfg.settings["report"]["changes"].strip(), ""]
     if figures:
         lines += ["## Figures", ""]
         for f in figures:
@@ -53,13 +55,18 @@ def markdown(cfg: Config, records: list[Record], analyses: dict, notes: list[str
     lines += ["## Key numbers", "", *_table(cfg, records), ""]
     exact = [t for t in analyses["theory"] if t["axis"] == "x"]
     if exact:
-        lines += ["## Measured σ against the exact linear theory", "",
-                  "| point | measured σx [95% CI] | theory σx (uniform kernels) | measured / theory | theory exact here |",
-                  "|---|---|---|---|---|"]
+        lines += ["## Measured σ against the exact linear theories", "",
+                  "Uniform kernels: the exact map of constant 1/fan_in weights (linear). Mean |grad|: the exact "
+                  "expected |grad| map of random zero-mean linear weights, the square root of the uniform-kernel map "
+                  "(normalised); it applies to the random linear rows only.", "",
+                  "| point | measured σx [95% CI] | σx uniform kernels | measured / uniform | σx mean-abs theory | "
+                  "measured / mean-abs | exact here |", "|---|---|---|---|---|---|---|"]
         for t in exact:
+            ab = t["theory_abs_sigma"]
             lines.append(f"| {t['label']} | {fmt(t['measured_sigma'], 4)}{fmt_ci(t['interval'])} | "
                          f"{fmt(t['theory_sigma'], 4)} | {fmt(t['measured_sigma'] / t['theory_sigma'], 4)} | "
-                         f"{'yes' if t['exact'] else 'no'} |")
+                         f"{fmt(ab, 4)} | {fmt(None if ab is None else t['measured_sigma'] / ab, 4)} | "
+                         f"{'uniform' if t['exact'] else 'mean-abs' if ab else 'no'} |")
         lines.append("")
     lines += ["Files: `summary.json` (settings, versions, every metric with its interval), `sweep.csv` (one row "
               "per map), " + ("`maps.npz` (every map, not committed), " if cfg.settings["report"]["save_maps"] else "")
@@ -70,9 +77,16 @@ def markdown(cfg: Config, records: list[Record], analyses: dict, notes: list[str
 
 def _interval_text(records: list[Record]) -> str:
     m = records[0].point.settings["measure"]
+    nets = max(r.networks.count if r.networks is not None else 1 for r in records)
     draws = any(r.point.settings["measure"]["weight_draws"] > 1 for r in records)
-    over = "whole weight draws (input-sample groups where there is one draw)" if draws else "groups of input samples"
-    return f"{m['level']:.0%} bootstrap ({m['n_boot']} replicates) over {over}"
+    if nets > 1:
+        over = (f"hierarchical, over the {nets} independently seeded networks of each map, then the input-sample "
+                "groups within each network; paired between the training states of a network")
+    elif draws:
+        over = "whole weight draws (each draw an independent network; input-sample groups where there is one draw)"
+    else:
+        over = "groups of input samples of ONE network (no interval over networks: comparisons get no verdict)"
+    return f"{m['level']:.0%} expanded-percentile bootstrap ({m['n_boot']} replicates), {over}"
 
 
 def _args(args: dict) -> str:
@@ -82,12 +96,16 @@ def _args(args: dict) -> str:
 def _table(cfg: Config, records: list[Record]) -> list[str]:
     metrics = cfg.settings["report"]["metrics"]
     shown = [m for m in metrics if metric_axis(m) != "y"] or metrics
-    head = ["map", "TRF"] + shown
+    refs = any(r.reference is not None for r in records)
+    head = ["map", "TRF", "networks"] + shown + (["uniform-map reference (visible TRF)"] if refs else [])
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
-        trf = "–" if r.trf is None else "x".join(map(str, r.trf))
+        trf = "–" if r.trf is None else "x".join(map(str, r.trf)) + (" (cut by the image)" if r.clipped else "")
         vals = [f"{fmt(r.metrics.get(m))}{fmt_ci(r.interval(m))}" for m in shown]
-        out.append("| " + " | ".join([r.label, trf] + vals) + " |")
+        if refs:
+            vals.append("–" if r.reference is None else ", ".join(
+                f"{m} {fmt(r.reference[m])}" for m in shown if m in r.reference and "trf" not in m))
+        out.append("| " + " | ".join([r.label, trf, str(r.network_count)] + vals) + " |")
     if len(shown) < len(metrics):
         out += ["", "The y-axis metrics are in `sweep.csv` and `summary.json`."]
     return out

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from erf import stats
+from erf.experiment.formatting import title_of
 from erf.experiment.records import Record
 from erf.experiment.sweeps import Config, format_value
 from erf.io import save_npz, to_json
@@ -107,7 +108,11 @@ def record_dict(r: Record) -> dict:
          "theory": None if r.theory_sigma is None else {
              "sigma": dict(zip(axes, r.theory_sigma)), "erf_size": {a: 2 * s for a, s in zip(axes, r.theory_sigma)},
              "exact": r.theory_exact},
-         "summary": r.summary, "notes": r.notes}
+         "summary": r.summary, "notes": r.notes, "networks": r.network_count,
+         "network_metrics": r.network_metrics, "diagnostics": r.diagnostics,
+         "trf_center": None if r.trf_center is None else list(r.trf_center),
+         "uniform_reference": r.reference,
+         "abs_theory": None if r.theory_abs_sigma is None else {"sigma": dict(zip(axes, r.theory_abs_sigma))}}
     if r.train is not None:
         d["train"] = r.train
     return to_json(d)
@@ -144,7 +149,7 @@ def summary_dict(cfg: Config, records: list[Record], env: dict, seconds: float, 
     """
     exp = cfg.settings["experiment"]
     return {
-        "experiment": cfg.name, "title": exp["title"] or cfg.name, "description": exp["description"],
+        "experiment": cfg.name, "title": title_of(cfg), "description": exp["description"],
         "quick": cfg.quick, "seed": exp["seed"], "device": env["device"], "device_name": env["device_name"],
         "versions": env["versions"], "platform": env["platform"], "seconds": seconds,
         "config": cfg.to_dict(), "metrics": cfg.settings["report"]["metrics"], "analyses": analyses,

@@ -1,0 +1,279 @@
+"""What the numbers show: one plain-language statement per finding, each with its numbers.
+
+Every comparison carries an interval over networks (hierarchical bootstrap: networks, then the
+inputs within them) or says that it rests on one network and draws no verdict. Clipped and
+global TRFs are compared with a uniform map over the visible region, never called "smaller"
+without it; exact theories (the uniform-kernel chain and the mean |grad| of random linear nets)
+are compared as predictions, not as deviations from the deep-limit √n; shape is described by
+the marginal excess kurtosis, not by the R² of a Gaussian fit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from erf.experiment.formatting import fmt, fmt_ci, metric_axis
+from erf.experiment.records import Record
+from erf.experiment.replicates import percentile_interval
+from erf.experiment.sweeps import Config, show_value
+
+DOMINANT_SHARE = 0.2  # one input sample holding more of the mass than this is reported
+
+
+def findings(cfg: Config, records: list[Record], analyses: dict) -> list[str]:
+    """Plain-language statements of what the numbers show (each with its numbers).
+
+    Args:
+        cfg: the experiment.
+        records: the measured records.
+        analyses: ``analysis.analyse(cfg, records)``.
+
+    Returns:
+        One sentence (or a few) per finding.
+    """
+    out = _theory_findings(analyses["theory"])
+    for fa in analyses["figures"]:
+        if fa["kind"] == "growth":
+            out += _growth_findings(fa)
+        elif fa["kind"] == "bars":
+            out += _bar_findings(fa)
+        elif fa["kind"] == "training":
+            out += _training_findings(fa)
+    out += _network_findings(records)
+    out += _tail_findings(records)
+    out += _shape_findings(records)
+    out += _border_findings(records)
+    return out
+
+
+def _theory_findings(theory: list[dict]) -> list[str]:
+    out = []
+    exact = [t for t in theory if t["exact"] and t["axis"] == "x"]
+    if exact:
+        worst = max(exact, key=lambda t: abs(t["relative_difference"] or 0))
+        out.append(f"Uniform (constant 1/fan_in) weights, linear: the measured σ equals the exact uniform-kernel "
+                   f"prediction at all {len(exact)} points; largest relative difference "
+                   f"{abs(worst['relative_difference']):.1e} ({worst['label']}: measured "
+                   f"{fmt(worst['measured_sigma'], 4)} px vs exact {fmt(worst['theory_sigma'], 4)} px).")
+    ab = [t for t in theory if t["axis"] == "x" and t["theory_abs_sigma"] and t["measured_sigma"]]
+    if ab:
+        inside = [t for t in ab if t["interval"] and t["interval"][0] <= t["theory_abs_sigma"] <= t["interval"][1]]
+        worst = max(ab, key=lambda t: abs(t["abs_relative_difference"]))
+        out.append(f"Random zero-mean weights, linear: the exact mean-|grad| prediction (the square root of the "
+                   f"uniform-kernel map, normalised) gives σ within {abs(worst['abs_relative_difference']):.1%} of "
+                   f"the measurement at all {len(ab)} points (largest at {worst['label']}: measured "
+                   f"{fmt(worst['measured_sigma'], 4)}{fmt_ci(worst['interval'])} px over {worst['networks']} weight "
+                   f"draws vs {fmt(worst['theory_abs_sigma'], 4)} px); the prediction lies inside the interval at "
+                   f"{len(inside)} of {len(ab)}.")
+    rand = [t for t in theory if not t["exact"] and not t["theory_abs_sigma"] and t["axis"] == "x"
+            and t["measured_sigma"]]
+    if rand:
+        parts = [f"{t['label']} {fmt(t['measured_sigma'] / t['theory_sigma'])}"
+                 + (fmt_ci(tuple(v / t['theory_sigma'] for v in t['interval'])) if t['interval'] else "")
+                 for t in rand]
+        out.append("Random weights with a non-linearity (no exact theory): measured σ as a multiple of the "
+                   "uniform-kernel σ [95% interval over weight draws]: " + "; ".join(parts) + ".")
+    return out
+
+
+def _verdict(ci, target: float, word_in: str, word_out: str) -> str:
+    if ci is None or ci[0] is None:
+        return ""
+    return word_in if ci[0] - 1e-9 <= target <= ci[1] + 1e-9 else word_out
+
+
+def _growth_findings(fa) -> list[str]:
+    out = []
+    m = fa["metric"]
+    x = show_value(fa["x_key"], "")[:-1]
+    for s in fa["series"]:
+        f = s["fit"]
+        if f is None:
+            continue
+        b, ci = f["exponent"], f["exponent_ci"]
+        ci_txt = (f"95% CI [{fmt(ci[0])}, {fmt(ci[1])}] over {f['units']} weight draws/networks"
+                  if ci[0] is not None else "one network: no interval")
+        line = f"{s['series']}: {m} grows as {x}^{fmt(b)} ({ci_txt}) from {fmt(s['y'][0])} to {fmt(s['y'][-1])} px"
+        if s["exact"] and s["theory_exponent"] is not None:
+            line += f"; the exact uniform-kernel chain gives {x}^{fmt(s['theory_exponent'], 4)} over the same range"
+        elif s["abs_theory_exponent"] is not None:
+            t = s["abs_theory_exponent"]
+            line += (f"; the exact mean-|grad| theory of random linear nets predicts {x}^{fmt(t, 4)} over the same "
+                     "range" + _verdict(ci, t, " (inside the interval)", " (outside the interval)"))
+        elif s["theory_exponent"] is not None:
+            line += (f"; for reference the uniform-kernel chain gives {fmt(s['theory_exponent'], 4)} over this range "
+                     "(no exact theory for this non-linear case; √n is only the deep limit)")
+        rf = s["ratio_fit"]
+        if rf is not None:
+            line += f"; ERF/TRF goes from {fmt(s['ratio'][0])} to {fmt(s['ratio'][-1])} (∝ {x}^{fmt(rf['exponent'])})"
+        out.append(line + ".")
+    if fa.get("theory_ratio_exponent") is not None:
+        out.append(f"ERF/TRF of the exact uniform-kernel chain falls as {x}^{fmt(fa['theory_ratio_exponent'])} over "
+                   "these depths (not −0.5: the TRF is 2n+1, not 2n).")
+    return out
+
+
+def _ref_text(row) -> str:
+    ref = row.get("reference")
+    if not ref:
+        return ""
+    return f" (a uniform map over the visible TRF gives {fmt(ref)}: {fmt(row['value'] / ref)} of it)"
+
+
+def _bar_findings(fa) -> list[str]:
+    out = []
+    m = fa["metric"]
+    for row in fa["rows"]:
+        if row.get("ratio") is None:
+            continue
+        where = f" ({row['series']})" if row["series"] else ""
+        head = (f"{row['category']}{where}: {m} = {fmt(row['value'])}{fmt_ci(row['interval'])}{_ref_text(row)}, "
+                f"{fmt(row['ratio'])}× {row['baseline']}")
+        if row.get("exact"):
+            out.append(head + " — exact: deterministic uniform weights, both maps equal the exact theory.")
+            continue
+        if row["one_network"]:
+            out.append(head + " — one network per arm: the interval would cover the probe inputs only, so no "
+                       "verdict is drawn.")
+            continue
+        ci = row["ratio_interval"]
+        design = "paired" if row["paired"] else "independent"
+        bounded = row.get("reference") is not None
+        sig = ""
+        if ci is not None and not bounded:
+            sig = (" — larger (the interval excludes 1)" if ci[0] > 1 else " — smaller (the interval excludes 1)"
+                   if ci[1] < 1 else " — no difference distinguishable over these networks")
+        elif bounded:
+            sig = " — the TRF is cut by the image here, so the ratio compares image-bounded maps"
+        out.append(f"{head} (95% CI{fmt_ci(ci) or ' –'} over {row['networks']} {design} networks per arm){sig}.")
+    return out
+
+
+def _training_findings(fa) -> list[str]:
+    out = []
+    m = fa["metric"]
+    for row in fa["rows"]:
+        c = row["changes"].get(m)
+        if c is None:
+            continue
+        pct = (c["ratio"] - 1) * 100
+        head = (f"{row['label']}: {m} from {fmt(c['init'])}{fmt_ci(c['init_interval'])} at init to "
+                f"{fmt(c['final'])}{fmt_ci(c['final_interval'])} after training, {pct:+.0f}%")
+        note = _train_note(row.get("train"))
+        if row.get("learned") is False:
+            out.append(f"{head}.{note} The network did not learn the task here, so this change is not a training "
+                       "effect and no conclusion about training is drawn.")
+            continue
+        if row["networks"] < 2:
+            out.append(f"{head} — one network: no interval over networks, no verdict.{note}")
+            continue
+        ci = c["ratio_interval"]
+        sig = ""
+        if ci is not None:
+            sig = (" — an increase (the interval excludes 1)" if ci[0] > 1 else
+                   " — a decrease (the interval excludes 1)" if ci[1] < 1 else
+                   " — no change distinguishable over these networks")
+        others = [f"{name} {(v['ratio'] - 1) * 100:+.0f}%{fmt_ci(_pct(v['ratio_interval']))}"
+                  for name, v in row["changes"].items()
+                  if name != m and metric_axis(name) != "y" and not name.startswith("kurtosis")]
+        out.append(f"{head} (ratio {fmt(c['ratio'])}, 95% CI{fmt_ci(ci) or ' –'}, paired over {row['networks']} "
+                   f"networks: each measured before and after its own training){sig}."
+                   + (f" Other metrics (paired 95% CI in %): {', '.join(others)}." if others else "") + note)
+    return out
+
+
+def _pct(ci):
+    return None if ci is None else tuple((v - 1) * 100 for v in ci)
+
+
+def _train_note(info) -> str:
+    """' Held-out accuracy 0.25 → 0.91 (mean over networks).' from a record's training info."""
+    infos = (info or {}).get("networks") or ([info] if info else [])
+    pairs = [(i["eval"][0], i["eval"][-1]) for i in infos if len(i.get("eval") or []) >= 2]
+    if not pairs:
+        return ""
+    if all(a.get("accuracy") is not None and b.get("accuracy") is not None for a, b in pairs):
+        a = [p[0]["accuracy"] for p in pairs]
+        b = [p[1]["accuracy"] for p in pairs]
+        rng = f" (range {fmt(min(b))}–{fmt(max(b))})" if len(b) > 1 else ""
+        return (f" Held-out accuracy {fmt(float(np.mean(a)))} → {fmt(float(np.mean(b)))}{rng}"
+                + (f", mean of {len(pairs)} networks." if len(pairs) > 1 else "."))
+    a = [p[0]["loss"] for p in pairs]
+    b = [p[1]["loss"] for p in pairs]
+    return f" Held-out loss {fmt(float(np.mean(a)))} → {fmt(float(np.mean(b)))}."
+
+
+def _network_findings(records: list[Record]) -> list[str]:
+    rows = [r for r in records if len(r.network_metrics) > 1]
+    if not rows:
+        return []
+    name = next((m for m in ("erf_size_x", "sigma_x") if m in rows[0].metrics), None)
+    if name is None:
+        return []
+    parts = []
+    for r in rows:
+        vals = [n[name] for n in r.network_metrics if n.get(name) is not None]
+        if vals:
+            parts.append(f"{r.label} {fmt(min(vals))}–{fmt(max(vals))}")
+    out = [f"Between independently seeded networks of the same arm, {name} ranges: " + "; ".join(parts)
+           + ". These ranges, not the input sampling, set the width of the intervals above."]
+    dom = [r for r in rows if r.diagnostics.get("max_network_share", 0) > max(0.5, 2.0 / r.networks.count)]
+    if dom:
+        out.append("One network dominates the summed gradient mass at " + "; ".join(
+            f"{r.label} ({r.diagnostics['max_network_share']:.0%} of {r.networks.count})" for r in dom)
+            + ": see the per-network maps.")
+    return out
+
+
+def _tail_findings(records: list[Record]) -> list[str]:
+    rows = [r for r in records if (r.diagnostics.get("max_sample_share") or 0)
+            > max(DOMINANT_SHARE, 4.0 / (r.diagnostics.get("samples_weighed") or 1))]  # 4x an equal share
+    if not rows:
+        return []
+    return ["Heavy tails: one input sample holds more than "
+            f"{DOMINANT_SHARE:.0%} of a network's gradient mass at " + "; ".join(
+                f"{r.label} ({r.diagnostics['max_sample_share']:.0%}, effective sample size "
+                f"{fmt(r.diagnostics.get('ess'))})" for r in rows) + "."]
+
+
+def _shape_findings(records: list[Record]) -> list[str]:
+    rows = [(r.metrics["kurtosis_x"], r.interval("kurtosis_x"), r) for r in records
+            if np.isfinite(r.metrics.get("kurtosis_x", np.nan))]
+    if not rows:
+        return []
+    rows.sort(key=lambda t: t[0])
+    shown = rows if len(rows) <= 6 else [rows[0], rows[len(rows) // 2], rows[-1]]
+    return ["Shape (marginal excess kurtosis along x: Gaussian 0, flat box −1.2, peaked or heavy-tailed > 0; "
+            "95% interval over networks/draws): " + "; ".join(f"{r.label} {fmt(k)}{fmt_ci(ci)}" for k, ci, r in shown)
+            + ". The R² of a 2-D Gaussian fit is kept in summary.json as a fit diagnostic only."
+            + _zero_text(records)]
+
+
+def _zero_text(records: list[Record]) -> str:
+    z = [(r.diagnostics["zero_grad_fraction"], r.label) for r in records
+         if r.diagnostics.get("zero_grad_fraction") is not None]
+    if not z or max(v for v, _ in z) <= 0:
+        return ""
+    lo, hi = min(z), max(z)
+    return (f" Per sample, the fraction of pixels inside the TRF with exactly zero gradient (ReLU sparsity, the "
+            f"largest over networks) goes from {lo[0]:.2f} ({lo[1]}) to {hi[0]:.2f} ({hi[1]}).")
+
+
+def _border_findings(records: list[Record]) -> list[str]:
+    rows = []
+    for r in records:
+        if r.reference is None:
+            continue
+        name = next((m for m in ("mass_radius_0.9", "sigma_x") if m in r.metrics and m in r.reference), None)
+        if name is None or not r.reference[name]:
+            continue
+        ref = r.reference[name]
+        ci = percentile_interval(r.boot[name] / ref, r.point.settings["measure"]["level"], r.units) \
+            if name in r.boot else None
+        rows.append(f"{r.label}: {name} {fmt(r.metrics[name])} px = {fmt(r.metrics[name] / ref)}{fmt_ci(ci)} of "
+                    f"the uniform map's {fmt(ref)} px")
+    if not rows:
+        return []
+    return [f"The TRF is cut by the image (or is the whole image) at {len(rows)} of {len(records)} maps: there the "
+            "metrics are bounded by the image, so each is given as a fraction of the same metric for a uniform map "
+            "over the visible part of the TRF (1 = no concentration at all): " + "; ".join(rows) + "."]
