@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def _interrupt_after(monkeypatch, n: int):
     def stops(*a, **k):
         calls.append(1)
         if len(calls) == n + 1:
-            raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)  # a real Ctrl-C (the CLI tells it from code raising)
         return real(*a, **k)
 
     monkeypatch.setattr(runner, "measure_point", stops)
@@ -225,7 +226,7 @@ def test_a_kill_during_the_final_renames_loses_nothing_and_leaves_nothing(tmp_pa
         def f(*a, **k):
             calls.append(1)
             if len(calls) == nth:
-                raise KeyboardInterrupt
+                signal.raise_signal(signal.SIGINT)  # a real Ctrl-C (the CLI tells it from code raising)
             return real(*a, **k)
         return f
 

@@ -99,7 +99,7 @@ def test_interrupted_run_keeps_its_saves_and_resumes(tmp_path, monkeypatch, caps
     def boom(*args, **kw):
         calls.append(1)
         if len(calls) == 3:
-            raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)  # a real Ctrl-C (the CLI tells it from code raising)
         return real(*args, **kw)
 
     monkeypatch.setattr(runner, "measure_point", boom)
@@ -231,7 +231,7 @@ def test_training_point_resumes_from_its_last_measured_step(tmp_path, monkeypatc
 
     def dies_at_step_8(cfg, point, model, device, state, step, run, saved=False):
         if step == 8 and not saved:
-            raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)  # a real Ctrl-C (the CLI tells it from code raising)
         measured.append((step, saved))
         return real(cfg, point, model, device, state, step, run, saved)
 
