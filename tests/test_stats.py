@@ -286,6 +286,7 @@ def test_standard_error_map_weighted():
         S.standard_error_map(sums[:1], counts[:1])
 
 
+@pytest.mark.slow
 def test_bootstrap_ci_covers_and_shrinks():
     rng = np.random.default_rng(123)
     covered, widths = 0, {12: [], 48: []}

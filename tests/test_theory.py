@@ -26,6 +26,7 @@ def test_abs_theory_exponent_and_square_theory_sigma():
         erf.linear_erf(chain(2), signal="positive")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal", ["abs", "square"])
 def test_theory_matches_a_measured_random_linear_net(signal):
     depth = 6

@@ -166,6 +166,7 @@ def test_make_task_errors():
 # --------------------------------------------------------------------------- the context task needs context
 
 
+@pytest.mark.slow
 def test_context_task_needs_a_large_receptive_field():
     """A 3x3-RF net with global pooling stays at chance; small_cnn (RF 17) learns the task."""
     task = make_task("context", 32, channels=1, seed=0)

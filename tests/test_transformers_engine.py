@@ -80,6 +80,7 @@ def _measure(model, layer, xs, **kw):
     return erf.measure(model, 16, layer=layer, inputs=xs, samples=len(xs), dtype="float64", **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prefix", [0, 1, 2])
 def test_token_map_equals_direct_autograd_and_skips_traced_prefix_tokens(prefix):
     torch.manual_seed(prefix)
@@ -158,6 +159,7 @@ def test_user_prefix_tokens_are_checked_against_the_trace():
             _target(model, "blocks.1", prefix_tokens=bad)
 
 
+@pytest.mark.slow
 def test_measure_takes_prefix_tokens():
     torch.manual_seed(1)
     model, xs = HandViT(1, attr=None, untraceable=True), _inputs()
@@ -210,6 +212,7 @@ def test_untraced_layouts_are_read_from_the_output_shape():
     assert token_grid(8, (16, 32)) == (2, 4) and token_grid(8, (16, 16)) is None
 
 
+@pytest.mark.slow
 def test_windowed_attention_rf_equals_the_gradient_support():
     torch.manual_seed(0)
     model = erf.create_model("swin", patch_size=2, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4)
