@@ -216,7 +216,6 @@ FINAL_STEPS = [("marker", 1), ("rename", 1), ("rename", 2), ("rename", 3), ("rmt
 @pytest.mark.slow
 @pytest.mark.parametrize("step,nth,then", [(*s, "--resume") for s in FINAL_STEPS]
                          + [("rename", 2, "plain"), ("rename", 3, "plain"), ("marker", 1, "plain")])
-@pytest.mark.slow
 def test_a_kill_during_the_final_renames_loses_nothing_and_leaves_nothing(tmp_path, monkeypatch, capsys, step,
                                                                            nth, then):
     cfg, out = _run_twice(tmp_path)
