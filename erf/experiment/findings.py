@@ -255,8 +255,8 @@ def _zero_text(records: list[Record]) -> str:
     if not z or max(v for v, _ in z) <= 0:
         return ""
     lo, hi = min(z), max(z)
-    return (f" Per sample, the fraction of pixels inside the TRF with exactly zero gradient (ReLU sparsity, the "
-            f"largest over networks) goes from {lo[0]:.2f} ({lo[1]}) to {hi[0]:.2f} ({hi[1]}).")
+    return (f" Per sample, the fraction of pixels inside the TRF with exactly zero gradient (taps a dilated or "
+            f"strided net cannot reach, or ReLU gating; the largest over networks) goes from {lo[0]:.2f} ({lo[1]}) to {hi[0]:.2f} ({hi[1]}).")
 
 
 def _border_findings(records: list[Record]) -> list[str]:
