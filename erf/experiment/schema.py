@@ -144,7 +144,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "name": Key(None, _str(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (limits.MAX_NAME - 1),
                                 f"a folder name (letters, digits, _ . -; at most {limits.MAX_NAME} characters)"), "str",
                     "results go to results/<name>/", required=True),
-        "title": Key("", _str(), "str", "title of the report (default: the name)"),
+        "title": Key("", _str(), "str", "title of the report (default: the name); {model.args.width}-style "
+                     "placeholders are filled from the settings actually run"),
         "description": Key("", _str(), "str", "what the experiment shows; printed at the top of report.md"),
         "quick_note": Key("", _str(), "str", "what --quick changes beyond sizes and samples (e.g. random weights, "
                           "generated images): the first line of a --quick report says it"),
@@ -155,6 +156,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "deterministic": Key(False, _bool, "bool",
                              "deterministic CUDA kernels, bit-for-bit repeatable GPU runs (CLI --deterministic); "
                              "CPU runs always are"),
+        "common_seeds": Key(False, _bool, "bool",
+                            "network k of every sweep point gets the same seed (paired arms); default: independent "
+                            "seeds per point"),
         "save_every": Key(60.0, _float(0), "float",
                           "seconds between saves of a running measurement, for erf run --resume (0 = every batch)"),
     },
@@ -166,6 +170,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "checkpoint": Key("", _str(), "str", "state_dict file to load (\"\" = none); relative to the working directory"),
         "pretrained": Key(False, _bool, "bool", "timm:NAME / torchvision:NAME: load the library's trained weights, "
                           "fetched into its own cache (CLI --pretrained); offline, use checkpoint instead"),
+        "networks": Key(1, _int(1, limits.MAX_WEIGHT_DRAWS), "int",
+                        "independently seeded networks per sweep point (each built, trained and measured; intervals "
+                        "resample networks, then inputs within them)"),
+        "normalize_networks": Key(False, _bool, "bool",
+                                  "divide each network's map by its total before averaging over networks"),
     },
     "inputs": {
         "kind": Key("gaussian", _choice("gaussian", "uniform", "constant", "images", "generated"), "str",
@@ -198,6 +207,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "normalize_draws": Key(False, _bool, "bool",
                                "divide each weight draw's map by its total before averaging, so every network counts "
                                "the same (deep nets' gradient scales differ by orders of magnitude between draws)"),
+        "bn": Key("auto", _choice("auto", "calibrate", "as_is"), "str",
+                  "BatchNorm running statistics: auto (re-estimated on the probe inputs when every BatchNorm layer "
+                  "is fresh, i.e. at init; trained ones kept), calibrate (always re-estimated) or as_is"),
+        "normalize_samples": Key(False, _bool, "bool",
+                                 "divide each input sample's map by its total before averaging, so a few exploding "
+                                 "inputs cannot paint the map (needs a non-negative signal)"),
         "signal": Key("abs", _choice(*SIGNALS), "str",
                       "what is averaged over samples: abs(grad) (abs), grad (signed), grad^2 (square), max(grad, 0) (positive)"),
         "preset": Key("", _choice("", *PRESETS), "str", "an ERF definition of erf.stats.PRESETS (luo, replknet, openerf; \"\" = none); overrides signal"),
@@ -210,7 +225,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "std": Key([], _floats, "list[float]", "image inputs: per-channel std ([] = the model's preprocessing, "
                    "else ImageNet's)"),
         "level": Key(0.95, _float(0, 1, True, True), "float", "confidence level of every interval"),
-        "n_boot": Key(200, _int(20, limits.MAX_BOOT), "int", "bootstrap replicates per interval"),
+        "n_boot": Key(2000, _int(20, limits.MAX_BOOT), "int", "bootstrap replicates per interval"),
     },
     "train": {
         "enabled": Key(False, _bool, "bool", "train each model before (and while) measuring"),
@@ -232,6 +247,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                         "mass_radius_0.9"], _strs, "list[str]",
                        "metrics of every point, each with its interval (names of erf.stats.scalar_metrics)"),
         "save_maps": Key(True, _bool, "bool", "write maps.npz (every mean map and its standard-error map)"),
+        "changes": Key("", _str(), "str", "what changed from the previous shipped version of the results and why "
+                       "(printed in report.md)"),
     },
 }
 
@@ -266,7 +283,7 @@ AXIS_RE = r"[A-Za-z_][A-Za-z0-9_]*"  # a variant axis name
 SECTIONS = ("experiment", "model", "inputs", "measure", "train", "report", "sweep", "figures", "quick")
 
 # --quick: these caps first, then the config's [quick] table.
-QUICK_CAPS = {"measure.samples": 32, "measure.weight_draws": 4, "measure.n_boot": 100, "measure.max_samples": 64,
+QUICK_CAPS = {"measure.samples": 32, "measure.weight_draws": 4, "measure.n_boot": 200, "measure.max_samples": 64,
               "train.steps": 30}
 
 
