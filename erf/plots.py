@@ -86,8 +86,12 @@ def _trf_from_box(trf_box, trf):
     return tuple((b[:, 1] - b[:, 0] + 1).tolist())
 
 
-def _draw_trf_box(ax, trf_box, shape, label=True):
-    """Draw the TRF box clipped to the map; edges cut by the image are dashed. Returns the patch."""
+def _draw_trf_box(ax, trf_box, shape, label=True, trf=None):
+    """Draw the TRF box clipped to the map; edges cut by the image are dashed. Returns the patch.
+
+    ``trf``: the unit's full TRF size per axis; when the box given is smaller (already clipped),
+    the label names both (a 427 px TRF is never called "TRF 224x224").
+    """
     (t, b), (l, r) = np.asarray(trf_box, dtype=float)
     h, w = shape
     ct, cb, cl, cr = max(t, 0), min(b, h - 1), max(l, 0), min(r, w - 1)
@@ -97,6 +101,8 @@ def _draw_trf_box(ax, trf_box, shape, label=True):
     clipped = {"top": t < 0, "bottom": b > h - 1, "left": l < 0, "right": r > w - 1}
     size = f"{int(b - t + 1)}×{int(r - l + 1)}"
     text = f"TRF {size}" + (" (dashed: clipped by image)" if any(clipped.values()) else "")
+    if trf is not None and len(trf) == 2 and (int(b - t + 1), int(r - l + 1)) != tuple(int(v) for v in trf):
+        text = f"TRF {int(trf[0])}×{int(trf[1])} (clipped to {size} by the image)"
     rect = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=TRF_COLOR, linewidth=1.6,
                      label=text if label else None, gid="trf_box")
     ax.add_patch(rect)
@@ -141,10 +147,10 @@ def _stats_line(m, trf, erf_label=False):
     return line
 
 
-def _heatmap(ax, m, norm, cmap, trf_box, title):
+def _heatmap(ax, m, norm, cmap, trf_box, title, trf=None):
     im = ax.imshow(m, cmap=_cmap(cmap), norm=norm, interpolation="nearest", origin="upper")
     if trf_box is not None:
-        _draw_trf_box(ax, trf_box, m.shape)
+        _draw_trf_box(ax, trf_box, m.shape, trf=trf)
     ax.set_xlabel("x (input pixel)")
     ax.set_ylabel("y (input pixel)")
     ax.set_xlim(-0.5, m.shape[1] - 0.5)
@@ -158,8 +164,12 @@ def plot_erf(m: ArrayLike, *, trf_box: ArrayLike | None = None, trf: float | Seq
              fit: S.GaussianFit | dict | bool | None = None, profiles: bool | Axes = True, scale: str = "linear",
              title: str | None = None, path: str | Path | None = None, ax: Axes | None = None,
              vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis",
-             cbar_label: str = "ERF (mean |∂unit/∂input|)", dpi: float = DPI) -> Figure:
+             cbar_label: str = "ERF (mean |∂unit/∂input|)", dpi: float = DPI,
+             trf_center: Sequence[float] | None = None) -> Figure:
     """Heatmap of one ERF map with TRF box, Gaussian-fit ellipses and centre profiles.
+
+    ``trf_center`` (array axis order, input pixels) places the red marker at the unit's TRF
+    centre (``ERFResult.trf_center``); without it the marker is the centre pixel ``n // 2``.
 
     ``fit``: a ``GaussianFit`` (or its dict); ``None`` fits one here; ``False`` draws no
     ellipses.  ``trf`` defaults to the box's size and gives the ERF/TRF ratio in the
@@ -206,9 +216,14 @@ def plot_erf(m: ArrayLike, *, trf_box: ArrayLike | None = None, trf: float | Seq
             ax = fig.add_subplot()
     fig = ax.figure
     norm = _norm(scale, vmin, vmax, float(a.min()) if scale == "linear" else _positive_min(a), float(a.max()))
-    im = _heatmap(ax, a, norm, cmap, trf_box, full_title)
-    cu = S.center_unit(a.shape)
-    ax.plot(cu[1], cu[0], marker="+", color="red", markersize=9, linestyle="none", label="centre unit")
+    im = _heatmap(ax, a, norm, cmap, trf_box, full_title,
+                  trf=None if trf is None else tuple(np.broadcast_to(np.asarray(trf), (2,))))
+    if trf_center is not None and len(trf_center) == 2:
+        ax.plot(trf_center[1], trf_center[0], marker="+", color="red", markersize=9, linestyle="none",
+                label="TRF centre")
+    else:
+        cu = S.center_unit(a.shape)
+        ax.plot(cu[1], cu[0], marker="+", color="red", markersize=9, linestyle="none", label="centre pixel")
     if fig_fit is not None:
         _draw_ellipses(ax, fig_fit)
     fig.colorbar(im, ax=ax, label=cbar_label + (" (log)" if scale == "log" else ""), shrink=0.9)

@@ -103,7 +103,8 @@ def measure(model: nn.Module, input_size: Any, options: MeasureOptions | None = 
             settings, window=[[w.start, w.stop] for w in window or ()], group_size=acc.gs, world=ranks.world,
             model=checksum(ctx.model)), opts.save_every)
         loop = Loop(ctx, acc, ctx.record(fast, window), plan,
-                    lambda: make_source(opts.inputs, (ctx.chans, *ctx.size), dev, ctx.dtype, window), saves,
+                    lambda: make_source(opts.inputs, (ctx.chans, *ctx.size), dev, ctx.dtype, window,
+                                        model=ctx.model, mean=opts.mean, std=opts.std, notes=notes), saves,
                     locate=probe.locate)
         bar = progress_bar(opts.progress and ranks.is_main,
                            sum(hi - lo for _, lo, hi in plan) if not opts.tol else opts.most_samples * opts.draws)

@@ -64,6 +64,8 @@ class SampleStats:
             normalize: divide each sample's map by its total (samples of total 0 stay 0).
         """
         self.probe, self.mask, self.normalize = probe, mask, normalize
+        # read once here, not per batch: the batch path must not wait for the device
+        self.inside = None if mask is None else max(1, int(mask.sum()))
         self.raw: list[torch.Tensor] = []
         self.zero_sum: torch.Tensor | float = 0.0
         self.count = 0
@@ -76,7 +78,7 @@ class SampleStats:
         zero = flat == 0
         if self.mask is not None:
             zero = zero & self.mask.reshape(1, -1)
-            inside = max(1, int(self.mask.sum()))
+            inside = self.inside
         else:
             inside = flat.shape[1]
         self.zero_sum = self.zero_sum + zero.sum(1).to(torch.float64).sum() / inside

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import warnings
 import zipfile
@@ -216,9 +215,8 @@ class ERFResult:
 
         fit = self.fit if self.fit is not None and getattr(self.fit, "ok", False) else False
         title = title or f"{self.layer or 'output'} unit {tuple(self.unit)}, {self.samples} samples"
-        kwargs = dict(trf_box=self.trf_box, trf=self.trf, fit=fit, scale=scale, title=title)
-        if "trf_center" in inspect.signature(plot_erf).parameters:  # the marker at the TRF centre
-            kwargs["trf_center"] = self.trf_center
+        kwargs = dict(trf_box=self.trf_box, trf=self.trf, fit=fit, scale=scale, title=title,
+                      trf_center=self.trf_center)
         if path is None:
             return plot_erf(self.post_map, **kwargs)
         holder = {}
