@@ -210,7 +210,7 @@ def test_comparison_configs_replicate_networks_and_say_what_changed():
         cfg = load_config(ROOT / "configs" / f"{name}.toml")
         assert cfg.settings["model"]["networks"] >= 4, name           # several networks per arm by default
         assert not cfg.settings["experiment"]["common_seeds"], name
-        assert "issue 11" in cfg.settings["report"]["changes"], name
+        assert "issue 11" in cfg.settings["report"]["changes"].lower(), name
         assert load_config(ROOT / "configs" / f"{name}.toml", quick=True).settings["model"]["networks"] >= 2, name
 
 
