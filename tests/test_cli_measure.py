@@ -95,6 +95,6 @@ def test_every_measure_option_has_a_flag_or_a_reason_and_every_flag_an_option():
         assert bool(f.metadata["flag"]) != bool(f.metadata["python_only"]), f.name  # a flag, or why not
         if f.metadata["flag"]:
             assert f.metadata["flag"] in flags, f.name
-    not_options = {"--help", "--model-arg", "--checkpoint", "--input", "--json", "--plot", "--log-scale", "--save"}
+    not_options = {"--help", "--model-arg", "--pretrained", "--checkpoint", "--input", "--json", "--plot", "--log-scale", "--save", "--quiet"}
     assert flags - not_options == set(option_flags().values())
     assert set(MeasureOptions.field_names()) == {f.name for f in dataclasses.fields(MeasureOptions)}

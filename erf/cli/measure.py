@@ -60,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="write a heatmap of the ERF")
     p.add_argument("--log-scale", action="store_true", help="log colour scale for --plot")
     p.add_argument("--save", metavar="FILE.npz", help="write the maps, group sums and settings (.npz)")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress (default: a bar on a terminal, a line every 30 s in logs)")
     p.set_defaults(func=run)
 
 
@@ -166,14 +168,15 @@ def run(args: argparse.Namespace) -> int:
         limits.check_input(parse_ints(args.input, "--input"), args.in_channels, "--input", itemsize=itemsize,
                            memory=memory)
     check_registry_model(args.model, model_args, itemsize, memory)
-    model = models.load_model(args.model, model_args, args.checkpoint, seed=args.seed)
+    model = models.load_model(args.model, model_args, args.checkpoint, seed=args.seed, pretrained=args.pretrained)
     init = args.init
     if init == "model" and args.weight_draws:
-        if args.checkpoint:
-            raise ErfError("--weight-draws with --init model rebuilds the model per draw, which drops --checkpoint; "
+        if args.checkpoint or args.pretrained:
+            what = "--checkpoint" if args.checkpoint else "--pretrained"
+            raise ErfError(f"--weight-draws with --init model rebuilds the model per draw, which drops {what}; "
                            "drop one of them")
         init = models.rebuild_init(args.model, model_args)
-    options = options_from_args(args, init=init, progress=sys.stderr.isatty())
+    options = options_from_args(args, init=init, progress=not args.quiet)
     size = input_size(args.input, spatial_ndim(model))
     limits.check_input(size, args.in_channels or infer_in_channels(model), "--input", itemsize=itemsize, memory=memory)
     res = measure(model, size, options)

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         limits.check_input(parse_ints(args.input, "--input"), args.in_channels, "--input", memory=memory,
                            trace_only=True)
     check_registry_model(args.model, model_args, 4, memory)
-    model = models.load_model(args.model, model_args, args.checkpoint)
+    model = models.load_model(args.model, model_args, args.checkpoint, pretrained=args.pretrained)
     size = input_size(args.input, spatial_ndim(model))
     # The trace runs on the meta device (no memory) first; a real pass, needed when that fails, is
     # bounded only where --in-channels was given (a channel count the model does not take makes

@@ -107,13 +107,15 @@ def measure_point(cfg: Config, point: Point, device: str, run: RunFolder,
         seed = network_seed(cfg, point, k)
         kw = {"network": k} if k else {}  # network 0 keeps the short call (and its saved keys)
         if s["train"]["enabled"]:
-            model = load_model(s["model"]["name"], s["model"]["args"], s["model"]["checkpoint"] or None, seed=seed)
+            model = load_model(s["model"]["name"], s["model"]["args"], s["model"]["checkpoint"] or None, seed=seed,
+                               pretrained=s["model"]["pretrained"])
             measured += train_and_measure(cfg, point, model, device, seed, run, done, **kw)
             continue
         if Record.key(point, "", k) in done:
             res = measure_state(cfg, point, None, device, "", None, run, saved=True, **kw)
         else:
-            model = load_model(s["model"]["name"], s["model"]["args"], s["model"]["checkpoint"] or None, seed=seed)
+            model = load_model(s["model"]["name"], s["model"]["args"], s["model"]["checkpoint"] or None, seed=seed,
+                               pretrained=s["model"]["pretrained"])
             res = measure_state(cfg, point, model, device, "", None, run, **kw)
         if res is not None:
             measured.append(("", None, res, None))
