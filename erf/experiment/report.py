@@ -25,6 +25,8 @@ def markdown(cfg: Config, records: list[Record], analyses: dict, notes: list[str
     """
     exp = cfg.settings["experiment"]
     lines = [f"# {title_of(cfg)}", ""]
+    if cfg.quick and exp["quick_note"]:  # the first thing a reader sees: this is not the real experiment
+        lines += [f"**Quick run (`--quick`): {exp['quick_note'].strip()}**", ""]
     if exp["description"]:
         lines += [exp["description"].strip(), ""]
     v = env["versions"]
