@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from erf import stats
 from erf.analytic import infer_in_channels, spatial_size
-from erf.engine.bn import calibrate_bn, wants_calibration
+from erf.engine.bn import CALIBRATION_BATCH, calibrate_bn, wants_calibration
 from erf.engine.diagnostics import MapSource, SampleStats
 from erf.engine.inputs import make_source, sample_key
 from erf.engine.options import MeasureOptions
@@ -83,7 +83,7 @@ class Context:
     def calibrate(self, draw: int) -> None:
         """With ``calibrate_bn``: BatchNorm statistics from draw ``draw``'s first probe inputs (full size)."""
         if self.calibrate_bn:
-            calibrate_bn(self.model, calibration_source(self, draw), max(2, self.batch),
+            calibrate_bn(self.model, calibration_source(self, draw), CALIBRATION_BATCH,
                          TargetRunner(self.model, self.target))
 
 

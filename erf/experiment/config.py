@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import inspect
+import glob
 import os
 import tomllib
 from typing import Any
@@ -93,7 +94,17 @@ def parse_config(raw: dict, path: str = "<config>", *, quick: bool = False, devi
 
     grid, variants = parse_sweep(fail, raw.get("sweep", {}))
     figures = _parse_figures(fail, raw.get("figures", []))
-    _apply_quick(fail, raw.get("quick", {}), settings, grid, quick)
+    quick_table = raw.get("quick", {})
+    quick_sweep = quick_table.get("sweep") if isinstance(quick_table, dict) else None
+    if isinstance(quick_sweep, dict) and "variants" in quick_sweep:  # [[quick.sweep.variants]] replace the variants
+        quick_table = {**quick_table, "sweep": {k: v for k, v in quick_sweep.items() if k != "variants"}}
+        _, quick_variants = parse_sweep(fail, {"grid": raw.get("sweep", {}).get("grid", {}),
+                                               "variants": quick_sweep["variants"]})
+        if quick:
+            variants = quick_variants
+        if not quick_table["sweep"]:
+            del quick_table["sweep"]
+    _apply_quick(fail, quick_table, settings, grid, quick)
     _check_report(fail, settings)
     try:  # counted before the points are made: a grid of 10**8 points is refused at once
         limits.check_grid({**{k: len(v) for k, v in variants.items()}, **{k: len(v) for k, v in grid.items()}}, path)
@@ -225,7 +236,7 @@ def _check_point(fail: Fail, cfg: Config, p: Point) -> None:
     inp, mea, tr = s["inputs"], s["measure"], s["train"]
     if inp["kind"] == "images" and not inp["path"]:
         fail("inputs.path", f"{pre}inputs.kind = 'images' needs a path (a folder or an .npz file)")
-    if inp["path"] and not os.path.exists(inp["path"]):
+    if inp["path"] and not (os.path.exists(inp["path"]) or glob.glob(inp["path"])):  # a path or a glob
         fail("inputs.path", f"{pre}not found: {inp['path']}")
     if tr["enabled"]:
         _check_task(fail, tr["task"], pre)
