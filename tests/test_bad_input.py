@@ -371,6 +371,10 @@ RUN_CASES = [
     (cfg(model={"name": '"kbi_factory.py:make"', "args": None}), C, "KeyboardInterrupt while building the model"),
     (cfg(model={"name": '"exit_forward.py:make"', "args": None}, inputs={"size": "8"}), C,
      "sys.exit(3) while running the model"),
+    # --out that cannot hold a results folder: under /proc, a name too long, below a file
+    (GOOD, [*C, "--out", "/proc/erf_results"], "is under /proc"),
+    (GOOD, [*C, "--out", "r" * 300], "more than this filesystem allows"),
+    (GOOD, [*C, "--out", "bad.toml/sub"], "is a file, not a folder"),
 ]
 if not torch.cuda.is_available():
     RUN_CASES += [(cfg(experiment={"device": '"cuda"'}), C, "experiment.device: 'cuda' was asked for"),

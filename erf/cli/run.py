@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="small samples and sizes (the config's [quick] table): a couple of minutes on a CPU")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="seed (default: the config's)")
-    p.add_argument("--check", action="store_true", help="validate the config and its models, run nothing")
+    p.add_argument("--check", action="store_true", help="validate the config and its models, run nothing (model files are imported: their code runs)")
     p.add_argument("--resume", action="store_true",
                    help="go on from the last save of an interrupted run of this config (same numbers as one run; "
                         "give the same --quick/--out/--seed/--device: the hint after an interruption is the command)")

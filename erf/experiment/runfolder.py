@@ -27,9 +27,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from erf import distributed
+from erf import distributed, limits
 from erf.engine import ERFResult
-from erf.errors import ConfigError
+from erf.errors import ConfigError, ErfError
 from erf.experiment.sweeps import Config
 from erf.io import atomic_write, fsync_dir, fsync_tree, set_aside, to_json, verify, write_checksum
 
@@ -319,8 +319,12 @@ def check_destination(cfg: Config, dest: Path) -> None:
     Raises:
         ConfigError: naming ``--out`` and the reason.
     """
-    if dest.exists() and not dest.is_dir():
+    if os.path.lexists(dest) and not os.path.isdir(dest):  # os.path: False, not an error, for a bad name
         raise ConfigError(f"{cfg.path}: --out: {dest} is a file, not a results folder")
+    try:  # too long, under /proc, below a file, read-only: one line before any work
+        limits.check_output_path("--out", dest, folder=True)
+    except ErfError as exc:
+        raise ConfigError(f"{cfg.path}: {exc}") from None
     if dest.is_dir() and any(dest.iterdir()) and not (dest / "summary.json").is_file():
         raise ConfigError(f"{cfg.path}: --out: {dest} exists and is not an erf results folder (no summary.json); "
                           "choose another folder, it would be replaced")
