@@ -127,7 +127,9 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None and self._tqdm is None:  # an error is the one line that follows: no "done"
+            self.mode = "off"
         self.close()
 
 

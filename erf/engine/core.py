@@ -12,7 +12,6 @@ The steps, each in its own module: ``options`` -> ``context`` (working model, ta
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
@@ -109,7 +108,7 @@ def measure(model: nn.Module, input_size: Any, options: MeasureOptions | None = 
         bar = progress_bar(opts.progress and ranks.is_main,
                            sum(hi - lo for _, lo, hi in plan) if not opts.tol else opts.most_samples * opts.draws)
         t_loop = time.perf_counter()
-        with ctx.amp["tf32"], contextlib.closing(bar):
+        with ctx.amp["tf32"], bar:  # on an error the bar closes without its "done" line
             bs = loop.run(ctx.batch, bar)
         ranks.reduce(acc, math.ceil(opts.draws * opts.per_draw / acc.gs))
         if acc.n == 0:
