@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_engine  # noqa: E402  (experiments/bench_engine.py: the per-image loop and the framework limit)
 import erf  # noqa: E402
 from erf.engine import accumulate, measure  # noqa: E402
+from erf.engine.context import tf32_context  # noqa: E402
 from erf.engine.probe import Probe  # noqa: E402
 
 BUDGET_S = 450.0  # items not started by then are skipped (the whole call stays under 8 minutes)
@@ -111,15 +112,7 @@ def _precision(name: str, dev: torch.device) -> tuple[dict[str, Any], Callable[[
     if name == "bf16":
         return {"autocast": "bf16"}, lambda: torch.autocast(dev.type, dtype=torch.bfloat16)
     if name == "tf32":
-        @contextlib.contextmanager
-        def tf32():
-            old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-            try:
-                yield
-            finally:
-                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-        return ({"autocast": "tf32"} if dev.type == "cuda" else {}), tf32
+        return ({"autocast": "tf32"} if dev.type == "cuda" else {}), tf32_context
     return {}, contextlib.nullcontext
 
 
