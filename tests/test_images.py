@@ -5,6 +5,8 @@ Every image is generated here with Pillow; no file is downloaded.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,9 +17,11 @@ from erf import measure
 from erf.cli import main
 from erf.engine import MeasureOptions
 from erf.engine.images import (IMAGENET_MEAN, IMAGENET_STD, SKIP_NOTE, ImageSource, Preprocessing, find_images,
-                               fit_image, preprocessing_for)
+                               fit_image, generate_images, preprocessing_for)
 from erf.engine.inputs import make_source
 from erf.errors import ErfError
+from erf.experiment import load_config
+from erf.experiment.runfolder import resume_command
 
 CPU = torch.device("cpu")
 PLAIN = Preprocessing((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -207,3 +211,17 @@ def test_mean_and_std_flags(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["measure", "small_cnn", "--mean", "0.5,x"])
     assert exc.value.code == 2 and "--mean takes numbers separated by commas" in capsys.readouterr().err
+
+
+def test_erf_run_inputs_points_every_point_at_the_images(tmp_path, capsys):
+    folder = generate_images(6, 32, seed=1, folder=tmp_path / "imgs")
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "pretrained_cnn_vs_vit.toml", quick=True, inputs=str(folder))
+    assert all(p.settings["inputs"]["kind"] == "images" and p.settings["inputs"]["path"] == str(folder)
+               for p in cfg.points)  # after [quick]: the user's images win over the generated stand-ins
+    assert f"--inputs {folder}" in resume_command(cfg, tmp_path / "out")
+    assert main(["run", str(root / "configs" / "pretrained_cnn_vs_vit.toml"), "--quick", "--check",
+                 "--inputs", str(folder)]) == 0
+    assert main(["run", str(root / "configs" / "pretrained_cnn_vs_vit.toml"), "--quick", "--check",
+                 "--inputs", str(tmp_path / "nothing_here")]) == 2
+    assert "not found" in capsys.readouterr().err

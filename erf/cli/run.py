@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="small samples and sizes (the config's [quick] table): a couple of minutes on a CPU")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="seed (default: the config's)")
+    p.add_argument("--inputs", default=None, metavar="PATH",
+                   help="real images for every point: an image folder, a glob or an .npy/.npz array "
+                        "(sets inputs.kind = 'images' and inputs.path)")
     p.add_argument("--check", action="store_true", help="validate the config and its models, run nothing (model files are imported: their code runs)")
     p.add_argument("--resume", action="store_true",
                    help="go on from the last save of an interrupted run of this config (same numbers as one run; "
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and args.restart:
         raise ErfError("--resume and --restart exclude each other: keep the interrupted run or discard it")
-    cfg = load_config(args.config, quick=args.quick, device=args.device, seed=args.seed)
+    cfg = load_config(args.config, quick=args.quick, device=args.device, seed=args.seed, inputs=args.inputs)
     if args.deterministic:
         cfg.settings["experiment"]["deterministic"] = cfg.overrides["experiment.deterministic"] = True
     if args.check:

@@ -36,7 +36,7 @@ from erf.training import list_tasks
 
 
 def load_config(path: str | os.PathLike, *, quick: bool = False, device: str | None = None,
-                seed: int | None = None) -> Config:
+                seed: int | None = None, inputs: str | None = None) -> Config:
     """Read and validate a config file; apply --quick, --device and --seed; expand the sweep.
 
     Builds no model (see ``check_models``).
@@ -46,6 +46,8 @@ def load_config(path: str | os.PathLike, *, quick: bool = False, device: str | N
         quick: apply the config's ``[quick]`` table and ``QUICK_CAPS``.
         device: ``--device`` (replaces ``experiment.device``), or None.
         seed: ``--seed`` (replaces ``experiment.seed``), or None.
+        inputs: ``--inputs PATH``: real images (``inputs.kind = 'images'``, ``inputs.path``) for every
+            point, also under ``--quick``; or None.
 
     Returns:
         The validated ``Config`` with its sweep points.
@@ -56,11 +58,11 @@ def load_config(path: str | os.PathLike, *, quick: bool = False, device: str | N
     """
     path = str(path)
     raw = _read_toml(path)
-    return parse_config(raw, path, quick=quick, device=device, seed=seed)
+    return parse_config(raw, path, quick=quick, device=device, seed=seed, inputs=inputs)
 
 
 def parse_config(raw: dict, path: str = "<config>", *, quick: bool = False, device: str | None = None,
-                 seed: int | None = None) -> Config:
+                 seed: int | None = None, inputs: str | None = None) -> Config:
     """Validate an already parsed TOML document (see ``load_config``).
 
     Args:
@@ -105,6 +107,9 @@ def parse_config(raw: dict, path: str = "<config>", *, quick: bool = False, devi
         if not quick_table["sweep"]:
             del quick_table["sweep"]
     _apply_quick(fail, quick_table, settings, grid, quick)
+    if inputs is not None:  # --inputs PATH: real images for every point, after [quick] (the user's choice wins)
+        settings["inputs"]["kind"] = overrides["inputs.kind"] = "images"
+        settings["inputs"]["path"] = overrides["inputs.path"] = inputs
     _check_report(fail, settings)
     try:  # counted before the points are made: a grid of 10**8 points is refused at once
         limits.check_grid({**{k: len(v) for k, v in variants.items()}, **{k: len(v) for k, v in grid.items()}}, path)

@@ -76,6 +76,8 @@ def resume_command(cfg: Config, dest: Path) -> str:
         words += ["--seed", str(cfg.settings["experiment"]["seed"])]
     if "experiment.device" in cfg.overrides:
         words += ["--device", str(cfg.settings["experiment"]["device"])]
+    if "inputs.path" in cfg.overrides:
+        words += ["--inputs", str(cfg.settings["inputs"]["path"])]
     if cfg.overrides.get("experiment.deterministic"):
         words.append("--deterministic")
     return shlex.join([*words, "--resume"])
