@@ -348,17 +348,21 @@ def test_network_seeds_independent_unless_common():
 
 
 def test_paired_ratio_and_exponent_replicates():
-    from erf.experiment.replicates import exponent_replicates, percentile_interval, ratio_interval
+    from erf import stats
+    from erf.experiment.records import interval
 
     rng = np.random.default_rng(0)
     b = rng.lognormal(0, 0.3, 2000)
-    assert ratio_interval(2 * b, b, 0.95, 5) == pytest.approx((2.0, 2.0))      # paired: the noise cancels
-    indep = ratio_interval(2 * rng.permutation(b), b, 0.95, 5)
+    ratio = stats.replicate_ratio_interval
+    assert ratio(2 * b, b, 0.95, 5) == pytest.approx((2.0, 2.0))              # paired: the noise cancels
+    indep = ratio(2 * rng.permutation(b), b, 0.95, 5)
     assert indep[0] < 1.7 and indep[1] > 2.3                                  # independent arms: it does not
-    assert percentile_interval(b, 0.95, 1) is None                            # one network: no interval
+    assert interval(b, 0.95, 1) is None and ratio(b, b, 0.95, 1) is None     # one network: no interval
     xs = [4, 8, 16, 32]
-    reps = [np.full(10, x ** 0.5435) for x in xs]
-    assert exponent_replicates(xs, reps) == pytest.approx(np.full(10, 0.5435))
+    reps = np.stack([np.full(10, x ** 0.5435) * rng.lognormal(0, 0.01, 10) for x in xs], axis=1)
+    fit = stats.power_law_interval(xs, [x ** 0.5435 for x in xs], reps, 0.95, 5)
+    assert fit.exponent == pytest.approx(0.5435) and fit.exponent_ci[0] < 0.5435 < fit.exponent_ci[1]
+    assert fit.exponent_ci[1] - fit.exponent_ci[0] < 0.05
 
 
 def test_training_that_did_not_learn_draws_no_conclusion():

@@ -428,6 +428,10 @@ def test_paired_ratio_interval_uses_the_shared_noise():
     nets = [(np.stack([gauss((31, 31), 15, 15, 3.0 + k * 0.2, 3.0)] * 2), np.ones(2)) for k in range(4)]
     est, (hlo, hhi) = S.hierarchical_interval(nets, "sigma_y", n_boot=200)
     assert hlo < est < hhi and hhi - hlo > 0.1  # the networks' spread, not the (zero) spread of their inputs
+    many = S.hierarchical_replicates(nets, ["sigma_y", "com_offset_x"], n_boot=50, seed=4, center=(15, 14))
+    one = S.hierarchical_replicates(nets, "sigma_y", n_boot=50, seed=4, center=(15, 14))
+    assert many.shape == (50, 2) and np.array_equal(many[:, 0], one)  # a list: the same draws, every metric
+    assert np.allclose(many[:, 1], 1.0)                                 # position metrics about the given centre
 
 
 def test_power_law_interval_from_replicates():

@@ -17,7 +17,6 @@ from erf import stats
 from erf.experiment.findings import findings  # noqa: F401 - re-exported: the words on these numbers
 from erf.experiment.formatting import metric_axis
 from erf.experiment.records import Record, distinct_values, same_value
-from erf.experiment.replicates import exponent_replicates, percentile_interval, ratio_interval
 from erf.experiment.sweeps import Config, format_value
 
 
@@ -120,8 +119,10 @@ def _exponent(xs, rs, metric, level) -> dict | None:
     units = min(r.units for r in rs)
     reps = [r.boot.get(metric) for r in rs]
     ci = None
-    if all(b is not None for b in reps):
-        ci = percentile_interval(exponent_replicates(xs, reps), level, units)
+    if units >= 2 and all(b is not None for b in reps):
+        ci = stats.power_law_interval(xs, [r.metrics[metric] for r in rs], np.stack(reps, axis=1), level,
+                                      units).exponent_ci
+        ci = ci if all(np.isfinite(ci)) else None
     out = fit.to_dict()
     out.update(exponent_ci=list(ci) if ci is not None else [None, None], ci_method="bootstrap over networks "
                "(weight draws), then inputs" if ci is not None else "none (one network)", units=units)
@@ -188,8 +189,8 @@ def compare(a: Record, b: Record, metric: str) -> dict:
         return out
     out["ratio"] = va / vb
     if nets >= 2 and metric in a.boot and metric in b.boot:
-        ci = ratio_interval(a.boot[metric], b.boot[metric], a.point.settings["measure"]["level"],
-                            min(a.units, b.units))
+        ci = stats.replicate_ratio_interval(a.boot[metric], b.boot[metric], a.point.settings["measure"]["level"],
+                                            min(a.units, b.units))
         out["ratio_interval"] = None if ci is None else list(ci)
     return out
 

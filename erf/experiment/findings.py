@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from erf.experiment.formatting import fmt, fmt_ci, metric_axis
-from erf.experiment.records import Record
-from erf.experiment.replicates import percentile_interval
+from erf.experiment.records import Record, interval
 from erf.experiment.sweeps import Config, show_value
 
 DOMINANT_SHARE = 0.2  # one input sample holding more of the mass than this is reported
@@ -255,8 +254,11 @@ def _zero_text(records: list[Record]) -> str:
     if not z or max(v for v, _ in z) <= 0:
         return ""
     lo, hi = min(z), max(z)
-    return (f" Per sample, the fraction of pixels inside the TRF with exactly zero gradient (taps a dilated or "
-            f"strided net cannot reach, or ReLU gating; the largest over networks) goes from {lo[0]:.2f} ({lo[1]}) to {hi[0]:.2f} ({hi[1]}).")
+    head = (" Per sample, the fraction of pixels inside the TRF with exactly zero gradient (taps a dilated or "
+            "strided net cannot reach, or ReLU gating; the largest over networks)")
+    if lo[0] == hi[0]:
+        return f"{head} is {fmt(hi[0])} for every map."
+    return f"{head} ranges from {fmt(lo[0])} ({lo[1]}) to {fmt(hi[0])} ({hi[1]})."
 
 
 def _border_findings(records: list[Record]) -> list[str]:
@@ -268,7 +270,7 @@ def _border_findings(records: list[Record]) -> list[str]:
         if name is None or not r.reference[name]:
             continue
         ref = r.reference[name]
-        ci = percentile_interval(r.boot[name] / ref, r.point.settings["measure"]["level"], r.units) \
+        ci = interval(r.boot[name] / ref, r.point.settings["measure"]["level"], r.units) \
             if name in r.boot else None
         rows.append(f"{r.label}: {name} {fmt(r.metrics[name])} px = {fmt(r.metrics[name] / ref)}{fmt_ci(ci)} of "
                     f"the uniform map's {fmt(ref)} px")

@@ -17,9 +17,41 @@ from erf import stats
 from erf.analytic import Layer, linear_erf
 from erf.engine import ERFResult
 from erf.errors import ErfError
-from erf.experiment.replicates import Networks, evaluate, percentile_interval, replicate_metrics, uniform_reference
 from erf.experiment.sweeps import Config, Point
 from erf.models import builders
+
+
+@dataclass
+class Networks:
+    """The per-network measurements of one record: group sums and counts, and each network's map."""
+
+    sums: list[np.ndarray]
+    counts: list[np.ndarray]
+    maps: list[np.ndarray]
+    normalize: bool = False
+
+    @property
+    def count(self) -> int:
+        """How many networks."""
+        return len(self.maps)
+
+    @property
+    def units(self) -> int:
+        """Top-level resampling units: networks, or the groups of the one network (weight draws or inputs)."""
+        return self.count if self.count > 1 else len(self.counts[0])
+
+    def combined(self, post: str | None = None) -> np.ndarray:
+        """The mean of the networks' maps (each to unit total of its absolute values with ``normalize``), then ``post``."""
+        arr = np.stack([np.asarray(m, dtype=np.float64) for m in self.maps])
+        if self.normalize:
+            tot = np.abs(arr).reshape(len(arr), -1).sum(1)
+            arr = arr / np.where(tot > 0, tot, 1.0).reshape(-1, *[1] * (arr.ndim - 1))
+        return stats.apply_post(arr.mean(0), post)
+
+    def shares(self) -> list[float]:
+        """Each network's fraction of the summed raw mass (all equal when they agree in scale)."""
+        totals = np.array([float(np.abs(m).sum()) for m in self.maps])
+        return (totals / totals.sum()).tolist() if totals.sum() > 0 else [1.0 / self.count] * self.count
 
 
 @dataclass
@@ -116,7 +148,7 @@ def make_record(cfg: Config, point: Point, results: ERFResult | list[ERFResult],
     """Metrics with hierarchical intervals, theory, references and summary of a point's networks.
 
     The map is the mean of the networks' maps (each to unit total with ``model.normalize_networks``);
-    the intervals come from ``replicates.replicate_metrics`` (networks, then input groups within
+    the intervals come from ``stats.hierarchical_replicates`` (networks, then input groups within
     them) with a seed shared by the states of a point (paired through training) and, with
     ``experiment.common_seeds``, by every point.
 
@@ -144,19 +176,21 @@ def make_record(cfg: Config, point: Point, results: ERFResult | list[ERFResult],
                     bool(s["model"]["normalize_networks"]))
     mp = nets.combined(res.post) if len(results) > 1 else res.post_map
     names = list(names) + [f"kurtosis_{a}" for a in stats.axis_names(mp.ndim)]
-    metrics = evaluate(mp, names, trf=res.trf)
+    center = getattr(res, "trf_center", None)
+    metrics = stats.scalar_metrics(mp, names, res.trf, center=center)
     boot_seed = exp["seed"] + (0 if exp["common_seeds"] else 7919 * (point.index + 1))
-    reps = replicate_metrics(nets, names, m["n_boot"], boot_seed, trf=res.trf, post=res.post)
+    reps = stats.hierarchical_replicates(list(zip(nets.sums, nets.counts)), names, m["n_boot"], boot_seed,
+                                         normalize=nets.normalize, trf=res.trf, post=res.post, center=center)
     boot = {n: reps[:, j] for j, n in enumerate(names)}
-    intervals = {n: percentile_interval(boot[n], m["level"], nets.units) for n in names}
-    network_metrics = [evaluate(r.post_map, names, trf=res.trf) for r in results] \
+    intervals = {n: interval(boot[n], m["level"], nets.units) for n in names}
+    network_metrics = [stats.scalar_metrics(r.post_map, names, res.trf, center=center) for r in results] \
         if len(results) > 1 else []
     theory, exact = linear_theory(s)
     summary = _summary(mp, res, notes)
-    center = getattr(res, "trf_center", None)
     reference = None
     if res.clipped or _global(res.trf_box, mp.shape):
-        reference = uniform_reference(mp.shape, res.trf_box, names, trf=res.trf)
+        reference = stats.scalar_metrics(stats.uniform_map(mp.shape, _box(res.trf_box, mp.shape)), names, res.trf,
+                                         center=center)
     diagnostics = _diagnostics(results, nets)
     if len(results) > 1 and diagnostics["max_network_share"] > max(0.5, 2.0 / len(results)):
         notes.append(f"one network holds {diagnostics['max_network_share']:.0%} of the summed gradient mass of "
@@ -167,6 +201,27 @@ def make_record(cfg: Config, point: Point, results: ERFResult | list[ERFResult],
                   theory_sigma=theory, theory_exact=exact, notes=notes, networks=nets, boot=boot,
                   network_metrics=network_metrics, reference=reference, diagnostics=diagnostics,
                   theory_abs_sigma=abs_theory(s), trf_center=None if center is None else tuple(map(float, center)))
+
+
+def interval(values: np.ndarray, level: float, units: int) -> tuple[float, float] | None:
+    """The expanded percentile interval of bootstrap ``values`` over ``units`` networks (or groups).
+
+    Args:
+        values: the replicates (NaN ignored).
+        level: the coverage, in (0, 1).
+        units: top-level resampling units; fewer than 2 gives None (one network, one group: no interval).
+
+    Returns:
+        ``(lo, hi)`` or None.
+    """
+    return stats.percentile_interval(values, level, units, "expanded") if units >= 2 else None
+
+
+def _box(box, shape):
+    """The TRF box with an axis the trace could not bound (None) spanning the whole map."""
+    if box is None:
+        return None
+    return [(0, n - 1) if b is None else b for b, n in zip(box, shape)]
 
 
 def _global(box, shape) -> bool:

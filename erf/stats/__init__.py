@@ -92,7 +92,7 @@ from erf.stats.powerlaw import PowerLawFit, fit_power_law
 from erf.stats.presets import (POSTS, PRESETS, REDUCTIONS, SIGNALS, Preset, apply_post, get_preset, reduce_gradient,
                                reduce_target)
 from erf.stats.replication import (hierarchical_interval, hierarchical_replicates, paired_ratio_interval,
-                                   power_law_interval)
+                                   power_law_interval, replicate_ratio_interval)
 from erf.stats.sizes import area_above, check_box, high_contribution_area_ratio, mass_in_box, mass_radius
 
 __all__ = [
@@ -107,4 +107,5 @@ __all__ = [
     "percentile_interval", "metric_intervals", "standard_error_map", "relative_se_of_sigma",
     "PowerLawFit", "fit_power_law",
     "hierarchical_replicates", "hierarchical_interval", "paired_ratio_interval", "power_law_interval",
+    "replicate_ratio_interval",
 ]

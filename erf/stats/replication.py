@@ -35,7 +35,7 @@ from erf.stats.powerlaw import PowerLawFit, fit_power_law
 from erf.stats.presets import apply_post
 
 __all__ = ["Groups", "hierarchical_replicates", "hierarchical_interval", "paired_ratio_interval",
-           "power_law_interval"]
+           "replicate_ratio_interval", "power_law_interval"]
 
 Groups = tuple[ArrayLike, ArrayLike]  # (group_sums (G, *shape), group_counts (G,))
 
@@ -55,7 +55,8 @@ def _net_maps(networks: Sequence[Groups]) -> list[tuple[np.ndarray, np.ndarray]]
     return out
 
 
-def hierarchical_replicates(networks: Sequence[Groups], metric: str, n_boot: int = N_BOOT, seed: int = 0, *,
+def hierarchical_replicates(networks: Sequence[Groups], metric: str | Sequence[str], n_boot: int = N_BOOT,
+                            seed: int = 0, *,
                             normalize: bool = True, trf: Any = None, post: str | None = None,
                             center: Sequence[float] | None = None, plan: np.ndarray | None = None) -> np.ndarray:
     """Replicates of ``metric`` under the two-level bootstrap (networks, then groups within each).
@@ -65,15 +66,16 @@ def hierarchical_replicates(networks: Sequence[Groups], metric: str, n_boot: int
 
     Args:
         networks: one ``(group_sums, group_counts)`` per network (same map shape).
-        metric: a ``scalar_metrics`` name.
+        metric: a ``scalar_metrics`` name, or a list of them (evaluated on the same replicate maps).
         n_boot: replicates; ``seed``: seed of the draws.
-        normalize: each network's replicate map to unit total before averaging.
+        normalize: each network's replicate map to unit total (of its absolute values) before averaging;
+            the replicate map is the mean over the drawn networks either way.
         trf, post, center: as for ``scalar_metrics`` / ``metric_intervals``.
         plan: ``(n_boot, K)`` network multiplicities to use instead of drawing them (pairing by hand).
 
     Returns:
-        ``(n_boot,)`` values (NaN where a replicate has no value). With one network only its groups
-        are resampled.
+        ``(n_boot,)`` values for one name, ``(n_boot, len(metric))`` for a list (NaN where a replicate
+        has no value). With one network only its groups are resampled.
 
     Raises:
         ErfError: invalid groups, maps of different shapes, an unknown metric.
@@ -86,7 +88,8 @@ def hierarchical_replicates(networks: Sequence[Groups], metric: str, n_boot: int
     if K == 1:
         top = np.ones((int(n_boot), 1), dtype=np.int64)
     inner = [bootstrap_weights(len(n), n_boot, int(rng.integers(2 ** 31))) for _, n in nets]
-    out = np.full(int(n_boot), np.nan)
+    names = [metric] if isinstance(metric, str) else list(metric)
+    out = np.full((int(n_boot), len(names)), np.nan)
     for b in range(int(n_boot)):
         acc = np.zeros(int(np.prod(shape)))
         for k, (s, n) in enumerate(nets):
@@ -95,14 +98,16 @@ def hierarchical_replicates(networks: Sequence[Groups], metric: str, n_boot: int
             w = inner[k][b].astype(np.float64)
             m = (w @ s) / max(float(w @ n), 1e-300)
             if normalize:
-                tot = m.sum()
+                tot = np.abs(m).sum()
                 m = m / tot if tot > 0 else m * 0
             acc += top[b, k] * m
+        acc /= max(int(top[b].sum()), 1)
         try:
-            out[b] = scalar_metrics(apply_post(acc.reshape(shape), post), [metric], trf, center=center)[metric]
+            v = scalar_metrics(apply_post(acc.reshape(shape), post), names, trf, center=center)
+            out[b] = [v[n] for n in names]
         except ErfError:
             pass
-    return out
+    return out[:, 0] if isinstance(metric, str) else out
 
 
 def _point(networks: Sequence[Groups], metric: str, normalize: bool, trf: Any, post: str | None,
@@ -110,7 +115,8 @@ def _point(networks: Sequence[Groups], metric: str, normalize: bool, trf: Any, p
     maps = []
     for s, n in _net_maps(networks):
         m = s.sum(0) / n.sum()
-        maps.append(m / m.sum() if normalize and m.sum() > 0 else m)
+        tot = np.abs(m).sum()
+        maps.append(m / tot if normalize and tot > 0 else m)
     shape = np.asarray(networks[0][0]).shape[1:]
     return float(scalar_metrics(apply_post(np.mean(maps, 0).reshape(shape), post), [metric], trf,
                                 center=center)[metric])
@@ -183,11 +189,36 @@ def paired_ratio_interval(a: Groups | Sequence[Groups], b: Groups | Sequence[Gro
         else:
             reps.append(hierarchical_replicates(nets, metric, n_boot, sd, normalize=normalize, trf=trf, post=post))
             ests.append(_point(nets, metric, normalize, trf, post, None))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = reps[1] / reps[0]
     units = min(len(arms[0]) if len(arms[0]) > 1 else layout[0][0], len(arms[1]) if len(arms[1]) > 1 else layout[1][0])
     est = ests[1] / ests[0] if ests[0] else math.nan
-    return est, percentile_interval(ratios, level, units)
+    return est, replicate_ratio_interval(reps[1], reps[0], level, units)
+
+
+def replicate_ratio_interval(a: ArrayLike, b: ArrayLike, level: float, units: int) -> tuple[float, float] | None:
+    """The interval of ``a / b`` from a joint bootstrap, replicate by replicate.
+
+    Replicates drawn with one plan (the same networks and inputs: ``hierarchical_replicates`` with one
+    seed and layout) are paired and shared noise cancels in the ratio; independently drawn ones are
+    not. No log-normal or independence assumption either way.
+
+    Args:
+        a: the numerator's replicates; ``b``: the denominator's (same length).
+        level: the coverage, in (0, 1).
+        units: the fewer top-level resampling units (networks, or groups of one network) of the two.
+
+    Returns:
+        The expanded percentile interval ``(lo, hi)``; None with fewer than 2 units or 2 finite ratios.
+
+    Raises:
+        ErfError: replicates of different lengths.
+    """
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ErfError(f"ratio replicates must have one length; got {a.size} and {b.size}")
+    ok = np.isfinite(a) & np.isfinite(b) & (b != 0)
+    if units < 2:
+        return None
+    return percentile_interval(a[ok] / b[ok], level, units)
 
 
 def _is_groups(arm: Any) -> bool:
