@@ -153,6 +153,12 @@ def test_hcar_hand_made():
     assert r == {0.2: 25 / 121, 0.3: 49 / 121, 0.5: 81 / 121, 0.99: 1.0}
     for t, v in S.high_contribution_area_ratio(np.ones((101, 101)), (0.2, 0.5)).items():
         assert v == pytest.approx(t, abs=0.05)
+    # an off-centre unit (a clipped TRF): squares around its TRF centre, the metric table passes it
+    m = np.zeros((21, 21))
+    m[5, 5] = 1.0
+    assert S.high_contribution_area_ratio(m, (0.5,))[0.5] == pytest.approx(121 / 441)
+    assert S.high_contribution_area_ratio(m, (0.5,), center=(4.5, 5))[0.5] == pytest.approx(1 / 441)
+    assert S.scalar_metrics(m, ["hcar_0.5"], center=(5, 5))["hcar_0.5"] == pytest.approx(1 / 441)
 
 
 def test_hcar_transform_and_even_clip():

@@ -119,29 +119,45 @@ class ConeRunner:
         return getattr(F, f"avg_pool{nd}d")(h, s.kernel, s.stride, 0)
 
 
-def _chain(ctx: Context) -> tuple[list[nn.Module], list[tuple[int, ...]]] | str:
-    """The leaves a forward to the target runs, in order, if they form a chain; else why not."""
+def _chain(ctx: Context, window: Window | None) -> list[nn.Module] | str:
+    """The leaves a forward to the target runs, in order, if they form a chain; else why not.
+
+    The forward runs on one zero input of the crop's size (the whole input without a crop): which
+    modules run, and in which order, does not depend on the size for a chain of these modules, and
+    the cone's check against the uncropped pass confirms the plan either way.
+    """
     calls: list[tuple[nn.Module, Any, Any]] = []
     leaves = [m for m in ctx.model.modules() if not any(True for _ in m.children())]
     handles = [m.register_forward_hook(lambda mod, args, out: calls.append((mod, args, out))) for m in leaves]
-    x = torch.zeros((1, ctx.chans, *ctx.size), device=ctx.device, dtype=ctx.dtype)
+    size = ctx.size if window is None else tuple(w.stop - w.start for w in window)
+    x = torch.zeros((1, ctx.chans, *size), device=ctx.device, dtype=ctx.dtype)
     try:
         with torch.no_grad():
             out = TargetRunner(ctx.model, ctx.target)(x)
     finally:
         for hd in handles:
             hd.remove()
-    prev, mods, sizes = x, [], []
+    prev, mods = x, []
     for mod, args, o in calls:
         if len(args) != 1 or args[0] is not prev or not isinstance(o, torch.Tensor):
             return "the layers before the target are not a chain of modules (a residual add, a concat or a " \
                    "functional op between them)"
         mods.append(mod)
-        sizes.append(tuple(prev.shape[2:]))
         prev = o
     if prev is not out or not mods:
         return "the target is not the output of a chain of modules"
-    return mods, sizes
+    return mods
+
+
+def _sizes(steps: list[_Step], size: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Each step's input size on the full input (PyTorch's output-size rule, floor mode)."""
+    out = []
+    for s in steps:
+        out.append(size)
+        if s.kind != "point":
+            size = tuple((n + 2 * p - d * (k - 1) - 1) // st + 1
+                         for n, p, d, k, st in zip(size, s.pad, s.dil, s.kernel, s.stride))
+    return out
 
 
 def plan_cone(ctx: Context, window: Window | None) -> tuple[ConeRunner, dict[int, int]] | str:
@@ -158,16 +174,16 @@ def plan_cone(ctx: Context, window: Window | None) -> tuple[ConeRunner, dict[int
     nd = len(ctx.size)
     if t.functional is not None or t.spatial_dims != tuple(range(2, 2 + nd)) or t.tokens:
         return "the target's positions are not the map axes of a module's output"
-    found = _chain(ctx)
-    if isinstance(found, str):
-        return found
-    mods, sizes = found
+    mods = _chain(ctx, window)
+    if isinstance(mods, str):
+        return mods
     steps = []
     for m in mods:
         s = _step(m, nd)
         if isinstance(s, str):
             return f"{s} is not supported by the cone runner"
         steps.append(s)
+    sizes = _sizes(steps, tuple(ctx.size))
     box = tuple((int(u), int(u)) for u in ctx.unit)
     for s, size in zip(reversed(steps), reversed(sizes)):
         if s.kind != "point":

@@ -324,9 +324,9 @@ def make_result(ctx: Context, acc: Accumulator, window: tuple[slice, ...] | None
     """
     target, unit, size, notes = ctx.target, ctx.unit, ctx.size, ctx.notes
     sums, counts = acc.groups()
+    se = place(stats.standard_error_map(sums, counts), window, size) if len(counts) >= 2 else None  # 0 outside
     sums = place(sums, window, size)
     mean = place((acc.total / acc.n).cpu().numpy(), window, size)
-    se = stats.standard_error_map(sums, counts) if len(counts) >= 2 else None
     box = target.box(unit, clip=False)
     clipped = box is not None and any(b is None or b[0] < 0 or b[1] > n - 1 for b, n in zip(box, size))
     if clipped:

@@ -55,11 +55,11 @@ class _Evaluation:
             self._fit = fit_gaussian(self.a)
         return self._fit
 
-    def group(self, group: str, compute: Callable[[np.ndarray, list[float]], dict]) -> dict:
+    def group(self, group: str, compute: Callable[[np.ndarray, list[float], tuple[float, ...]], dict]) -> dict:
         """``compute`` over every fraction of ``group`` among the requested names (once per group)."""
         if group not in self._groups:
             fs = sorted({p[1] for p in map(_parse_fraction, self.names) if p and METRICS[p[0]].group == group})
-            self._groups[group] = compute(self.a, fs)
+            self._groups[group] = compute(self.a, fs, self.center)
         return self._groups[group]
 
 
@@ -106,7 +106,8 @@ def _fit_sigma(ev: _Evaluation, name: str, i: int) -> float:
     return float(ev.fit.sigma[i]) if ev.fit.ok else math.nan
 
 
-def _fraction(group: str, compute: Callable[[np.ndarray, list[float]], dict], pick: Callable[[Any], float],
+def _fraction(group: str, compute: Callable[[np.ndarray, list[float], tuple[float, ...]], dict],
+              pick: Callable[[Any], float],
               help: str, default: tuple[float, ...]) -> Metric:
     def value(ev: _Evaluation, name: str, f: float) -> float:
         return pick(ev.group(group, compute)[f])
@@ -132,15 +133,15 @@ METRICS: dict[str, Metric] = {
                                           "tells a Gaussian from a flat top", True),
     "erf_trf_ratio": Metric("axis", _erf_trf_ratio, "ERF/TRF = 2 sigma / trf (needs the TRF)", "trf"),
     "fit_sigma": Metric("axis", _fit_sigma, "sigma of the 2-D Gaussian fit (2-D maps; slow)"),
-    "mass_radius": _fraction("mass_radius", lambda a, fs: mass_radius(a, fs), lambda v: v,
+    "mass_radius": _fraction("mass_radius", lambda a, fs, c: mass_radius(a, fs), lambda v: v,
                              "radius holding the fraction of the mass", (0.5, 0.9, 0.95)),
-    "area_above": _fraction("area_above", lambda a, fs: area_above(a, fs), lambda v: float(v["fraction"]),
+    "area_above": _fraction("area_above", lambda a, fs, c: area_above(a, fs), lambda v: float(v["fraction"]),
                             "share of pixels above the fraction of the peak", (0.1, 0.5)),
-    "area_above_count": _fraction("area_above", lambda a, fs: area_above(a, fs), lambda v: float(v["count"]),
+    "area_above_count": _fraction("area_above", lambda a, fs, c: area_above(a, fs), lambda v: float(v["count"]),
                                   "number of pixels above the fraction of the peak", (0.1, 0.5)),
-    "hcar": _fraction("hcar", lambda a, fs: high_contribution_area_ratio(a, fs, None), lambda v: v,
-                      "high-contribution area ratio of the raw map", (0.2, 0.3, 0.5, 0.99)),
-    "hcar_log1p_max": _fraction("hcar_log1p_max", lambda a, fs: high_contribution_area_ratio(a, fs, "log1p_max"),
+    "hcar": _fraction("hcar", lambda a, fs, c: high_contribution_area_ratio(a, fs, None, c), lambda v: v,
+                      "high-contribution area ratio of the raw map (squares around the reference centre)", (0.2, 0.3, 0.5, 0.99)),
+    "hcar_log1p_max": _fraction("hcar_log1p_max", lambda a, fs, c: high_contribution_area_ratio(a, fs, "log1p_max", c),
                                 lambda v: v, "high-contribution area ratio after log10(1+x)/max (RepLKNet)",
                                 (0.2, 0.3, 0.5, 0.99)),
 }

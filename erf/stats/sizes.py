@@ -89,12 +89,12 @@ def area_above(m: ArrayLike, fractions: float | Sequence[float] = (0.1, 0.5)) ->
 
 
 def high_contribution_area_ratio(m: ArrayLike, thresholds: float | Sequence[float] = (0.2, 0.3, 0.5, 0.99),
-                                 transform: str | Callable[[np.ndarray], ArrayLike] | None = None
-                                 ) -> dict[float, float]:
+                                 transform: str | Callable[[np.ndarray], ArrayLike] | None = None,
+                                 center: Sequence[float] | None = None) -> dict[float, float]:
     """RepLKNet's high-contribution area ratio (Ding et al., CVPR 2022).
 
     For each threshold ``t``: the area of the smallest square (cube) centred on the
-    centre unit whose sum is >= ``t * total``, divided by the map's area.  Squares
+    centre unit (or on the pixel of ``center``, e.g. the unit's TRF centre) whose sum is >= ``t * total``, divided by the map's area.  Squares
     have odd sides 1, 3, 5, ... and are clipped by the map (the clipped area is
     counted).  ``transform='log1p_max'`` first applies log10(1+x)/max as RepLKNet's
     analyze_erf.py does; a callable is applied as is.  Differences from their
@@ -105,6 +105,8 @@ def high_contribution_area_ratio(m: ArrayLike, thresholds: float | Sequence[floa
         m: the map.
         thresholds: mass fractions in (0, 1].
         transform: ``None``, a name of ``POSTS`` or a callable applied to the map first.
+        center: the squares' centre in pixels (a half-integer goes up, as ``n // 2`` does for an even
+            map's middle); default the centre unit ``n // 2``.
 
     Returns:
         ``{threshold: area ratio}``.
@@ -116,7 +118,10 @@ def high_contribution_area_ratio(m: ArrayLike, thresholds: float | Sequence[floa
     ts = _fractions(thresholds, "thresholds")
     if transform is not None:
         a = check_map(transform(a) if callable(transform) else apply_post(a, transform), "transformed map")
-    c = np.asarray(center_unit(a.shape)).reshape(-1, 1)
+    c = np.asarray(center_unit(a.shape) if center is None else
+                   [int(math.ceil(float(v) - 1e-9)) for v in center]).reshape(-1, 1)
+    if c.shape[0] != a.ndim:
+        raise ErfError(f"center must have {a.ndim} coordinates (one per axis); got {list(center)}")
     grids = np.indices(a.shape).reshape(a.ndim, -1)
     d = np.abs(grids - c).max(0)                      # Chebyshev distance: half-side of the square
     mass = np.cumsum(np.bincount(d, weights=a.ravel()))
