@@ -78,3 +78,23 @@ def test_an_inner_layer_target_uses_the_chain_up_to_it():
     plain = measure(net, 32, cone=False, crop=False, **kw)
     assert cone.settings["cone"] is True
     np.testing.assert_allclose(cone.map, plain.map, rtol=1e-12, atol=1e-14 * np.abs(plain.map).max())
+
+
+def test_checks_run_once_per_architecture_and_unit():
+    from erf.engine import forget_checks
+
+    forget_checks()
+    torch.manual_seed(0)
+    a = create_model("plain_net", depth=6, width=4, in_channels=1).double().eval()
+    b = create_model("plain_net", depth=6, width=4, in_channels=1).double().eval()  # other weights
+    first = measure(a, 40, samples=2, dtype="float64")
+    second = measure(b, 40, samples=2, dtype="float64")
+    assert first.cropped and not any("earlier in this process" in n for n in first.notes)
+    assert sum("earlier in this process" in n for n in second.notes) == 2  # the crop's and the cone's check
+    other_unit = measure(b, 40, samples=2, dtype="float64", unit=(5, 7))
+    assert not any("earlier in this process" in n for n in other_unit.notes)  # another unit: checked anew
+    uncut = measure(b, 40, samples=2, dtype="float64", crop=False, cone=False)
+    np.testing.assert_allclose(second.map, uncut.map, rtol=0, atol=1e-12 * np.abs(uncut.map).max())
+    forget_checks()
+    again = measure(b, 40, samples=2, dtype="float64")
+    assert not any("earlier in this process" in n for n in again.notes)

@@ -2,7 +2,8 @@
 
 One file per step of a measurement: ``options`` (``MeasureOptions``, the parameter list),
 ``context`` (working model, target and unit, autocast), ``target`` (which tensor and how to
-compute it), ``tokens`` (prefix tokens of token layers), ``crop`` (the TRF window),
+compute it), ``tokens`` (prefix tokens of token layers), ``crop`` (the TRF window, and the checks run once
+per architecture in a process: ``forget_checks``), ``cone`` (each op only where the unit depends on it),
 ``inputs`` (probe inputs), ``probe`` (one batch's maps), ``diagnose`` (where NaNs start),
 ``accumulate`` (float64 sums and groups), ``ranks`` (sharing over torchrun processes),
 ``resume`` (state files), ``loop`` (the sampling loop), ``result`` (``ERFResult``) and
@@ -10,6 +11,7 @@ compute it), ``tokens`` (prefix tokens of token layers), ``crop`` (the TRF windo
 """
 
 from erf.engine.core import measure
+from erf.engine.crop import forget_checks
 from erf.engine.options import MeasureOptions
 from erf.engine.result import ERFResult
 from erf.engine.resume import checksum
@@ -17,4 +19,4 @@ from erf.engine.target import require_spatial
 from erf.engine.tokens import PrefixTokensError, check_traced, check_value, token_grid
 
 __all__ = ["measure", "MeasureOptions", "ERFResult", "checksum", "require_spatial", "PrefixTokensError",
-           "check_traced", "check_value", "token_grid"]
+           "check_traced", "check_value", "token_grid", "forget_checks"]

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from erf.engine.context import Context
-from erf.engine.crop import check_input, compare, full_gradient
+from erf.engine.crop import check_input, checked_once, compare, full_gradient
 from erf.engine.probe import Probe
 from erf.engine.target import TargetRunner
 from erf.errors import ErfError
@@ -227,11 +227,14 @@ def choose_cone(ctx: Context, window: Window | None, full_probe: Probe,
         return None, None, [f"not cone-executed: {plan}"]
     runner, index = plan
     if mode == "auto":
-        diff = cone_check(ctx, window, runner, index, full_probe, reference)
+        plan = (window, [(type(s.module).__qualname__, s.kind, s.take, s.pads) for s in runner.steps], runner.first)
+        diff, again = checked_once(ctx, "cone", plan,
+                                   lambda: cone_check(ctx, window, runner, index, full_probe, reference))
         if diff is not None:
             return None, None, [f"not cone-executed: the cone pass differs from the uncropped pass ({diff})"]
-        return runner, index, ["cone-executed: each op computed only where the unit depends on it "
-                               "(checked against an uncropped pass)"]
+        return runner, index, ["cone-executed: each op computed only where the unit depends on it (checked against "
+                               + ("an uncropped pass earlier in this process: same architecture, size, layer and unit)"
+                                  if again else "an uncropped pass)")]
     return runner, index, ["cone-executed (not checked)"]
 
 

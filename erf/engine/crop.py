@@ -9,7 +9,7 @@ the cropped one first.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -19,9 +19,47 @@ from erf.engine.probe import Probe
 from erf.engine.target import Target, TargetRunner
 from erf.errors import ErfError
 
-__all__ = ["check_input", "choose_crop", "compare", "crop_check", "crop_index", "full_gradient", "plan_crop"]
+__all__ = ["check_input", "checked_once", "choose_crop", "compare", "crop_check", "crop_index", "forget_checks",
+           "full_gradient", "plan_crop"]
 
 Window = tuple[slice, ...]
+
+# Verdicts of the crop and cone checks in this process, by what they depend on: the model's
+# structure (modules, their settings, parameter shapes, forward functions, modes), the input
+# size, dtype, device type, target, unit, channel, map definition and the plan. Not the weights:
+# whether a crop or a cone gives the uncropped gradient is a property of the geometry, so the
+# second network of an architecture (another seed, draw or checkpoint) reuses the first's check.
+_VERIFIED: dict[tuple, str | None] = {}
+
+
+def _structure(model: torch.nn.Module) -> tuple:
+    return (repr(model), tuple((type(m).__qualname__, id(type(m).forward), m.training) for m in model.modules()),
+            tuple((k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()))
+
+
+def checked_once(ctx: Context, kind: str, plan: Any, run: Callable[[], str | None]) -> tuple[str | None, bool]:
+    """The verdict of a check (``run``: None when it agrees), run once per structure and plan in a process.
+
+    Args:
+        ctx: the measurement.
+        kind: 'crop' or 'cone'.
+        plan: what the check validates (the window and unit, the cone's boxes), part of the key.
+        run: the check.
+
+    Returns:
+        ``(difference or None, whether it was reused from an earlier call)``.
+    """
+    key = (kind, _structure(ctx.model), tuple(ctx.size), ctx.chans, str(ctx.dtype), ctx.device.type,
+           ctx.target.layer, tuple(ctx.unit), ctx.opts.channel, repr(ctx.preset.to_dict()), repr(plan))
+    if key in _VERIFIED:
+        return _VERIFIED[key], True
+    _VERIFIED[key] = out = run()
+    return out, False
+
+
+def forget_checks() -> None:
+    """Forget every check verdict of this process (the next measurement checks again)."""
+    _VERIFIED.clear()
 
 
 def choose_crop(ctx: Context, reference: Callable[[], torch.Tensor] | None = None
@@ -58,11 +96,12 @@ def choose_crop(ctx: Context, reference: Callable[[], torch.Tensor] | None = Non
     window, cunit = plan
     text = "cropped to the unit's TRF: " + " x ".join(f"[{w.start}:{w.stop}]" for w in window)
     if crop == "auto":
-        diff = crop_check(ctx, window, cunit, reference)
+        diff, again = checked_once(ctx, "crop", (window, cunit), lambda: crop_check(ctx, window, cunit, reference))
         if diff is not None:
             notes.append(f"not cropped: a cropped pass differs from the full-size pass ({diff}); measured at full size")
             return None, None, notes
-        notes.append(text + " (checked against a full-size pass)")
+        notes.append(text + (" (checked against a full-size pass earlier in this process: same architecture, size, "
+                             "layer and unit)" if again else " (checked against a full-size pass)"))
     else:
         notes.append(text + " (not checked)")
     return window, cunit, notes
