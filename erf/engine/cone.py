@@ -14,19 +14,25 @@ Covers (``plan_cone``): a target reached through a *chain* of leaf modules (each
 is the previous leaf's output, as in ``nn.Sequential`` stacks and the registry's
 ``plain_net``), every leaf one of ``Conv1d/2d/3d`` (zero padding, numeric), ``MaxPool*d``
 and ``AvgPool*d`` (no ceil mode; average pools counting the padding), ``BatchNorm*d`` in
-eval mode, pointwise activations, ``Identity`` and ``Dropout`` in eval mode. Anything else
-(residual adds, concats, functional ops between modules, tokens) runs the usual way, with a
-note. With ``cone='auto'`` one sample's gradient is checked against the uncropped pass first
-(the crop's tolerance), as the crop is.
+eval mode, pointwise activations, ``Identity`` and ``Dropout`` in eval mode. Where the layers
+are not a chain, the model is traced with ``torch.fx`` (``GraphConeRunner``): the same modules
+plus residual adds, products and differences, channel concats and functional activations,
+each node computed once on the union of the boxes its users need, operands aligned by
+absolute coordinates (ResNets, the registry's ``residual_net``). Anything else on the unit's
+path (upsampling, attention, flatten, parameters used as tensors, a spatial concat) runs the
+usual way, with a note. With ``cone='auto'`` one sample's gradient is checked against the
+uncropped pass first (the crop's tolerance), as the crop is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -36,7 +42,7 @@ from erf.engine.probe import Probe
 from erf.engine.target import TargetRunner
 from erf.errors import ErfError
 
-__all__ = ["ConeRunner", "choose_cone", "plan_cone", "POINTWISE"]
+__all__ = ["ConeRunner", "GraphConeRunner", "choose_cone", "plan_cone", "POINTWISE"]
 
 Window = tuple[slice, ...]
 POINTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
@@ -97,6 +103,10 @@ class ConeRunner:
         self.steps = steps
         self.first = tuple(slice(lo - o, hi - o + 1) for (lo, hi), o in zip(first, offset))
 
+    def describe(self) -> list:
+        """The plan (each op's kind and boxes): part of the check's key."""
+        return [(type(s.module).__qualname__, s.kind, s.take, s.pads) for s in self.steps] + [self.first]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         h = x[(slice(None), slice(None), *self.first)]
         for s in self.steps:
@@ -149,15 +159,170 @@ def _chain(ctx: Context, window: Window | None) -> list[nn.Module] | str:
     return mods
 
 
+def _out_size(s: _Step, size: tuple[int, ...]) -> tuple[int, ...]:
+    """A step's output size for an input of ``size`` (PyTorch's output-size rule, floor mode)."""
+    if s.kind == "point":
+        return size
+    return tuple((n + 2 * p - d * (k - 1) - 1) // st + 1 for n, p, d, k, st in zip(size, s.pad, s.dil, s.kernel, s.stride))
+
+
 def _sizes(steps: list[_Step], size: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Each step's input size on the full input (PyTorch's output-size rule, floor mode)."""
+    """Each step's input size on the full input."""
     out = []
     for s in steps:
         out.append(size)
-        if s.kind != "point":
-            size = tuple((n + 2 * p - d * (k - 1) - 1) // st + 1
-                         for n, p, d, k, st in zip(size, s.pad, s.dil, s.kernel, s.stride))
+        size = _out_size(s, size)
     return out
+
+
+# Functions and tensor methods that act position by position (the graph cone slices their tensor
+# arguments to the op's own box); in-place forms run out of place (the slices are views).
+_ELEMENTWISE_FUNCS: dict[Any, Any] = {
+    operator.add: operator.add, operator.iadd: operator.add, torch.add: torch.add,
+    operator.mul: operator.mul, operator.imul: operator.mul, torch.mul: torch.mul,
+    operator.sub: operator.sub, operator.isub: operator.sub, torch.sub: torch.sub,
+    F.relu: F.relu, torch.relu: torch.relu, F.relu6: F.relu6, F.gelu: F.gelu, F.silu: F.silu, F.elu: F.elu,
+    F.leaky_relu: F.leaky_relu, F.hardswish: F.hardswish, torch.sigmoid: torch.sigmoid, torch.tanh: torch.tanh,
+}
+_ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "add", "mul", "sub", "contiguous"}
+
+
+def _union(a: tuple | None, b: tuple) -> tuple:
+    return b if a is None else tuple((min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(a, b))
+
+
+class GraphConeRunner:
+    """Cone execution over a ``torch.fx`` graph: residual adds and concats align by absolute coordinates.
+
+    Every node the unit depends on is computed on one box (the union of what its users need);
+    a user takes its part by offset. ``x (the input window) -> the target at the unit only``.
+    """
+
+    def __init__(self, order: list[fx.Node], info: dict[fx.Node, dict], target: fx.Node, offset: tuple[int, ...]):
+        self.order, self.info, self.target, self.offset = order, info, target, offset
+
+    def describe(self) -> list:
+        """The plan (each node's op, box and taken box): part of the check's key."""
+        return [(n.op, str(n.target), self.info[n].get("box"), self.info[n].get("take"),
+                 getattr(self.info[n].get("step"), "pads", None)) for n in self.order]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        vals: dict[fx.Node, torch.Tensor] = {}
+        for n in self.order:
+            i = self.info[n]
+            if n.op == "placeholder":
+                vals[n] = x[(slice(None), slice(None), *(slice(lo - o, hi - o + 1)
+                                                         for (lo, hi), o in zip(i["box"], self.offset)))]
+                continue
+            take = i["take"]
+
+            def part(a: Any) -> Any:
+                if not isinstance(a, fx.Node):
+                    return a
+                box = self.info[a]["box"]
+                return vals[a][(slice(None), slice(None), *(slice(lo - b0, hi - b0 + 1)
+                                                             for (lo, hi), (b0, _) in zip(take, box)))]
+
+            args = fx.node.map_aggregate(n.args, part)
+            kwargs = {k: (False if k == "inplace" else fx.node.map_aggregate(v, part)) for k, v in n.kwargs.items()}
+            if "step" in i:
+                h = args[0]
+                vals[n] = i["step"].module(h) if i["step"].kind == "point" else ConeRunner._run(i["step"], h)
+            elif n.op == "call_method":
+                vals[n] = getattr(args[0], n.target)(*args[1:], **kwargs)
+            else:
+                vals[n] = i["func"](*args, **kwargs)
+        return vals[self.target]
+
+
+def _graph_target(gm: fx.GraphModule, ctx: Context) -> fx.Node | str:
+    """The graph node whose value is the measured layer's output, or why it cannot be found."""
+    t = ctx.target
+    nodes = list(gm.graph.nodes)
+    if t.module is None or t.module == "":
+        out = nodes[-1].args[0]
+        return out if isinstance(out, fx.Node) else "the model's output is not one tensor"
+    calls = [n for n in nodes if n.op == "call_module" and n.target == t.module]
+    if calls:
+        return calls[t.call_index] if t.call_index < len(calls) else f"call {t.call_index} of {t.module!r} not found"
+    if t.call_index:
+        return f"module {t.module!r} runs more than once"
+    inside = [n for n in nodes if t.module in (n.meta.get("nn_module_stack") or {})]
+    leaving = [n for n in inside if any(u not in inside for u in n.users)]
+    if len(leaving) != 1:
+        return f"the output of {t.module!r} is not one node of the traced graph"
+    return leaving[0]
+
+
+def _graph_plan(ctx: Context, window: Window | None) -> tuple[GraphConeRunner, dict[int, int]] | str:
+    """The graph cone for ``ctx``'s unit (``torch.fx``: adds, concats, functional activations), or why not."""
+    nd = len(ctx.size)
+    try:
+        gm = fx.symbolic_trace(ctx.model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: run the usual way
+        return f"torch.fx cannot trace the model ({type(exc).__name__})"
+    target = _graph_target(gm, ctx)
+    if isinstance(target, str):
+        return target
+    anc, stack = set(), [target]
+    while stack:
+        n = stack.pop()
+        if n not in anc:
+            anc.add(n)
+            stack.extend(n.all_input_nodes)
+    order = [n for n in gm.graph.nodes if n in anc]
+    info: dict[fx.Node, dict] = {}
+    places = [n for n in order if n.op == "placeholder"]
+    if len(places) != 1:
+        return "the target depends on more than one model input"
+    for n in order:
+        if n.op == "placeholder":
+            info[n] = {"size": tuple(ctx.size)}
+            continue
+        first = n.all_input_nodes[0] if n.all_input_nodes else None
+        if first is None:
+            return f"{n.op} {n.target!r} does not depend on the input"
+        size = info[first]["size"]
+        if n.op == "call_module":
+            st = _step(gm.get_submodule(n.target), nd)
+            if isinstance(st, str):
+                return f"{st} is not supported by the cone runner"
+            info[n] = {"step": st, "size": _out_size(st, size)}
+        elif n.op == "call_function" and (n.target in _ELEMENTWISE_FUNCS or n.target is torch.cat):
+            if n.target is torch.cat and (n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)) not in (1, -nd - 1):
+                return "a concat along a spatial axis is not supported by the cone runner"
+            info[n] = {"func": _ELEMENTWISE_FUNCS.get(n.target, torch.cat), "size": size}
+        elif n.op == "call_method" and n.target in _ELEMENTWISE_METHODS:
+            info[n] = {"size": size}
+        else:
+            return f"the op {getattr(n.target, '__name__', n.target)!r} is not supported by the cone runner"
+        if any(info[a]["size"] != size for a in n.all_input_nodes):
+            return f"the inputs of {n.name!r} differ in size"
+    boxes: dict[fx.Node, tuple | None] = {n: None for n in order}
+    boxes[target] = tuple((int(u), int(u)) for u in ctx.unit)
+    for n in reversed(order):
+        i, box = info[n], boxes[n]
+        i["box"] = box
+        if n.op == "placeholder":
+            continue
+        st = i.get("step")
+        if st is not None and st.kind != "point":
+            size = info[n.all_input_nodes[0]]["size"]
+            need = tuple((lo * s_ - p, hi * s_ - p + d * (k - 1))
+                         for (lo, hi), s_, p, d, k in zip(box, st.stride, st.pad, st.dil, st.kernel))
+            take = tuple((max(0, lo), min(m - 1, hi)) for (lo, hi), m in zip(need, size))
+            st.pads = tuple((b[0] - a[0], a[1] - b[1]) for a, b in zip(need, take))
+        else:
+            take = box
+        i["take"] = take
+        for a in n.all_input_nodes:
+            boxes[a] = _union(boxes[a], take)
+    first = info[places[0]]["box"]
+    offset = tuple(0 for _ in ctx.size) if window is None else tuple(w.start for w in window)
+    stop = ctx.size if window is None else tuple(w.stop for w in window)
+    if any(lo < o or hi >= e for (lo, hi), o, e in zip(first, offset, stop)):
+        return "the unit's input box is not inside the crop"
+    return GraphConeRunner(order, info, target, offset), {d: 0 for d in range(2, 2 + nd)}
 
 
 def plan_cone(ctx: Context, window: Window | None) -> tuple[ConeRunner, dict[int, int]] | str:
@@ -175,8 +340,8 @@ def plan_cone(ctx: Context, window: Window | None) -> tuple[ConeRunner, dict[int
     if t.functional is not None or t.spatial_dims != tuple(range(2, 2 + nd)) or t.tokens:
         return "the target's positions are not the map axes of a module's output"
     mods = _chain(ctx, window)
-    if isinstance(mods, str):
-        return mods
+    if isinstance(mods, str):  # a graph (residual adds, concats, functional ops): torch.fx
+        return _graph_plan(ctx, window)
     steps = []
     for m in mods:
         s = _step(m, nd)
@@ -227,7 +392,7 @@ def choose_cone(ctx: Context, window: Window | None, full_probe: Probe,
         return None, None, [f"not cone-executed: {plan}"]
     runner, index = plan
     if mode == "auto":
-        plan = (window, [(type(s.module).__qualname__, s.kind, s.take, s.pads) for s in runner.steps], runner.first)
+        plan = (window, runner.describe())
         diff, again = checked_once(ctx, "cone", plan,
                                    lambda: cone_check(ctx, window, runner, index, full_probe, reference))
         if diff is not None:
