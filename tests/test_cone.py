@@ -57,7 +57,7 @@ def test_cone_runs_fewer_positions_on_a_deep_plain_net():
 @pytest.mark.parametrize("name,kw,size,layer", [
     ("residual_net", dict(depth=6, width=4, activation="relu", norm="batch"), 40, None),
     ("resnet18", dict(width=0.125), 96, "layer2"),
-    ("resnet50", dict(width=0.125), 128, "layer3"),
+    ("resnet50", dict(width=0.125), 128, "layer2"),
 ])
 def test_graph_cone_for_residual_adds_equals_the_uncropped_pass(name, kw, size, layer):
     torch.manual_seed(0)
@@ -129,3 +129,13 @@ def test_checks_run_once_per_architecture_and_unit():
     forget_checks()
     again = measure(b, 40, samples=2, dtype="float64")
     assert not any("earlier in this process" in n for n in again.notes)
+
+
+def test_no_cone_where_the_unit_depends_on_nearly_every_position():
+    net = create_model("resnet50", width=0.125).eval()
+    res = measure(net, 64, layer="layer4", samples=2, batch_size=2)  # the TRF covers the image
+    assert res.settings["cone"] is False
+    assert any(n.startswith("not cone-executed") and "of the positions" in n for n in res.notes)
+    forced = measure(net, 64, layer="layer4", samples=2, batch_size=2, cone=True)
+    assert forced.settings["cone"] is True and any("of the positions of the usual pass" in n for n in forced.notes)
+    np.testing.assert_allclose(forced.map, res.map, rtol=1e-4, atol=1e-6 * np.abs(res.map).max())

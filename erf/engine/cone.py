@@ -27,6 +27,7 @@ uncropped pass first (the crop's tolerance), as the crop is.
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,7 +43,12 @@ from erf.engine.probe import Probe
 from erf.engine.target import TargetRunner
 from erf.errors import ErfError
 
-__all__ = ["ConeRunner", "GraphConeRunner", "choose_cone", "plan_cone", "POINTWISE"]
+__all__ = ["ConeRunner", "GraphConeRunner", "MAX_SHARE", "choose_cone", "plan_cone", "POINTWISE"]
+
+#: With cone='auto', the cone runs only where it computes at most this share of the positions the
+#: usual pass computes: a unit whose TRF covers the input (ResNet-50's layer4 at 224) gains
+#: nothing, and slicing and the check would cost more than they save.
+MAX_SHARE = 0.8
 
 Window = tuple[slice, ...]
 POINTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
@@ -102,6 +108,7 @@ class ConeRunner:
         """
         self.steps = steps
         self.first = tuple(slice(lo - o, hi - o + 1) for (lo, hi), o in zip(first, offset))
+        self.share = 1.0  # positions computed / positions the usual pass computes (``plan_cone`` sets it)
 
     def describe(self) -> list:
         """The plan (each op's kind and boxes): part of the check's key."""
@@ -200,6 +207,7 @@ class GraphConeRunner:
 
     def __init__(self, order: list[fx.Node], info: dict[fx.Node, dict], target: fx.Node, offset: tuple[int, ...]):
         self.order, self.info, self.target, self.offset = order, info, target, offset
+        self.share = 1.0  # positions computed / positions the usual pass computes (``plan_cone`` sets it)
 
     def describe(self) -> list:
         """The plan (each node's op, box and taken box): part of the check's key."""
@@ -322,7 +330,20 @@ def _graph_plan(ctx: Context, window: Window | None) -> tuple[GraphConeRunner, d
     stop = ctx.size if window is None else tuple(w.stop for w in window)
     if any(lo < o or hi >= e for (lo, hi), o, e in zip(first, offset, stop)):
         return "the unit's input box is not inside the crop"
-    return GraphConeRunner(order, info, target, offset), {d: 0 for d in range(2, 2 + nd)}
+    runner = GraphConeRunner(order, info, target, offset)
+    usual: dict[fx.Node, tuple[int, ...]] = {}
+    for n in order:  # the sizes the usual pass (on the crop, or the whole input) computes
+        i = info[n]
+        if n.op == "placeholder":
+            usual[n] = tuple(e - o for o, e in zip(offset, stop))
+            continue
+        into = usual[n.all_input_nodes[0]]
+        usual[n] = _out_size(i["step"], into) if "step" in i else into
+        i["usual_in"] = into
+    nodes = [n for n in order if n.op != "placeholder"]
+    runner.share = _positions([info[n]["take"] for n in nodes]) / max(
+        1, sum(math.prod(info[n]["usual_in"]) for n in nodes))
+    return runner, {d: 0 for d in range(2, 2 + nd)}
 
 
 def plan_cone(ctx: Context, window: Window | None) -> tuple[ConeRunner, dict[int, int]] | str:
@@ -361,7 +382,14 @@ def plan_cone(ctx: Context, window: Window | None) -> tuple[ConeRunner, dict[int
     stop = ctx.size if window is None else tuple(w.stop for w in window)
     if any(lo < o or hi >= e for (lo, hi), o, e in zip(box, offset, stop)):
         return "the unit's input box is not inside the crop"
-    return ConeRunner(steps, box, offset), {d: 0 for d in range(2, 2 + nd)}
+    runner = ConeRunner(steps, box, offset)
+    usual = _sizes(steps, tuple(e - o for o, e in zip(offset, stop)))
+    runner.share = _positions([s.take for s in steps]) / max(1, sum(math.prod(n) for n in usual))
+    return runner, {d: 0 for d in range(2, 2 + nd)}
+
+
+def _positions(boxes: list[tuple[tuple[int, int], ...]]) -> int:
+    return sum(math.prod(hi - lo + 1 for lo, hi in b) for b in boxes)
 
 
 def choose_cone(ctx: Context, window: Window | None, full_probe: Probe,
@@ -391,16 +419,20 @@ def choose_cone(ctx: Context, window: Window | None, full_probe: Probe,
             raise ErfError(f"cone execution cannot run this target: {plan}; use cone='auto' or False")
         return None, None, [f"not cone-executed: {plan}"]
     runner, index = plan
+    if mode == "auto" and runner.share > MAX_SHARE:
+        return None, None, [f"not cone-executed: the unit depends on {runner.share:.0%} of the positions the usual "
+                            "pass computes (the TRF covers most of the input)"]
     if mode == "auto":
         plan = (window, runner.describe())
         diff, again = checked_once(ctx, "cone", plan,
                                    lambda: cone_check(ctx, window, runner, index, full_probe, reference))
         if diff is not None:
             return None, None, [f"not cone-executed: the cone pass differs from the uncropped pass ({diff})"]
-        return runner, index, ["cone-executed: each op computed only where the unit depends on it (checked against "
+        return runner, index, [f"cone-executed: each op computed only where the unit depends on it ({runner.share:.0%} "
+                               "of the positions of the usual pass; checked against "
                                + ("an uncropped pass earlier in this process: same architecture, size, layer and unit)"
                                   if again else "an uncropped pass)")]
-    return runner, index, ["cone-executed (not checked)"]
+    return runner, index, [f"cone-executed ({runner.share:.0%} of the positions of the usual pass; not checked)"]
 
 
 def cone_check(ctx: Context, window: Window | None, runner: ConeRunner, index: dict[int, int],
