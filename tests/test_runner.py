@@ -373,6 +373,8 @@ def test_training_that_did_not_learn_draws_no_conclusion():
     assert learned({**flat, "networks": [flat]}) is False
     assert learned({**up, "networks": [up, flat]}) is False              # one network of several did not learn
     assert learned({**up, "networks": [up, up]}) is True and learned(None) is None
+    barely = {"eval": [{"accuracy": 0.25, "loss": 1.4}, {"accuracy": 0.273, "loss": 1.3}]}  # 4 classes: chance
+    assert learned({**barely, "networks": [barely]}) is False
 
 
 def test_setup_line_per_variant_and_abs_theory():

@@ -219,8 +219,15 @@ def _comparisons(spec, records) -> dict:
     return {"metric": metric, "x_key": spec["x"], "series_key": spec["series"], "rows": rows}
 
 
+#: A network learned when its held-out accuracy rose by at least this share of the way to 1.
+LEARNED_SHARE = 0.1
+
+
 def learned(info: dict | None) -> bool | None:
-    """Whether training improved the held-out score (accuracy up, or loss down by 5%); None without evals.
+    """Whether training improved the held-out score; None without evals.
+
+    Accuracy must rise by at least a tenth of the way from its start to 1 (0.075 from chance on a
+    4-class task: 0.25 -> 0.27 is not learning), or, without accuracy, the loss fall by 5%.
 
     Args:
         info: a record's training info (``Record.train``), with its ``networks``.
@@ -236,7 +243,7 @@ def learned(info: dict | None) -> bool | None:
             continue
         a, b = ev[0], ev[-1]
         if a.get("accuracy") is not None and b.get("accuracy") is not None:
-            verdicts.append(b["accuracy"] > a["accuracy"] + 0.02)
+            verdicts.append(b["accuracy"] >= a["accuracy"] + LEARNED_SHARE * (1 - a["accuracy"]))
         elif a.get("loss") is not None and b.get("loss") is not None:
             verdicts.append(b["loss"] < 0.95 * a["loss"])
     return None if not verdicts else all(verdicts)

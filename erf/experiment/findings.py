@@ -160,8 +160,11 @@ def _training_findings(fa) -> list[str]:
                 f"{fmt(c['final'])}{fmt_ci(c['final_interval'])} after training, {pct:+.0f}%")
         note = _train_note(row.get("train"))
         if row.get("learned") is False:
-            out.append(f"{head}.{note} The network did not learn the task here, so this change is not a training "
-                       "effect and no conclusion about training is drawn.")
+            who = ("The network did not learn" if row["networks"] < 2
+                   else f"Not every one of the {row['networks']} networks learned")
+            out.append(f"{head}.{note} {who} the task here (learning = held-out accuracy up by at least a tenth of "
+                       "the way to 1), so this change is not read as a training effect and no conclusion about "
+                       "training is drawn.")
             continue
         if row["networks"] < 2:
             out.append(f"{head} — one network: no interval over networks, no verdict.{note}")
