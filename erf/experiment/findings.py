@@ -90,7 +90,8 @@ def _growth_findings(fa) -> list[str]:
         if f is None:
             continue
         b, ci = f["exponent"], f["exponent_ci"]
-        ci_txt = (f"95% CI [{fmt(ci[0])}, {fmt(ci[1])}] over {f['units']} weight draws/networks"
+        ci_txt = ("deterministic weights: no sampling interval" if s["exact"] else
+                  f"95% CI [{fmt(ci[0])}, {fmt(ci[1])}] over {f['units']} weight draws/networks"
                   if ci[0] is not None else "one network: no interval")
         line = f"{s['series']}: {m} grows as {x}^{fmt(b)} ({ci_txt}) from {fmt(s['y'][0])} to {fmt(s['y'][-1])} px"
         if s["exact"] and s["theory_exponent"] is not None:
