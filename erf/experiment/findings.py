@@ -259,7 +259,8 @@ def _zero_text(records: list[Record]) -> str:
         return ""
     lo, hi = min(z), max(z)
     head = (" Per sample, the fraction of pixels inside the TRF with exactly zero gradient (taps a dilated or "
-            "strided net cannot reach, or ReLU gating; the largest over networks)")
+            "strided net cannot reach, ReLU gating, or values below the float range in the TRF's far corners; "
+            "the largest over networks)")
     if lo[0] == hi[0]:
         return f"{head} is {fmt(hi[0])} for every map."
     return f"{head} ranges from {fmt(lo[0])} ({lo[1]}) to {fmt(hi[0])} ({hi[1]})."
