@@ -325,6 +325,9 @@ def make_result(ctx: Context, acc: Accumulator, window: tuple[slice, ...] | None
     target, unit, size, notes = ctx.target, ctx.unit, ctx.size, ctx.notes
     sums, counts = acc.groups()
     se = place(stats.standard_error_map(sums, counts), window, size) if len(counts) >= 2 else None  # 0 outside
+    # on the crop: the diagnostics use shares and sigmas only, which placing the maps does not change
+    diagnostics, flagged = diagnose(sample_masses(acc), acc.gs, sums, counts, ctx.opts.normalize_draws,
+                                    ctx.sample_stats)
     sums = place(sums, window, size)
     mean = place((acc.total / acc.n).cpu().numpy(), window, size)
     box = target.box(unit, clip=False)
@@ -335,8 +338,6 @@ def make_result(ctx: Context, acc: Accumulator, window: tuple[slice, ...] | None
     settings["crop_window"] = None if window is None else [[w.start, w.stop] for w in window]
     if ctx.opts.normalize_samples:
         notes.append("each input sample's map normalised to unit total before averaging (normalize_samples)")
-    diagnostics, flagged = diagnose(sample_masses(acc), acc.gs, sums, counts, ctx.opts.normalize_draws,
-                                    ctx.sample_stats)
     for line in flagged:
         warnings.warn(line, stacklevel=3)
         notes.append(line)
