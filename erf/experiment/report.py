@@ -83,7 +83,8 @@ def _interval_text(records: list[Record]) -> str:
     draws = any(r.point.settings["measure"]["weight_draws"] > 1 for r in records)
     if nets > 1:
         over = (f"hierarchical, over the {nets} independently seeded networks of each map, then the input-sample "
-                "groups within each network; paired between the training states of a network")
+                "groups within each network" + ("; paired between the training states of a network"
+                                                if any(r.step is not None for r in records) else ""))
     elif draws:
         over = "whole weight draws (each draw an independent network; input-sample groups where there is one draw)"
     else:
