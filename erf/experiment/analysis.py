@@ -215,6 +215,9 @@ def _comparisons(spec, records) -> dict:
                    "per_network": [n.get(metric) for n in r.network_metrics]}
             if base is not None and r is not base:
                 row.update(baseline=format_value(cats[0]), **compare(r, base, metric))
+                if base.reference is not None and base.reference.get(metric) and base.metrics.get(metric) is not None:
+                    row["baseline_reference"] = base.reference[metric]
+                    row["baseline_vs_reference"] = base.metrics[metric] / base.reference[metric]
             rows.append(row)
     return {"metric": metric, "x_key": spec["x"], "series_key": spec["series"], "rows": rows}
 

@@ -139,12 +139,16 @@ def _bar_findings(fa) -> list[str]:
         ci = row["ratio_interval"]
         design = "paired" if row["paired"] else "independent"
         bounded = row.get("reference") is not None
+        base_bounded = row.get("baseline_reference") is not None
         sig = ""
-        if ci is not None and not bounded:
+        if ci is not None and not bounded and not base_bounded:
             sig = (" — larger (the interval excludes 1)" if ci[0] > 1 else " — smaller (the interval excludes 1)"
                    if ci[1] < 1 else " — no difference distinguishable over these networks")
         elif bounded:
             sig = " — the TRF is cut by the image here, so the ratio compares image-bounded maps"
+        elif base_bounded:
+            sig = (f" — {row['baseline']}'s TRF is cut by the image (its {m} is {fmt(row['baseline_vs_reference'])} of "
+                   "a uniform map's over the visible TRF), so the ratio is against an image-bounded map")
         out.append(f"{head} (95% CI{fmt_ci(ci) or ' –'} over {row['networks']} {design} networks per arm){sig}.")
     return out
 
