@@ -154,7 +154,7 @@ def diagnose(sample_mass: np.ndarray, group_size: int, group_sums: np.ndarray, g
     flagged = []
     if n >= 2 and share > sample_limit(n):
         flagged.append(f"one input sample holds {share:.0%} of the map's mass (fair share {1 / n:.1%}; effective "
-                       f"sample size {ess:.1f} of {n}): the mean map is mostly that sample's; measure more samples "
+                       f"sample size {ess:.1f} of {n}): the mean map leans on few samples; measure more samples "
                        "or pass normalize_samples=True (each sample's map to unit total)")
     if n_groups >= 2 and inner_n >= 2 and inner > sample_limit(inner_n) and not (n >= 2 and share > sample_limit(n)):
         flagged.append(f"one input sample holds {inner:.0%} of its group's mass ({inner_n} samples in the group; a "
