@@ -413,15 +413,28 @@ def choose_cone(ctx: Context, window: Window | None, full_probe: Probe,
     mode = ctx.opts.cone
     if mode is False:
         return None, None, []
-    plan = plan_cone(ctx, window)
-    if isinstance(plan, str):
+    found: list = []
+
+    def why_not() -> str | None:
+        found.append(plan_cone(ctx, window))
+        if isinstance(found[0], str):
+            return found[0]
+        share = found[0][0].share
+        if mode == "auto" and share > MAX_SHARE:
+            return f"the unit depends on {share:.0%} of the positions the usual pass computes (the TRF covers most of " \
+                   "the input)"
+        return None
+
+    # a plan the geometry rules out is ruled out for every network of the architecture (no second fx trace)
+    reason, _ = checked_once(ctx, f"cone-plan-{mode}", window, why_not)
+    if reason is not None:
         if mode is True:
-            raise ErfError(f"cone execution cannot run this target: {plan}; use cone='auto' or False")
+            raise ErfError(f"cone execution cannot run this target: {reason}; use cone='auto' or False")
+        return None, None, [f"not cone-executed: {reason}"]
+    plan = found[0] if found else plan_cone(ctx, window)  # a runner holds this model's modules: plan anew
+    if isinstance(plan, str):
         return None, None, [f"not cone-executed: {plan}"]
     runner, index = plan
-    if mode == "auto" and runner.share > MAX_SHARE:
-        return None, None, [f"not cone-executed: the unit depends on {runner.share:.0%} of the positions the usual "
-                            "pass computes (the TRF covers most of the input)"]
     if mode == "auto":
         plan = (window, runner.describe())
         diff, again = checked_once(ctx, "cone", plan,

@@ -9,6 +9,7 @@ the cropped one first.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import Any, Callable
 
 import torch
@@ -29,7 +30,7 @@ Window = tuple[slice, ...]
 # size, dtype, device type, target, unit, channel, map definition and the plan. Not the weights:
 # whether a crop or a cone gives the uncropped gradient is a property of the geometry, so the
 # second network of an architecture (another seed, draw or checkpoint) reuses the first's check.
-_VERIFIED: dict[tuple, str | None] = {}
+_VERIFIED: dict[str, str | None] = {}
 
 
 def _structure(model: torch.nn.Module) -> tuple:
@@ -49,8 +50,9 @@ def checked_once(ctx: Context, kind: str, plan: Any, run: Callable[[], str | Non
     Returns:
         ``(difference or None, whether it was reused from an earlier call)``.
     """
-    key = (kind, _structure(ctx.model), tuple(ctx.size), ctx.chans, str(ctx.dtype), ctx.device.type,
-           ctx.target.layer, tuple(ctx.unit), ctx.opts.channel, repr(ctx.preset.to_dict()), repr(plan))
+    key = hashlib.sha256(repr((kind, _structure(ctx.model), tuple(ctx.size), ctx.chans, str(ctx.dtype),
+                               ctx.device.type, ctx.target.layer, tuple(ctx.unit), ctx.opts.channel,
+                               ctx.preset.to_dict(), plan)).encode()).hexdigest()  # a few bytes per verdict
     if key in _VERIFIED:
         return _VERIFIED[key], True
     _VERIFIED[key] = out = run()
