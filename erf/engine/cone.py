@@ -173,6 +173,25 @@ def _out_size(s: _Step, size: tuple[int, ...]) -> tuple[int, ...]:
     return tuple((n + 2 * p - d * (k - 1) - 1) // st + 1 for n, p, d, k, st in zip(size, s.pad, s.dil, s.kernel, s.stride))
 
 
+def _input_box(s: _Step, box: tuple, size: tuple[int, ...]) -> tuple:
+    """The input box a conv/pool step's output ``box`` needs, cut to the input ``size``; sets the step's border pads."""
+    need = tuple((lo * st - p, hi * st - p + d * (k - 1))
+                 for (lo, hi), st, p, d, k in zip(box, s.stride, s.pad, s.dil, s.kernel))
+    take = tuple((max(0, lo), min(n - 1, hi)) for (lo, hi), n in zip(need, size))
+    s.pads = tuple((b[0] - a[0], a[1] - b[1]) for a, b in zip(need, take))
+    return take
+
+
+def _graph_sizes(order: list[fx.Node], info: dict[fx.Node, dict], start: tuple[int, ...]) -> dict[fx.Node, tuple]:
+    """Each graph node's output size for an input of spatial size ``start``."""
+    sizes: dict[fx.Node, tuple] = {}
+    for n in order:
+        into = start if n.op == "placeholder" else sizes[n.all_input_nodes[0]]
+        st = info[n].get("step")
+        sizes[n] = into if st is None else _out_size(st, into)
+    return sizes
+
+
 def _sizes(steps: list[_Step], size: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Each step's input size on the full input."""
     out = []
@@ -285,26 +304,25 @@ def _graph_plan(ctx: Context, window: Window | None) -> tuple[GraphConeRunner, d
         return "the target depends on more than one model input"
     for n in order:
         if n.op == "placeholder":
-            info[n] = {"size": tuple(ctx.size)}
-            continue
-        first = n.all_input_nodes[0] if n.all_input_nodes else None
-        if first is None:
+            info[n] = {}
+        elif not n.all_input_nodes:
             return f"{n.op} {n.target!r} does not depend on the input"
-        size = info[first]["size"]
-        if n.op == "call_module":
+        elif n.op == "call_module":
             st = _step(gm.get_submodule(n.target), nd)
             if isinstance(st, str):
                 return f"{st} is not supported by the cone runner"
-            info[n] = {"step": st, "size": _out_size(st, size)}
+            info[n] = {"step": st}
         elif n.op == "call_function" and (n.target in _ELEMENTWISE_FUNCS or n.target is torch.cat):
             if n.target is torch.cat and (n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)) not in (1, -nd - 1):
                 return "a concat along a spatial axis is not supported by the cone runner"
-            info[n] = {"func": _ELEMENTWISE_FUNCS.get(n.target, torch.cat), "size": size}
+            info[n] = {"func": _ELEMENTWISE_FUNCS.get(n.target, torch.cat)}
         elif n.op == "call_method" and n.target in _ELEMENTWISE_METHODS:
-            info[n] = {"size": size}
+            info[n] = {}
         else:
             return f"the op {getattr(n.target, '__name__', n.target)!r} is not supported by the cone runner"
-        if any(info[a]["size"] != size for a in n.all_input_nodes):
+    sizes = _graph_sizes(order, info, tuple(ctx.size))
+    for n in order:
+        if len({sizes[a] for a in n.all_input_nodes}) > 1:
             return f"the inputs of {n.name!r} differ in size"
     boxes: dict[fx.Node, tuple | None] = {n: None for n in order}
     boxes[target] = tuple((int(u), int(u)) for u in ctx.unit)
@@ -314,14 +332,7 @@ def _graph_plan(ctx: Context, window: Window | None) -> tuple[GraphConeRunner, d
         if n.op == "placeholder":
             continue
         st = i.get("step")
-        if st is not None and st.kind != "point":
-            size = info[n.all_input_nodes[0]]["size"]
-            need = tuple((lo * s_ - p, hi * s_ - p + d * (k - 1))
-                         for (lo, hi), s_, p, d, k in zip(box, st.stride, st.pad, st.dil, st.kernel))
-            take = tuple((max(0, lo), min(m - 1, hi)) for (lo, hi), m in zip(need, size))
-            st.pads = tuple((b[0] - a[0], a[1] - b[1]) for a, b in zip(need, take))
-        else:
-            take = box
+        take = box if st is None or st.kind == "point" else _input_box(st, box, sizes[n.all_input_nodes[0]])
         i["take"] = take
         for a in n.all_input_nodes:
             boxes[a] = _union(boxes[a], take)
@@ -331,18 +342,10 @@ def _graph_plan(ctx: Context, window: Window | None) -> tuple[GraphConeRunner, d
     if any(lo < o or hi >= e for (lo, hi), o, e in zip(first, offset, stop)):
         return "the unit's input box is not inside the crop"
     runner = GraphConeRunner(order, info, target, offset)
-    usual: dict[fx.Node, tuple[int, ...]] = {}
-    for n in order:  # the sizes the usual pass (on the crop, or the whole input) computes
-        i = info[n]
-        if n.op == "placeholder":
-            usual[n] = tuple(e - o for o, e in zip(offset, stop))
-            continue
-        into = usual[n.all_input_nodes[0]]
-        usual[n] = _out_size(i["step"], into) if "step" in i else into
-        i["usual_in"] = into
+    usual = _graph_sizes(order, info, tuple(e - o for o, e in zip(offset, stop)))  # the usual pass's sizes
     nodes = [n for n in order if n.op != "placeholder"]
     runner.share = _positions([info[n]["take"] for n in nodes]) / max(
-        1, sum(math.prod(info[n]["usual_in"]) for n in nodes))
+        1, sum(math.prod(usual[n.all_input_nodes[0]]) for n in nodes))
     return runner, {d: 0 for d in range(2, 2 + nd)}
 
 
@@ -373,10 +376,7 @@ def plan_cone(ctx: Context, window: Window | None) -> tuple[ConeRunner, dict[int
     box = tuple((int(u), int(u)) for u in ctx.unit)
     for s, size in zip(reversed(steps), reversed(sizes)):
         if s.kind != "point":
-            need = tuple((lo * st - p, hi * st - p + d * (k - 1))
-                         for (lo, hi), st, p, d, k in zip(box, s.stride, s.pad, s.dil, s.kernel))
-            box = tuple((max(0, lo), min(n - 1, hi)) for (lo, hi), n in zip(need, size))
-            s.pads = tuple((b[0] - a[0], a[1] - b[1]) for a, b in zip(need, box))
+            box = _input_box(s, box, size)
         s.take = box
     offset = tuple(0 for _ in ctx.size) if window is None else tuple(w.start for w in window)
     stop = ctx.size if window is None else tuple(w.stop for w in window)
