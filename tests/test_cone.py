@@ -139,3 +139,21 @@ def test_no_cone_where_the_unit_depends_on_nearly_every_position():
     forced = measure(net, 64, layer="layer4", samples=2, batch_size=2, cone=True)
     assert forced.settings["cone"] is True and any("of the positions of the usual pass" in n for n in forced.notes)
     np.testing.assert_allclose(forced.map, res.map, rtol=1e-4, atol=1e-6 * np.abs(res.map).max())
+
+
+def test_cone_plan_status_says_what_measure_does_and_why():
+    from erf.engine import cone_plan_status
+
+    torch.manual_seed(0)
+    net = create_model("resnet18", width=0.125).double().eval()
+    ok, why = cone_plan_status(net, 96, layer="layer2", dtype="float64")
+    assert ok and why.startswith("cone-executed") and "not checked" in why
+    ok, why = cone_plan_status(net, 96, layer="layer2", dtype="float64", check=True)
+    assert ok and "checked against an uncropped pass" in why
+    ok, why = cone_plan_status(net, 96, layer="layer4")
+    assert not ok and "of the positions" in why
+    assert cone_plan_status(net, 96, layer="layer4", cone=True)[0]  # forced: only the geometry's share was in the way
+    ok, why = cone_plan_status(Upsampled(), 24)
+    assert not ok and why.startswith("not cone-executed") and "interpolate" in why
+    res = measure(Upsampled(), 24, samples=1)
+    assert res.settings["cone"] is False and any(why == n for n in res.notes)

@@ -10,6 +10,7 @@ per architecture in a process: ``forget_checks``), ``cone`` (each op only where 
 ``core`` (``measure``, the orchestrator).
 """
 
+from erf.engine.cone import cone_plan_status
 from erf.engine.core import measure
 from erf.engine.crop import forget_checks
 from erf.engine.options import MeasureOptions
@@ -19,4 +20,5 @@ from erf.engine.target import require_spatial
 from erf.engine.tokens import PrefixTokensError, check_traced, check_value, token_grid
 
 __all__ = ["measure", "MeasureOptions", "ERFResult", "checksum", "require_spatial", "PrefixTokensError",
-           "check_traced", "check_value", "token_grid", "forget_checks"]
+           "check_traced", "check_value", "token_grid", "forget_checks",
+           "cone_plan_status"]

@@ -27,6 +27,7 @@ uncropped pass first (the crop's tolerance), as the crop is.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import operator
 from dataclasses import dataclass
@@ -37,13 +38,16 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from erf.engine.context import Context
-from erf.engine.crop import check_input, checked_once, compare, full_gradient
+from erf.device import resolve_device
+from erf.engine.context import Context, frozen, has_train_bn, prepare
+from erf.engine.crop import check_input, checked_once, choose_crop, compare, full_gradient, plan_crop
+from erf.engine.options import MeasureOptions
 from erf.engine.probe import Probe
+from erf.engine.ranks import Ranks
 from erf.engine.target import TargetRunner
 from erf.errors import ErfError
 
-__all__ = ["ConeRunner", "GraphConeRunner", "MAX_SHARE", "choose_cone", "plan_cone", "POINTWISE"]
+__all__ = ["ConeRunner", "GraphConeRunner", "MAX_SHARE", "choose_cone", "cone_plan_status", "plan_cone", "POINTWISE"]
 
 #: With cone='auto', the cone runs only where it computes at most this share of the positions the
 #: usual pass computes: a unit whose TRF covers the input (ResNet-50's layer4 at 224) gains
@@ -464,3 +468,55 @@ def cone_check(ctx: Context, window: Window | None, runner: ConeRunner, index: d
     part = Probe(runner, full_probe.preset, full_probe.channel, amp, index)
     part = part.grad(check_input(ctx)[(slice(None), slice(None), *win)]).double()
     return compare(ctx, full, part, win)
+
+
+def cone_plan_status(model: nn.Module, input_size: Any, layer: str | None = None, check: bool = False,
+                     **options: Any) -> tuple[bool, str]:
+    """Whether ``measure(model, input_size, layer=layer, **options)`` would run the cone, and the one-line reason.
+
+    Plans as ``measure`` does (the same working model, target, unit and crop window) without
+    sampling; BatchNorm statistics are taken as they are (calibration changes no geometry).
+
+    Args:
+        model: the network (left as it is).
+        input_size: the input's spatial size.
+        layer: the measured layer (None: the model output).
+        check: also run the one-sample checks against the uncropped pass, as ``measure`` with
+            ``cone='auto'`` does (one full-size forward and backward); without it, an accepted plan
+            is reported as planned, not checked.
+        **options: other ``MeasureOptions`` fields (unit, channel, dtype, cone, crop, ...).
+
+    Returns:
+        ``(True, note)`` when the cone runs (the note gives its share of the usual pass's positions),
+        else ``(False, why not)``.
+
+    Raises:
+        ErfError: a bad option, layer or unit (as ``measure``).
+    """
+    opts = MeasureOptions.build(None, layer=layer, **{"bn": "as_is", **options})
+    if opts.cone is False:
+        return False, "cone=False"
+    with frozen(model, opts.eval_mode):
+        ctx = prepare(model, input_size, opts, resolve_device(opts.device), opts.make_preset(), Ranks(opts.tol), [])
+        t = ctx.target
+        if check:
+            reference = functools.cache(lambda: full_gradient(ctx))
+            window, cunit, _ = choose_crop(ctx, reference)
+            index = t.index_of(ctx.unit) if window is None else dict(zip(t.spatial_dims, cunit))
+            probe = Probe(TargetRunner(ctx.model, t), ctx.preset, opts.channel, ctx.amp, index)
+            try:
+                runner, _, notes = choose_cone(ctx, window, probe, reference)
+            except ErfError as exc:
+                return False, str(exc)
+            return runner is not None, notes[0] if notes else "not cone-executed"
+        window = None
+        if opts.crop is not False and t.crop_safe and not has_train_bn(ctx.model) and None not in t.spatial_dims:
+            window = (plan_crop(t, ctx.unit, ctx.size) or (None,))[0]
+        plan = plan_cone(ctx, window)
+        if isinstance(plan, str):
+            return False, f"not cone-executed: {plan}"
+        share = plan[0].share
+        if opts.cone == "auto" and share > MAX_SHARE:
+            return False, f"not cone-executed: the unit depends on {share:.0%} of the positions the usual pass " \
+                          "computes (the TRF covers most of the input)"
+        return True, f"cone-executed ({share:.0%} of the positions of the usual pass; planned, not checked)"
