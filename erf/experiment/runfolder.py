@@ -23,17 +23,19 @@ import os
 import shlex
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from pathlib import Path
 
-from erf import distributed, limits
+from erf import __version__, distributed, limits
 from erf.engine import ERFResult
 from erf.errors import ConfigError, ErfError
 from erf.experiment.sweeps import Config
-from erf.io import atomic_write, fsync_dir, fsync_tree, set_aside, to_json, verify, write_checksum
+from erf.io import atomic_write, file_sha256, fsync_dir, fsync_tree, set_aside, to_json, verify, write_checksum
 
-__all__ = ["fingerprint", "resume_command", "RunFolder", "check_destination"]
+__all__ = ["fingerprint", "resume_command", "RunFolder", "destination", "check_destination", "foreign_problem",
+           "write_manifest", "run_inputs", "MANIFEST"]
 
 FINISHED = "finished"  # the marker written once out/ is complete, before the final renames
 
@@ -93,6 +95,7 @@ class RunFolder:
         self.out = self.path / "out"
         self.lock_path = self.dest.parent / f".{self.dest.name}.lock"
         self.new_parent = False  # True when this run created the results root (removed again when left empty)
+        self._owner = ("", False)  # the experiment's name and --quick, for the results' manifest (set by open)
         self._lock_text: str | None = None
 
     # ------------------------------------------------------------------ the lock
@@ -180,6 +183,7 @@ class RunFolder:
                 asked for, or it was made with other settings; ``resume`` with nothing to resume;
                 the folder cannot be written.
         """
+        self._owner = (cfg.name, bool(cfg.quick))
         info = self.path / "run.json"
         if self.path.exists():
             if restart:
@@ -276,8 +280,13 @@ class RunFolder:
         and marked ``finished`` first, so a kill at any later point is completed
         by the next start (``recover``).
         """
+        problem = foreign_problem(self.dest)  # checked again: files put there while the run measured
+        if problem:
+            raise ConfigError(f"--out: {problem}; the new results are complete in {self.out}: move those files out, "
+                              "then go on with the same command and --resume")
         if (self.path / "damaged").is_dir():  # damaged saves set aside: kept with the results, never deleted
             os.replace(self.path / "damaged", self.out / "damaged")
+        write_manifest(self.out, *self._owner)
         fsync_tree(self.out)
         atomic_write(self.path / FINISHED, lambda f: Path(f).write_text("results complete in out/\n"))
         self._commit()
@@ -311,8 +320,45 @@ class RunFolder:
             return []
 
 
+def destination(cfg: Config, out: str | os.PathLike | None, root: str = "results") -> Path:
+    """The results folder of a run: ``out``, else ``<root>/<name>`` (``<root>/<name>-quick`` for ``--quick``).
+
+    ``.``, ``..`` and names ending in them are made absolute, so the run folder and the lock
+    (``.<name>.partial``, ``.<name>.lock``) sit beside a folder with a name.
+
+    Args:
+        cfg: the experiment.
+        out: ``--out``, or None for the default.
+        root: the default results root.
+
+    Returns:
+        The folder's path.
+
+    Raises:
+        ConfigError: ``out`` is empty or names the root folder.
+    """
+    if out is None:
+        return Path(root) / (f"{cfg.name}-quick" if cfg.quick else cfg.name)
+    text = os.fspath(out)
+    if not text.strip():
+        raise ConfigError(f"{cfg.path}: --out: empty folder name; give the results folder, e.g. --out results/NAME")
+    dest = Path(os.path.normpath(text))
+    if dest.name in ("", ".", ".."):
+        dest = Path(os.path.abspath(text))
+    if not dest.name:
+        raise ConfigError(f"{cfg.path}: --out: {text} is the root folder; give a results folder below it")
+    return dest
+
+
 def check_destination(cfg: Config, dest: Path) -> None:
-    """Refuse a destination that is a file, or a non-empty folder that is not an erf results folder.
+    """Refuse a destination the run may not replace, with one line, before any work.
+
+    A run replaces its results folder whole, so it only ever replaces a folder holding nothing
+    but files an erf run wrote there (listed in its ``.erf-manifest.json``; a folder of an
+    older erf, without a manifest, when it holds only the files erf writes). Refused: a file;
+    a folder holding anything else (another tool's ``summary.json``, notes, a thesis); a folder
+    holding one of the run's own inputs (the config, a checkpoint, a model file, the images);
+    the results of a full run for a ``--quick`` run.
 
     Args:
         cfg: the experiment (errors name its file).
@@ -327,9 +373,182 @@ def check_destination(cfg: Config, dest: Path) -> None:
         limits.check_output_path("--out", dest, folder=True)
     except ErfError as exc:
         raise ConfigError(f"{cfg.path}: {exc}") from None
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / "summary.json").is_file():
-        raise ConfigError(f"{cfg.path}: --out: {dest} exists and is not an erf results folder (no summary.json); "
-                          "choose another folder, it would be replaced")
+    for what, path in run_inputs(cfg):
+        if _inside(path, dest):
+            raise ConfigError(f"{cfg.path}: --out: {dest} holds {what} {path}, an input of this run, and the "
+                              "results folder is replaced when the run ends; move the input out of it or choose "
+                              "another --out")
+    if os.path.islink(dest):
+        raise ConfigError(f"{cfg.path}: --out: {dest} is a symbolic link; give the folder itself")
+    problem = foreign_problem(dest)
+    if problem:
+        raise ConfigError(f"{cfg.path}: --out: {problem}")
+    if cfg.quick and _owner(dest).get("quick") is False:
+        raise ConfigError(f"{cfg.path}: --out: {dest} holds the results of a full run, which a --quick run does "
+                          f"not replace; leave out --out (quick results go to results/{cfg.name}-quick) or choose "
+                          "another folder")
+
+
+MANIFEST = ".erf-manifest.json"  # in every results folder: the files the run wrote there (the only ones it deletes)
+_LEGACY_FILES = ("summary.json", "sweep.csv", "maps.npz", "report.md")  # what an older erf wrote (no manifest)
+_LEGACY_DIRS = ("maps", "weights", "damaged")
+_MAX_WALK = 100_000  # entries looked at in a destination before it is called too large to be erf's
+
+
+def write_manifest(folder: Path, cfg_name: str, quick: bool) -> Path:
+    """List every file under ``folder`` (size, SHA-256) in ``folder/.erf-manifest.json``: what the run owns.
+
+    Args:
+        folder: a complete results folder (``out/``).
+        cfg_name: the experiment's name.
+        quick: whether the run was ``--quick``.
+
+    Returns:
+        The manifest's path.
+    """
+    files, dirs = {}, []
+    for root, subdirs, names in os.walk(folder):
+        rel_root = Path(root).relative_to(folder)
+        dirs += [(rel_root / d).as_posix() for d in subdirs]
+        for name in names:
+            rel = (rel_root / name).as_posix()
+            if rel != MANIFEST:
+                files[rel] = {"size": os.path.getsize(Path(root) / name), "sha256": file_sha256(Path(root) / name)}
+    data = {"written_by": f"erf {__version__}", "experiment": cfg_name, "quick": quick, "dirs": sorted(dirs),
+            "files": dict(sorted(files.items()))}
+    text = json.dumps(data, indent=1) + "\n"
+    return atomic_write(folder / MANIFEST, lambda f: Path(f).write_text(text))
+
+
+def _owner(dest: Path) -> dict:
+    """What the manifest (or an older erf's ``summary.json``) of ``dest`` says; {} when neither is there."""
+    for name in (MANIFEST, "summary.json"):
+        try:
+            data = json.loads((dest / name).read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict) and (name == MANIFEST or isinstance(data.get("versions"), dict)
+                                       and "erf" in data["versions"]):
+            return {**data, "manifest": name == MANIFEST}
+    return {}
+
+
+def foreign_problem(dest: Path) -> str | None:
+    """Why ``dest`` may not be replaced by a run (what it holds that no erf run wrote), or None.
+
+    Args:
+        dest: a results folder (or a missing or empty one).
+
+    Returns:
+        One phrase naming up to three foreign entries, or None.
+    """
+    if not dest.is_dir():
+        return None
+    try:
+        if not any(dest.iterdir()):
+            return None
+    except OSError as exc:
+        return f"{dest} cannot be read ({exc.strerror})"
+    owner = _owner(dest)
+    if not owner:
+        return (f"{dest} exists and is not an erf results folder (no {MANIFEST}, no erf summary.json); a run "
+                "replaces its folder whole: choose another --out")
+    files = owner.get("files") if owner["manifest"] else None
+    dirs = set(owner.get("dirs") or []) if owner["manifest"] else set()
+    if owner["manifest"] and not isinstance(files, dict):
+        return f"{dest}/{MANIFEST} is damaged; move the folder away or choose another --out"
+    foreign, seen = [], 0
+    for root, subdirs, names in os.walk(dest):
+        rel_root = Path(root).relative_to(dest)
+        seen += len(subdirs) + len(names)
+        if seen > _MAX_WALK:
+            foreign.append(f"more than {_MAX_WALK} entries")
+            break
+        for d in list(subdirs):
+            rel = (rel_root / d).as_posix()
+            full = Path(root) / d
+            if full.is_symlink():
+                foreign.append(rel)
+                subdirs.remove(d)
+            elif files is None and rel not in _LEGACY_DIRS:
+                foreign.append(rel + "/")
+                subdirs.remove(d)
+            elif files is not None and rel not in dirs:
+                foreign.append(rel + "/")
+                subdirs.remove(d)
+        for name in names:
+            rel = (rel_root / name).as_posix()
+            if not _owned(Path(root) / name, rel, files):
+                foreign.append(rel)
+        if len(foreign) >= 3:
+            break
+    if not foreign:
+        return None
+    more = ", ..." if len(foreign) > 3 else ""
+    return (f"{dest} holds files no erf run wrote there ({', '.join(foreign[:3])}{more}); a run replaces its "
+            "results folder whole and deletes only files it wrote: move them out or choose another --out")
+
+
+def _owned(path: Path, rel: str, files: dict | None) -> bool:
+    """Whether the file ``rel`` was written by an erf run, unchanged since (``files``: the manifest's; None: older erf)."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        return False
+    if files is None:  # an older erf's folder: only the names it writes
+        top = "/" not in rel
+        return (rel in _LEGACY_FILES or (top and rel.endswith(".png"))) if top else rel.split("/")[0] in _LEGACY_DIRS
+    if rel == MANIFEST:
+        return True
+    entry = files.get(rel)
+    if not isinstance(entry, dict):
+        return False
+    try:
+        return os.path.getsize(path) == entry.get("size") and file_sha256(path) == entry.get("sha256")
+    except OSError:
+        return False
+
+
+def run_inputs(cfg: Config) -> list[tuple[str, str]]:
+    """The files and folders a run reads: the config, checkpoints, model files, images, task folders.
+
+    Args:
+        cfg: the experiment.
+
+    Returns:
+        ``(what, path)`` pairs, without repeats (a glob gives the folder before its first pattern).
+    """
+    found: dict[str, str] = {str(cfg.path): "the config"}
+    for point in cfg.points:
+        s = point.settings
+        model = s["model"]
+        if model.get("checkpoint"):
+            found.setdefault(str(model["checkpoint"]), "model.checkpoint")
+        name = str(model.get("name", ""))
+        if ".py:" in name:
+            found.setdefault(name.rsplit(":", 1)[0], "the model file")
+        if s["inputs"].get("kind") == "images" and s["inputs"].get("path"):
+            found.setdefault(_glob_base(str(s["inputs"]["path"])), "inputs.path")
+        task = s.get("train", {}).get("task")
+        if s.get("train", {}).get("enabled") and isinstance(task, str) and os.path.exists(task):
+            found.setdefault(task, "train.task")
+    return [(what, path) for path, what in found.items() if path and path != "<config>"]
+
+
+def _glob_base(path: str) -> str:
+    """The path up to the first part with a glob pattern (``imgs/*.png`` -> ``imgs``)."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        if any(c in part for c in "*?["):
+            return str(Path(*parts[:i])) if i else "."
+    return path
+
+
+def _inside(path: str, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or below it (as written and with links resolved)."""
+    for norm in (os.path.abspath, os.path.realpath):
+        p, f = norm(path), norm(folder)
+        if p == f or p.startswith(f.rstrip(os.sep) + os.sep):
+            return True
+    return False
 
 
 def _create_exclusive(path: Path, text: str) -> bool:

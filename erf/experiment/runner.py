@@ -33,7 +33,7 @@ from erf.experiment.checks import check_models
 from erf.experiment.outputs import write_outputs
 from erf.experiment.points import measure_point
 from erf.experiment.records import Record
-from erf.experiment.runfolder import RunFolder, check_destination, fingerprint, resume_command
+from erf.experiment.runfolder import RunFolder, check_destination, destination, fingerprint, resume_command
 from erf.experiment.sweeps import Config, Point
 from erf.progress import run_progress
 from erf.training import checkpoint_steps
@@ -50,7 +50,9 @@ def run_experiment(cfg: Config, out: str | os.PathLike | None = None, progress: 
 
     Args:
         cfg: a config from ``load_config``.
-        out: the results folder (default: ``results/<experiment name>``); replaced at the end.
+        out: the results folder (default: ``results/<experiment name>``, ``results/<name>-quick`` for a
+            ``--quick`` config); replaced at the end, and only when it holds nothing but files an erf
+            run wrote there (``runfolder.check_destination``).
         progress: one bar over all samples and training steps (``erf.progress``): None (default) a
             tqdm bar when stderr is a terminal, else a line every 30 s and at each tenth; False none.
         resume: go on from the last save of an interrupted run of this config.
@@ -68,10 +70,10 @@ def run_experiment(cfg: Config, out: str | os.PathLike | None = None, progress: 
             the measurements finished so far are kept, and the message gives the command that
             goes on from them.
     """
+    dest = destination(cfg, out, RESULTS_ROOT)
+    check_destination(cfg, dest)  # before any work: a run deletes nothing it did not write
     check_models(cfg)
     device = _device(cfg)
-    dest = Path(out) if out is not None else Path(RESULTS_ROOT) / cfg.name
-    check_destination(cfg, dest)
     run = RunFolder(dest, fingerprint(cfg, device))
     command = resume_command(cfg, dest)
     refused, finished = None, False
