@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from erf import stats
 from erf.experiment.findings import findings  # noqa: F401 - re-exported: the words on these numbers
@@ -166,11 +167,15 @@ def _growth(spec, records) -> dict:
 
 
 def compare(a: Record, b: Record, metric: str) -> dict:
-    """``a`` against ``b`` on ``metric``: the ratio with its joint-bootstrap interval and the design.
+    """``a`` against ``b`` on ``metric``: the ratio, its small-n interval over networks, and k of n networks.
 
-    Records of the same point (training states) and, with common seeds, of every point share their
-    bootstrap draws: their ratio is paired replicate by replicate; otherwise the draws are
-    independent. With one network on either side there is no interval and no verdict.
+    Records of the same point (training states) and, with common seeds, of every point are paired
+    network by network: the interval is the studentized leave-one-network-out jackknife of the ratio
+    of the pooled maps (log scale, t with n - 1 degrees of freedom), and the count is how many networks
+    moved the way the ratio did, with the exact two-sided sign-test p. Independent arms combine each
+    arm's jackknife (Welch) and count the cross-arm pairs of networks (exact Mann-Whitney p). The
+    hierarchical bootstrap's interval is kept beside it (``bootstrap_interval``). With one network on
+    either side there is no interval and no verdict.
 
     Args:
         a: the numerator's record.
@@ -178,21 +183,51 @@ def compare(a: Record, b: Record, metric: str) -> dict:
         metric: a metric of both.
 
     Returns:
-        ``{"ratio", "ratio_interval", "paired", "networks", "one_network"}``.
+        ``{"ratio", "ratio_interval", "bootstrap_interval", "count", "paired", "networks", "one_network",
+        "exact"}``; ``count`` is ``{"k", "n", "direction", "ties", "p", "test"}`` or None.
     """
     va, vb = a.metrics.get(metric), b.metrics.get(metric)
     paired = a.point.id == b.point.id or bool(a.point.settings["experiment"]["common_seeds"])
     nets = min(a.network_count, b.network_count)
-    out = {"ratio": None, "ratio_interval": None, "paired": paired, "networks": nets, "one_network": nets < 2,
-           "exact": bool(a.theory_exact and b.theory_exact)}
+    out = {"ratio": None, "ratio_interval": None, "bootstrap_interval": None, "count": None, "paired": paired,
+           "networks": nets, "one_network": nets < 2, "exact": bool(a.theory_exact and b.theory_exact)}
     if va is None or vb is None or not (va > 0 and vb > 0):
         return out
-    out["ratio"] = va / vb
-    if nets >= 2 and metric in a.boot and metric in b.boot:
-        ci = stats.replicate_ratio_interval(a.boot[metric], b.boot[metric], a.point.settings["measure"]["level"],
-                                            min(a.units, b.units))
-        out["ratio_interval"] = None if ci is None else list(ci)
+    ratio = va / vb
+    out["ratio"] = ratio
+    if nets < 2:
+        return out
+    level = a.point.settings["measure"]["level"]
+    if metric in a.boot and metric in b.boot:
+        ci = stats.replicate_ratio_interval(a.boot[metric], b.boot[metric], level, min(a.units, b.units))
+        out["bootstrap_interval"] = None if ci is None else list(ci)
+    ja, jb = a.jackknife.get(metric), b.jackknife.get(metric)
+    ua = [u.get(metric) for u in a.unit_metrics]
+    ub = [u.get(metric) for u in b.unit_metrics]
+    if ja is None or jb is None:
+        return out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if paired and len(ja) == len(jb):
+            lo, hi = stats.jackknife_interval(ratio, np.asarray(ja) / np.asarray(jb), level, log=True)
+            if len(ua) == len(ub) and ua and None not in ua and None not in ub:
+                out["count"] = {**stats.direction_count(np.asarray(ua, float) / np.asarray(ub, float), 1.0),
+                                "test": "sign"}
+        else:
+            lo, hi = stats.welch_interval(ratio, jb, ja, level)
+            if ua and ub and None not in ua and None not in ub:
+                out["count"] = _cross_count(ua, ub)
+    out["ratio_interval"] = [float(lo), float(hi)] if np.isfinite(lo) and np.isfinite(hi) else None
     return out
+
+
+def _cross_count(ua: list[float], ub: list[float]) -> dict:
+    """Independent arms: how many of the n_a x n_b network pairs have a above b, with the exact Mann-Whitney p."""
+    x, y = np.asarray(ua, float), np.asarray(ub, float)
+    up = int(np.sum(x[:, None] > y[None, :]))
+    down = int(np.sum(x[:, None] < y[None, :]))
+    p = float(scipy_stats.mannwhitneyu(x, y, alternative="two-sided", method="exact").pvalue)
+    return {"k": max(up, down), "n": up + down, "direction": "up" if up > down else "down" if down > up else "none",
+            "ties": int(x.size * y.size - up - down), "p": p, "test": "mann-whitney"}
 
 
 def _comparisons(spec, records) -> dict:

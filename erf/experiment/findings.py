@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from erf.experiment.formatting import fmt, fmt_ci, metric_axis
-from erf.experiment.records import Record, interval
+from erf.experiment.records import Record, small_n_interval
 from erf.experiment.sweeps import Config, show_value
 
 DOMINANT_SHARE = 0.2  # one input sample holding more of the mass than this is reported
@@ -149,8 +149,32 @@ def _bar_findings(fa) -> list[str]:
         elif base_bounded:
             sig = (f" — {row['baseline']}'s TRF is cut by the image (its {m} is {fmt(row['baseline_vs_reference'])} of "
                    "a uniform map's over the visible TRF), so the ratio is against an image-bounded map")
-        out.append(f"{head} (95% CI{fmt_ci(ci) or ' –'} over {row['networks']} {design} networks per arm){sig}.")
+        out.append(f"{head} (95% CI{fmt_ci(ci) or ' –'} over {row['networks']} {design} networks per arm"
+                   f"{count_text(row.get('count'), row['baseline'])}){sig}{_count_caveat(row.get('count'), sig)}.")
     return out
+
+
+def _count_caveat(count: dict | None, sig: str) -> str:
+    """Where the interval excludes 1 but the count of networks cannot reach p < 0.05, say so."""
+    if not count or "excludes 1" not in sig or count["p"] < 0.05:
+        return ""
+    return (f", but the count of networks alone does not reach p < 0.05 (p = {count['p']:.3f} with "
+            f"{count['n']} {'networks' if count['test'] == 'sign' else 'pairs'}): more networks are needed to "
+            "confirm the direction without the interval's normal approximation")
+
+
+def count_text(count: dict | None, baseline: str = "") -> str:
+    """'; 5 of 5 networks smaller, exact two-sided sign test p = 0.062' (or the cross-arm pairs), '' without one."""
+    if not count or not count["n"]:
+        return ""
+    word = {"up": "larger", "down": "smaller", "none": "split evenly"}[count["direction"]]
+    p = f"{count['p']:.2g}" if count["p"] < 0.01 else f"{count['p']:.3f}"
+    if count["test"] == "sign":
+        ties = f", {count['ties']} tied" if count["ties"] else ""
+        return f"; {count['k']} of {count['n']} networks {word}{ties}, exact two-sided sign test p = {p}"
+    vs = f" than {baseline}'s" if baseline else ""
+    return (f"; {count['k']} of {count['n']} cross-arm pairs of networks {word}{vs}, exact two-sided "
+            f"Mann-Whitney p = {p}")
 
 
 def _training_findings(fa) -> list[str]:
@@ -184,7 +208,9 @@ def _training_findings(fa) -> list[str]:
                   for name, v in row["changes"].items()
                   if name != m and metric_axis(name) != "y" and not name.startswith("kurtosis")]
         out.append(f"{head} (ratio {fmt(c['ratio'])}, 95% CI{fmt_ci(ci) or ' –'}, paired over {row['networks']} "
-                   f"networks: each measured before and after its own training){sig}."
+                   f"networks: each measured before and after its own training"
+                   f"{count_text(c.get('count')).replace('larger', 'up').replace('smaller', 'down')}){sig}"
+                   f"{_count_caveat(c.get('count'), sig)}."
                    + (f" Other metrics (paired 95% CI in %): {', '.join(others)}." if others else "") + note)
     return out
 
@@ -279,8 +305,9 @@ def _border_findings(records: list[Record]) -> list[str]:
         if name is None or not r.reference[name]:
             continue
         ref = r.reference[name]
-        ci = interval(r.boot[name] / ref, r.point.settings["measure"]["level"], r.units) \
-            if name in r.boot else None
+        jk = r.jackknife.get(name)
+        ci = small_n_interval(r.metrics[name] / ref, None if jk is None else jk / ref,
+                              r.point.settings["measure"]["level"], name)
         rows.append(f"{r.label}: {name} {fmt(r.metrics[name])} px = {fmt(r.metrics[name] / ref)}{fmt_ci(ci)} of "
                     f"the uniform map's {fmt(ref)} px")
     if not rows:

@@ -82,6 +82,10 @@ class Record:
     diagnostics: dict = field(default_factory=dict)
     theory_abs_sigma: tuple[float, ...] | None = None
     trf_center: tuple[float, ...] | None = None
+    jackknife: dict[str, np.ndarray] = field(default_factory=dict)
+    unit_metrics: list[dict[str, float]] = field(default_factory=list)
+    bootstrap_intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    saturation: dict[str, float] | None = None
 
     @staticmethod
     def key(point: Point, state: str, network: int = 0) -> str:
@@ -182,9 +186,12 @@ def make_record(cfg: Config, point: Point, results: ERFResult | list[ERFResult],
     reps = stats.hierarchical_replicates(list(zip(nets.sums, nets.counts)), names, m["n_boot"], boot_seed,
                                          normalize=nets.normalize, trf=res.trf, post=res.post, center=center)
     boot = {n: reps[:, j] for j, n in enumerate(names)}
-    intervals = {n: interval(boot[n], m["level"], nets.units) for n in names}
+    bootstrap_intervals = {n: interval(boot[n], m["level"], nets.units) for n in names}
     network_metrics = [stats.scalar_metrics(r.post_map, names, res.trf, center=center) for r in results] \
         if len(results) > 1 else []
+    jack, unit_metrics = _jackknife(nets, res, names, center, int(m["weight_draws"]) > 1)
+    unit_metrics = network_metrics or unit_metrics
+    intervals = {n: small_n_interval(metrics.get(n), jack.get(n), m["level"], n) for n in names}
     theory, exact = linear_theory(s)
     summary = _summary(mp, res, notes)
     reference = None
@@ -200,7 +207,64 @@ def make_record(cfg: Config, point: Point, results: ERFResult | list[ERFResult],
                   seconds=sum(r.seconds for r in results), metrics=metrics, intervals=intervals, summary=summary,
                   theory_sigma=theory, theory_exact=exact, notes=notes, networks=nets, boot=boot,
                   network_metrics=network_metrics, reference=reference, diagnostics=diagnostics,
-                  theory_abs_sigma=abs_theory(s), trf_center=None if center is None else tuple(map(float, center)))
+                  theory_abs_sigma=abs_theory(s), trf_center=None if center is None else tuple(map(float, center)),
+                  jackknife=jack, unit_metrics=unit_metrics, bootstrap_intervals=bootstrap_intervals)
+
+
+#: Metric families that may be zero or negative: their intervals are on the linear scale, the others' on the log.
+SIGNED_FAMILIES = ("com_offset", "center", "kurtosis")
+
+
+def on_log_scale(name: str) -> bool:
+    """Whether the small-n interval of metric ``name`` is formed on the log scale (positive sizes and ratios)."""
+    return not name.startswith(SIGNED_FAMILIES)
+
+
+def small_n_interval(estimate: float | None, loo: np.ndarray | None, level: float,
+                     name: str) -> tuple[float, float] | None:
+    """The studentized leave-one-network-out interval of a pooled metric (``stats.jackknife_interval``).
+
+    Args:
+        estimate: the metric of the pooled map; ``loo``: its values with each network (or weight draw,
+            or input group of one network) left out; ``level``: the coverage; ``name``: the metric.
+
+    Returns:
+        ``(lo, hi)``, or None with fewer than 2 units or a missing value.
+    """
+    if estimate is None or loo is None or len(loo) < 2 or not np.isfinite(estimate) \
+            or not np.all(np.isfinite(loo)):
+        return None
+    log = on_log_scale(name) and estimate > 0 and bool(np.all(loo > 0))
+    lo, hi = stats.jackknife_interval(estimate, loo, level, log=log)
+    return None if not (np.isfinite(lo) and np.isfinite(hi)) else (float(lo), float(hi))
+
+
+def _jackknife(nets: Networks, res: ERFResult, names: list[str], center, draws: bool):
+    """Leave-one-out values of every metric, and the per-unit metrics (networks, or weight draws of one network).
+
+    Units are the networks when there are several; with one network its groups (weight draws, or input
+    groups of one set of weights: an interval over the inputs only).
+    """
+    if nets.count > 1:
+        maps = np.stack([np.asarray(m, dtype=np.float64) for m in nets.maps])
+        if nets.normalize:
+            tot = np.abs(maps).reshape(len(maps), -1).sum(1)
+            maps = maps / np.where(tot > 0, tot, 1.0).reshape(-1, *[1] * (maps.ndim - 1))
+        loo = stats.leave_one_out(maps, names, trf=res.trf, post=res.post, center=center)
+        units = []
+    else:
+        sums, counts = np.asarray(nets.sums[0], dtype=np.float64), np.asarray(nets.counts[0], dtype=np.float64)
+        keep = counts > 0
+        sums, counts = sums[keep], counts[keep]
+        if len(counts) < 2:
+            return {}, []
+        loo = stats.leave_one_out(sums, names, counts=counts, trf=res.trf, post=res.post, center=center)
+        units = []
+        if draws:  # each group one weight draw: an independent network
+            per = stats.map_metrics(sums / counts.reshape(-1, *[1] * (sums.ndim - 1)), names, trf=res.trf,
+                                    post=res.post, center=center)
+            units = [dict(zip(names, map(float, row))) for row in per]
+    return {n: loo[:, j] for j, n in enumerate(names)}, units
 
 
 def interval(values: np.ndarray, level: float, units: int) -> tuple[float, float] | None:

@@ -82,14 +82,19 @@ def _interval_text(records: list[Record]) -> str:
     nets = max(r.networks.count if r.networks is not None else 1 for r in records)
     draws = any(r.point.settings["measure"]["weight_draws"] > 1 for r in records)
     if nets > 1:
-        over = (f"hierarchical, over the {nets} independently seeded networks of each map, then the input-sample "
-                "groups within each network" + ("; paired between the training states of a network"
-                                                if any(r.step is not None for r in records) else ""))
+        over = (f"the {nets} independently seeded networks of each map" + ("; paired between the training states "
+                                                                           "of a network"
+                                                                           if any(r.step is not None for r in records)
+                                                                           else ""))
     elif draws:
         over = "whole weight draws (each draw an independent network; input-sample groups where there is one draw)"
     else:
         over = "groups of input samples of ONE network (no interval over networks: comparisons get no verdict)"
-    return f"{m['level']:.0%} expanded-percentile bootstrap ({m['n_boot']} replicates), {over}"
+    return (f"{m['level']:.0%} studentized leave-one-out jackknife (the pooled map's metric with each unit left "
+            f"out; log scale for sizes and ratios; Student's t with units - 1 degrees of freedom; a bootstrap "
+            f"interval undercovers with 4-8 networks), over {over}; the hierarchical bootstrap's interval "
+            f"({m['n_boot']} replicates) is in summary.json; each verdict gives how many networks moved which "
+            "way, with the exact two-sided sign-test p (Mann-Whitney for independent arms)")
 
 
 def _args(args: dict) -> str:

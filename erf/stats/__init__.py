@@ -77,12 +77,14 @@ scale (the same number of images summed, no normalised draws).
 Modules: ``presets`` (the torch-side definitions the engine applies), ``moments`` (geometry,
 map checks, moments), ``sizes`` (mass radius, areas, mass in a box), ``fits`` (Gaussian fits),
 ``metrics`` (the metric table, ``scalar_metrics``, ``summarize``), ``intervals`` (bootstrap,
-standard errors, jackknife), ``powerlaw`` (growth laws).
+standard errors, jackknife), ``replication`` (networks as replicates: hierarchical bootstrap,
+leave-one-network-out), ``smalln`` (intervals and tests over few networks: studentized jackknife
+on the log scale, the exact sign test), ``powerlaw`` (growth laws).
 """
 
 from erf.stats.fits import Gaussian1DFit, GaussianFit, fit_gaussian, fit_gaussian_1d, fit_profiles
 from erf.stats.intervals import (N_BOOT, bootstrap_weights, default_interval_metrics, interval_metrics,
-                                 metric_intervals, metric_replicates, percentile_interval, relative_se_of_sigma,
+                                 map_metrics, metric_intervals, metric_replicates, percentile_interval, relative_se_of_sigma,
                                  standard_error_map)
 from erf.stats.metrics import (METRICS, Metric, default_metrics, scalar_metrics, summarize, uniform_map,
                                uniform_reference, uniform_reference_names)
@@ -91,8 +93,10 @@ from erf.stats.moments import (Moments, axis_names, center_unit, check_map, erf_
 from erf.stats.powerlaw import PowerLawFit, fit_power_law
 from erf.stats.presets import (POSTS, PRESETS, REDUCTIONS, SIGNALS, Preset, apply_post, get_preset, reduce_gradient,
                                reduce_target)
-from erf.stats.replication import (hierarchical_interval, hierarchical_replicates, paired_ratio_interval,
-                                   power_law_interval, replicate_ratio_interval)
+from erf.stats.replication import (hierarchical_interval, hierarchical_replicates, leave_one_out, network_maps,
+                                   paired_ratio_interval, power_law_interval, replicate_ratio_interval)
+from erf.stats.smalln import (direction_count, jackknife_interval, jackknife_se, sign_test, t_interval,
+                              welch_interval)
 from erf.stats.sizes import area_above, check_box, high_contribution_area_ratio, mass_in_box, mass_radius
 
 __all__ = [
@@ -107,5 +111,6 @@ __all__ = [
     "percentile_interval", "metric_intervals", "standard_error_map", "relative_se_of_sigma",
     "PowerLawFit", "fit_power_law",
     "hierarchical_replicates", "hierarchical_interval", "paired_ratio_interval", "power_law_interval",
-    "replicate_ratio_interval",
+    "replicate_ratio_interval", "network_maps", "leave_one_out", "map_metrics",
+    "t_interval", "jackknife_se", "jackknife_interval", "welch_interval", "sign_test", "direction_count",
 ]

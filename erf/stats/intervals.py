@@ -21,6 +21,7 @@ from erf.stats.moments import axis_names, center_unit, moments, trf_sizes
 from erf.stats.presets import apply_post
 
 __all__ = ["N_BOOT", "default_interval_metrics", "interval_metrics", "bootstrap_weights", "metric_replicates",
+           "map_metrics",
            "percentile_interval", "metric_intervals", "standard_error_map", "relative_se_of_sigma"]
 
 #: Bootstrap replicates by default (enough that a 95 % interval's ends are not the extreme replicates).
@@ -133,25 +134,52 @@ def metric_replicates(group_sums: ArrayLike, group_counts: ArrayLike, names: Seq
     names = list(names)
     flat = s.reshape(G, -1)
     vals = np.full((len(w), len(names)), np.nan)
-    fast = {} if funcs is not None or post is not None else _moment_columns(names, len(shape))
-    slow = [j for j in range(len(names)) if j not in fast]
     for lo in range(0, len(w), _CHUNK):
         wb = np.asarray(w[lo:lo + _CHUNK], dtype=np.float64)
         den = wb @ n
         maps = (wb @ flat) / np.where(den > 0, den, 1)[:, None]
         maps[den <= 0] = np.nan
-        if fast:
-            _moment_values(maps.reshape(-1, *shape), fast, vals[lo:lo + len(wb)], trf, center)
-        for b in range(len(wb)) if slow else ():
-            try:
-                mm = apply_post(maps[b].reshape(shape), post)
-                if funcs is not None:
-                    got = [float(funcs[names[j]](mm)) for j in slow]
-                else:
-                    got = list(scalar_metrics(mm, [names[j] for j in slow], trf, center=center).values())
-                vals[lo + b, slow] = got
-            except ErfError:
-                pass
+        vals[lo:lo + len(wb)] = map_metrics(maps.reshape(-1, *shape), names, trf=trf, post=post, center=center,
+                                            funcs=funcs)
+    return vals
+
+
+def map_metrics(maps: ArrayLike, names: Sequence[str], *, trf: Any = None, post: str | None = None,
+                center: Sequence[float] | None = None,
+                funcs: Mapping[str, Callable[[np.ndarray], float]] | None = None) -> np.ndarray:
+    """Metrics of a stack of maps ``(B, *shape)``: ``(B, len(names))``, NaN where a map has none.
+
+    The moment metrics (total, peak, centre, com_offset, sigma, ERF size, ERF/TRF, kurtosis) and the
+    mass radii of all maps are computed at once (vectorised); the others map by map with
+    ``scalar_metrics`` (or ``funcs``). ``post`` is applied to each map first.
+
+    Args:
+        maps: the maps, the first axis stacking them.
+        names: metric names (``scalar_metrics``) or the keys of ``funcs``.
+        trf, post, center: as for ``scalar_metrics`` / ``metric_intervals``.
+        funcs: ``{name: callable(map) -> float}`` instead of named metrics.
+
+    Returns:
+        The values.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    shape = maps.shape[1:]
+    names = list(names)
+    vals = np.full((len(maps), len(names)), np.nan)
+    fast = {} if funcs is not None or post is not None else _moment_columns(names, len(shape))
+    slow = [j for j in range(len(names)) if j not in fast]
+    if fast and len(maps):
+        _moment_values(maps, fast, vals, trf, center)
+    for b in range(len(maps)) if slow else ():
+        try:
+            mm = apply_post(maps[b], post)
+            if funcs is not None:
+                got = [float(funcs[names[j]](mm)) for j in slow]
+            else:
+                got = list(scalar_metrics(mm, [names[j] for j in slow], trf, center=center).values())
+            vals[b, slow] = got
+        except ErfError:
+            pass
     return vals
 
 
@@ -311,7 +339,7 @@ def _moment_values(maps: np.ndarray, cols: dict[int, tuple[str, int | None]], ou
         wn = flat / np.where(total > 0, total, 1)[:, None]
         com = wn @ grids.T
         r = np.sqrt(sum((grids[a][None, :] - com[:, a:a + 1]) ** 2 for a in range(ndim)))
-        order = np.argsort(r, axis=1, kind="stable")
+        order = np.argsort(r, axis=1)  # ties in r give one radius whatever their order
         r = np.concatenate([np.zeros((B, 1)), np.take_along_axis(r, order, 1)], 1)
         cum = np.concatenate([np.zeros((B, 1)), np.cumsum(np.take_along_axis(flat, order, 1), 1)], 1)
         rows = np.arange(B)

@@ -29,15 +29,16 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from erf.errors import ErfError
-from erf.stats.intervals import N_BOOT, bootstrap_weights, metric_replicates, percentile_interval
+from erf.stats.intervals import N_BOOT, bootstrap_weights, map_metrics, metric_replicates, percentile_interval
 from erf.stats.metrics import scalar_metrics
 from erf.stats.powerlaw import PowerLawFit, fit_power_law
 from erf.stats.presets import apply_post
 
 __all__ = ["Groups", "hierarchical_replicates", "hierarchical_interval", "paired_ratio_interval",
-           "replicate_ratio_interval", "power_law_interval"]
+           "replicate_ratio_interval", "power_law_interval", "network_maps", "leave_one_out"]
 
 Groups = tuple[ArrayLike, ArrayLike]  # (group_sums (G, *shape), group_counts (G,))
+_CHUNK = 64  # replicate maps formed at once
 
 
 def _net_maps(networks: Sequence[Groups]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -90,23 +91,21 @@ def hierarchical_replicates(networks: Sequence[Groups], metric: str | Sequence[s
     inner = [bootstrap_weights(len(n), n_boot, int(rng.integers(2 ** 31))) for _, n in nets]
     names = [metric] if isinstance(metric, str) else list(metric)
     out = np.full((int(n_boot), len(names)), np.nan)
-    for b in range(int(n_boot)):
-        acc = np.zeros(int(np.prod(shape)))
+    for lo in range(0, int(n_boot), _CHUNK):  # a chunk of replicate maps at once (vectorised)
+        hi = min(lo + _CHUNK, int(n_boot))
+        acc = np.zeros((hi - lo, int(np.prod(shape))))
         for k, (s, n) in enumerate(nets):
-            if not top[b, k]:
+            tk = top[lo:hi, k].astype(np.float64)
+            if not tk.any():
                 continue
-            w = inner[k][b].astype(np.float64)
-            m = (w @ s) / max(float(w @ n), 1e-300)
+            w = inner[k][lo:hi].astype(np.float64)
+            m = (w @ s) / np.maximum(w @ n, 1e-300)[:, None]
             if normalize:
-                tot = np.abs(m).sum()
-                m = m / tot if tot > 0 else m * 0
-            acc += top[b, k] * m
-        acc /= max(int(top[b].sum()), 1)
-        try:
-            v = scalar_metrics(apply_post(acc.reshape(shape), post), names, trf, center=center)
-            out[b] = [v[n] for n in names]
-        except ErfError:
-            pass
+                tot = np.abs(m).sum(1)
+                m = m / np.where(tot > 0, tot, np.inf)[:, None]
+            acc += tk[:, None] * m
+        acc /= np.maximum(top[lo:hi].sum(1), 1)[:, None]
+        out[lo:hi] = map_metrics(acc.reshape(-1, *shape), names, trf=trf, post=post, center=center)
     return out[:, 0] if isinstance(metric, str) else out
 
 
@@ -259,3 +258,52 @@ def power_law_interval(x: ArrayLike, y: ArrayLike, replicates: ArrayLike, level:
     b_ci = percentile_interval(coef[1], level, units, method) or (math.nan, math.nan)
     a_ci = percentile_interval(np.exp(coef[0]), level, units, method) or (math.nan, math.nan)
     return PowerLawFit(fit.exponent, fit.prefactor, b_ci, a_ci, fit.r2, fit.n, fit.level, False)
+
+
+def network_maps(networks: Sequence[Groups], normalize: bool = True) -> np.ndarray:
+    """Each network's mean map ``(K, *shape)`` (to unit total of its absolute values with ``normalize``).
+
+    Args:
+        networks: one ``(group_sums, group_counts)`` per network.
+        normalize: scale each map to unit total.
+
+    Returns:
+        The stacked maps.
+    """
+    nets = _net_maps(networks)
+    shape = np.asarray(networks[0][0]).shape[1:]
+    out = []
+    for s, n in nets:
+        m = s.sum(0) / n.sum()
+        tot = np.abs(m).sum()
+        out.append(m / tot if normalize and tot > 0 else m)
+    return np.stack(out).reshape(len(out), *shape)
+
+
+def leave_one_out(maps: ArrayLike, names: Sequence[str], *, counts: ArrayLike | None = None, trf: Any = None,
+                  post: str | None = None, center: Sequence[float] | None = None) -> np.ndarray:
+    """Metrics of the pooled map with each unit (network, or group) left out: ``(K, len(names))``.
+
+    Without ``counts`` the pooled map is the plain mean of the K maps (networks, each already to
+    unit total where they are normalised); with ``counts`` the maps are group sums and the pooled
+    map is ``sum S / sum n`` (weight draws or input groups of one measurement). These are the
+    jackknife values of ``erf.stats.jackknife_interval``.
+
+    Args:
+        maps: ``(K, *shape)`` network maps, or group sums with ``counts``.
+        names: metric names (``scalar_metrics``).
+        counts: ``(K,)`` samples per group, or None.
+        trf, post, center: as for ``scalar_metrics``.
+
+    Returns:
+        The values (NaN where a pooled map has none); K >= 2 needed for any.
+    """
+    m = np.asarray(maps, dtype=np.float64)
+    K, shape = m.shape[0], m.shape[1:]
+    if K < 2:
+        return np.full((K, len(list(names))), np.nan)
+    flat = m.reshape(K, -1)
+    w = 1.0 - np.eye(K)
+    den = w @ (np.ones(K) if counts is None else np.asarray(counts, dtype=np.float64).ravel())
+    pooled = (w @ flat) / np.where(den > 0, den, np.nan)[:, None]
+    return map_metrics(pooled.reshape(K, *shape), list(names), trf=trf, post=post, center=center)
