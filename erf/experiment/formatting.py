@@ -57,13 +57,34 @@ def title_of(cfg: Config) -> str:
     Returns:
         The title (the experiment's name without one).
     """
-    title = cfg.settings["experiment"]["title"] or cfg.name
+    return fill_settings(cfg, cfg.settings["experiment"]["title"] or cfg.name)
+
+
+def fill_settings(cfg: Config, text: str) -> str:
+    """``text`` with its ``{dotted.key}`` placeholders filled from the settings actually run.
+
+    ``{model.networks}`` is a setting; ``{sweep.grid.KEY}`` is the swept list of ``KEY`` written
+    ``first to last`` (``4 to 32``); a placeholder that names nothing is left as it is.
+
+    Args:
+        cfg: the experiment (quick mode and overrides applied).
+        text: the text (a title, a description).
+
+    Returns:
+        The filled text.
+    """
 
     def fill(match: re.Match) -> str:
-        value = get_dotted(cfg.settings, match.group(1))
+        key = match.group(1)
+        if key.startswith("sweep.grid.") and key[len("sweep.grid."):] in cfg.grid:
+            vals = cfg.grid[key[len("sweep.grid."):]]
+            return format_value(vals[0]) if len(vals) == 1 else \
+                f"{', '.join(format_value(v) for v in vals)}" if len(vals) <= 4 else \
+                f"{format_value(vals[0])} to {format_value(vals[-1])}"
+        value = get_dotted(cfg.settings, key)
         return match.group(0) if value is None else format_value(value)
 
-    return re.sub(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}", fill, title)
+    return re.sub(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}", fill, text)
 
 
 def _draws(m: dict, networks: int) -> str:

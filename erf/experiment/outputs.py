@@ -9,7 +9,7 @@ from erf.experiment.figures import draw_figure
 from erf.experiment.records import Record
 from erf.experiment.report import markdown
 from erf.experiment.sweeps import Config
-from erf.experiment.writers import summary_dict, write_csv, write_json, write_maps
+from erf.experiment.writers import code_version, summary_dict, write_csv, write_json, write_maps
 
 
 def write_outputs(cfg: Config, records: list[Record], out_dir: Path, env: dict, seconds: float) -> None:
@@ -22,6 +22,7 @@ def write_outputs(cfg: Config, records: list[Record], out_dir: Path, env: dict, 
         env: ``runner.environment`` of the run.
         seconds: the run's wall time.
     """
+    env = {**env, "code_version": env.get("code_version") or code_version()}  # once, for both files
     analyses = analyse(cfg, records)
     figures = []
     for spec in cfg.figures:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from erf.experiment.formatting import fmt_ci, fmt, metric_axis, setup_line, title_of
+from erf.experiment.formatting import fill_settings, fmt_ci, fmt, metric_axis, setup_line, title_of
 from erf.experiment.records import Record
+from erf.experiment.writers import code_version
 from erf.experiment.sweeps import Config, format_value
 
 
@@ -28,15 +29,18 @@ def markdown(cfg: Config, records: list[Record], analyses: dict, notes: list[str
     if cfg.quick and exp["quick_note"]:  # the first thing a reader sees: this is not the real experiment
         lines += [f"**Quick run (`--quick`): {exp['quick_note'].strip()}**", ""]
     if exp["description"]:
-        lines += [exp["description"].strip(), ""]
+        lines += [fill_settings(cfg, exp["description"].strip()), ""]
     v = env["versions"]
+    code = env.get("code_version") or code_version()
+    commit = ("git commit " + code["commit"][:12] + (" with uncommitted changes" if code["dirty"] else "")
+              if code.get("commit") else "code version unknown (not a git checkout)")
     lines += ["## Setup", "",
               f"- Config: `{cfg.path}`" + (" run with `--quick` (reduced samples and sizes; not the full settings)"
                                             if cfg.quick else " (full settings)"),
               f"- Device: {env['device']} — {env['device_name']}; {len(records)} maps from {len(cfg.points)} sweep "
               f"points in {seconds:.0f} s",
               f"- Seed {exp['seed']}, dtype {exp['dtype']}; erf {v['erf']}, torch {v['torch']}, numpy {v['numpy']}, "
-              f"python {v['python']}",
+              f"python {v['python']}; {commit}",
               f"- Measurement: {setup_line(cfg, records, env)}; intervals: {_interval_text(records)}"]
     base = cfg.settings
     lines.append(f"- Model: `{base['model']['name']}` with {_args(base['model']['args'])}"
@@ -48,7 +52,7 @@ def markdown(cfg: Config, records: list[Record], analyses: dict, notes: list[str
     lines += ["- Definitions: σ = moment standard deviation of the ERF map per axis; ERF size = 2σ; "
               "ERF/TRF = 2σ / TRF; the TRF is the exact theoretical receptive field of the centre unit.", ""]
     lines += ["## What the numbers show", ""] + [f"- {n}" for n in notes] + [""]
-    if cfg.settings["report"]["changes"].strip():
+    if cfg.settings["report"]["changes"].strip() and not cfg.quick:  # the committed full run's changes only
         lines += ["## Changes from the previous version", "", cfg.settings["report"]["changes"].strip(), ""]
     if figures:
         lines += ["## Figures", ""]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,26 @@ def record_dict(r: Record) -> dict:
     return to_json(d)
 
 
+def code_version() -> dict:
+    """The code this run used: ``{"commit", "dirty"}`` from git where the package is a checkout, else Nones.
+
+    ``dirty`` is True when tracked files differ from the commit (the numbers then come from uncommitted
+    code); both are None outside a git checkout or without git.
+    """
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0
+                else None}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
 def write_json(obj: Any, path: Path) -> None:
     """Write ``obj`` (made JSON-ready by ``erf.io.to_json``) to ``path``, indented, no NaN.
 
@@ -155,6 +176,7 @@ def summary_dict(cfg: Config, records: list[Record], env: dict, seconds: float, 
         "experiment": cfg.name, "title": title_of(cfg), "description": exp["description"],
         "quick": cfg.quick, "seed": exp["seed"], "device": env["device"], "device_name": env["device_name"],
         "versions": env["versions"], "platform": env["platform"], "seconds": seconds,
+        "code_version": env.get("code_version") or code_version(),
         "config": cfg.to_dict(), "metrics": cfg.settings["report"]["metrics"], "analyses": analyses,
         "findings": notes, "figures": [f["file"] for f in figures], "points": [record_dict(r) for r in records],
     }
