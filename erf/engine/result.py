@@ -117,6 +117,15 @@ class ERFResult:
         return self._lazy("uniform", lambda: stats.uniform_reference(self.map, box))
 
     @property
+    def saturation(self) -> dict | None:
+        """Every traced result: the ERF against a uniform map over its TRF box cut to the image, with the
+        ``saturated`` flag (``stats.saturation``); None without a bounded box."""
+        box = self.trf_box_unclipped or self.trf_box
+        if box is None or any(b is None for b in box):
+            return None
+        return self._lazy("saturation", lambda: stats.saturation(self.map, box))
+
+    @property
     def fit(self):
         """2-D Gaussian fit of the map (``stats.fit_gaussian``), None for other dimensions."""
         return self._lazy("fit", lambda: stats.fit_gaussian(self.map) if self.map.ndim == 2 else None)
@@ -159,13 +168,13 @@ class ERFResult:
         reason in ``stats_error``.
         """
         out = {"sigma": None, "sigma_ci": None, "gaussian": None, "ratio": None, "metrics": None,
-               "intervals": None, "uniform_reference": None, "stats_error": None}
+               "intervals": None, "uniform_reference": None, "saturation": None, "stats_error": None}
         try:
             fit = self.fit
             out.update(sigma=list(self.sigma), sigma_ci=[list(ci) if ci else None for ci in self.sigma_ci],
                        gaussian=None if fit is None else fit.to_dict(), ratio=_list(self.ratio),
                        metrics=self.metrics, intervals={k: _list(v) for k, v in self.intervals.items()},
-                       uniform_reference=self.uniform_reference)
+                       uniform_reference=self.uniform_reference, saturation=self.saturation)
         except ErfError as exc:
             out["stats_error"] = str(exc)
         out.update({
@@ -266,6 +275,13 @@ class ERFResult:
                          "sigma " + " x ".join(_fmt(d['uniform_reference']['vs_uniform'].get(f"sigma_{a}"))
                                                for a in self.axes)
                          if d.get("uniform_reference") else ""))
+        sat = d.get("saturation")
+        if sat:
+            v = sat["vs_uniform"]
+            lines.append("against a uniform map over the TRF box " + str(sat["region"]) + ": mass radius 0.5 "
+                         f"{_fmt(v.get('mass_radius_0.5'))}, 0.9 {_fmt(v.get('mass_radius_0.9'))}, sigma "
+                         + " x ".join(_fmt(v.get(f"sigma_{a}")) for a in self.axes) + " of it"
+                         + (f" (saturated: the ERF fills its TRF, >= {sat['threshold']:g})" if sat["saturated"] else ""))
         dg = self.diagnostics or {}
         if dg.get("ess") is not None:
             lines.append(f"diagnostics: largest sample share {_fmt(dg.get('max_sample_share'))}, largest group "

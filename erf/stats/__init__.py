@@ -86,8 +86,8 @@ from erf.stats.fits import Gaussian1DFit, GaussianFit, fit_gaussian, fit_gaussia
 from erf.stats.intervals import (N_BOOT, bootstrap_weights, default_interval_metrics, interval_metrics,
                                  map_metrics, metric_intervals, metric_replicates, percentile_interval, relative_se_of_sigma,
                                  standard_error_map)
-from erf.stats.metrics import (METRICS, Metric, default_metrics, scalar_metrics, summarize, uniform_map,
-                               uniform_reference, uniform_reference_names)
+from erf.stats.metrics import (METRICS, SATURATION, Metric, default_metrics, saturation, scalar_metrics, summarize,
+                               uniform_map, uniform_reference, uniform_reference_names)
 from erf.stats.moments import (Moments, axis_names, center_unit, check_map, erf_size, erf_trf_ratio, moments,
                                trf_sizes)
 from erf.stats.powerlaw import PowerLawFit, fit_power_law
@@ -106,6 +106,7 @@ __all__ = [
     "GaussianFit", "Gaussian1DFit", "fit_gaussian", "fit_gaussian_1d", "fit_profiles",
     "mass_radius", "area_above", "high_contribution_area_ratio", "check_box", "mass_in_box",
     "METRICS", "Metric", "default_metrics", "scalar_metrics", "summarize", "uniform_map", "uniform_reference",
+    "SATURATION", "saturation",
     "uniform_reference_names",
     "N_BOOT", "default_interval_metrics", "interval_metrics", "bootstrap_weights", "metric_replicates",
     "percentile_interval", "metric_intervals", "standard_error_map", "relative_se_of_sigma",

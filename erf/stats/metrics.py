@@ -323,6 +323,38 @@ def uniform_reference_names(ndim: int = 2) -> list[str]:
         ["mass_radius_0.5", "mass_radius_0.9", "mass_radius_0.95"]
 
 
+#: An ERF whose size is at least this fraction of a uniform map's over its (visible) TRF is *saturated*:
+#: it fills its TRF, and "ERF/TRF" then says more about the TRF than about how the net weighs its inputs.
+SATURATION = 0.8
+
+
+def saturation(m: ArrayLike, box: ArrayLike | None = None, threshold: float = SATURATION) -> dict:
+    """The ERF against a uniform map over its TRF box (cut to the image), for every map, with a saturation flag.
+
+    ``uniform_reference`` plus ``saturated`` (True when sigma along any axis, or the mass radius 0.5
+    or 0.9, is at least ``threshold`` of the uniform map's), ``saturated_by`` (those metrics) and
+    ``threshold``. A uniform 17 px box has 2 sigma = 9.80 px: a 3-conv net whose 2 sigma is 9.8 px
+    fills its TRF, whatever its kurtosis.
+
+    Args:
+        m: the ERF map.
+        box: the TRF box (inclusive, may extend past the map); None = the whole map.
+        threshold: the saturation fraction, in (0, 1].
+
+    Returns:
+        ``{"region", "uniform", "vs_uniform", "saturated", "saturated_by", "threshold"}``.
+
+    Raises:
+        ErfError: an invalid map or box, or a threshold outside (0, 1].
+    """
+    if not 0 < threshold <= 1:
+        raise ErfError(f"threshold must be in (0, 1]; got {threshold}")
+    ref = uniform_reference(m, box)
+    keys = [k for k in ref["vs_uniform"] if k.startswith("sigma_") or k in ("mass_radius_0.5", "mass_radius_0.9")]
+    by = [k for k in keys if ref["vs_uniform"].get(k) is not None and ref["vs_uniform"][k] >= threshold]
+    return {**ref, "saturated": bool(by), "saturated_by": by, "threshold": float(threshold)}
+
+
 def uniform_reference(m: ArrayLike, box: ArrayLike | None = None, names: Sequence[str] | None = None) -> dict:
     """The ERF's size metrics against a uniform map over the visible region (a clipped or global TRF).
 
