@@ -266,8 +266,8 @@ def test_config_prefix_tokens_key_is_checked(tmp_path):
         parse_config(raw, "x.toml")
 
 
+@pytest.mark.interop("timm")
 def test_timm_vit_end_to_end():
-    pytest.importorskip("timm")
     model = erf.load_model("timm:vit_tiny_patch16_224", {"img_size": 64})
     local = erf.measure(model, 64, layer="blocks.0.attn.qkv", samples=2)
     assert local.unit == (2, 2) and local.map.shape == (64, 64)
@@ -277,8 +277,8 @@ def test_timm_vit_end_to_end():
     assert np.all(glob.map > 0)
 
 
+@pytest.mark.interop("torchvision")
 def test_torchvision_resnet18_end_to_end():
-    pytest.importorskip("torchvision")
     model = erf.load_model("torchvision:resnet18")
     res = erf.measure(model, 64, layer="layer2", samples=2)
     assert res.unit == (4, 4) and res.trf == (99, 99) and res.map.shape == (64, 64)

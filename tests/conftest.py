@@ -1,0 +1,83 @@
+"""The ``interop`` marker: tests that need timm and/or torchvision.
+
+``@pytest.mark.interop`` (both libraries) or ``@pytest.mark.interop("timm")`` /
+``@pytest.mark.interop("torchvision")`` (that one). Where a library the test needs does not
+import (the main venv: torch 2.13 CPU, no timm), the test skips with the reason. CI's interop
+stage (``.ci/interop``: torch 2.14.1, torchvision 0.29.1, timm) runs
+``pytest -m interop --no-skip-interop``: there a missing library, an ``importorskip`` or any
+other skip of an interop test is a failure, so nothing in that stage passes by skipping.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+pytest_plugins = ["pytester"]  # tests/test_interop_markers.py runs this file on small test files
+
+LIBRARIES = ("timm", "torchvision")
+_REASONS: dict[str, str | None] = {}
+
+
+def import_reason(name: str) -> str | None:
+    """Why ``name`` cannot be used here (None: it imports). Imported once per session."""
+    if name not in _REASONS:
+        try:
+            importlib.import_module(name)
+            _REASONS[name] = None
+        except ModuleNotFoundError:
+            _REASONS[name] = f"{name} is not installed here (CI's interop stage runs it: .ci/interop)"
+        except Exception as exc:  # e.g. a torchvision built for another torch
+            first = " ".join(str(exc).split())[:100]
+            _REASONS[name] = f"{name} does not import here ({type(exc).__name__}: {first}); CI's interop stage runs it"
+    return _REASONS[name]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--no-skip-interop", action="store_true", default=False,
+                     help="interop tests (timm/torchvision) fail instead of skipping where a library is missing "
+                          "or a test skips (CI's interop stage)")
+
+
+def _needs(item) -> tuple[str, ...]:
+    marker = item.get_closest_marker("interop")
+    if marker is None:
+        return ()
+    names = tuple(marker.args) or LIBRARIES
+    bad = [n for n in names if n not in LIBRARIES]
+    if bad:
+        raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.interop takes {', '.join(LIBRARIES)}; got {bad[0]!r}")
+    return names
+
+
+def _missing(item) -> str | None:
+    """The reason a library the interop test ``item`` needs does not import here (None: all import)."""
+    return next((r for r in map(import_reason, _needs(item)) if r is not None), None)
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--no-skip-interop"):
+        return  # pytest_runtest_setup fails them instead
+    for item in items:
+        reason = _missing(item)
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_runtest_setup(item):
+    if item.config.getoption("--no-skip-interop"):
+        reason = _missing(item)
+        if reason is not None:
+            pytest.fail(f"--no-skip-interop: {reason}", pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("interop")
+            and item.config.getoption("--no-skip-interop")):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"--no-skip-interop: an interop test skipped ({reason})"
