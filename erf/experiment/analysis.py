@@ -17,7 +17,7 @@ from scipy import stats as scipy_stats
 from erf import stats
 from erf.experiment.findings import findings  # noqa: F401 - re-exported: the words on these numbers
 from erf.experiment.formatting import metric_axis
-from erf.experiment.records import Record, distinct_values, same_value
+from erf.experiment.records import ROBUST, Record, distinct_values, same_value
 from erf.experiment.sweeps import Config, format_value
 
 
@@ -248,8 +248,14 @@ def _comparisons(spec, records) -> dict:
                    "trf": None if r.trf is None else list(r.trf), "networks": r.network_count,
                    "reference": None if r.reference is None else r.reference.get(metric),
                    "per_network": [n.get(metric) for n in r.network_metrics]}
+            row["saturation"] = None if r.saturation is None else {
+                "vs_uniform": r.saturation["vs_uniform"], "saturated": r.saturation["saturated"],
+                "uniform": r.saturation["uniform"]}
+            row["robust"] = {n: {"value": r.metrics.get(n), "interval": r.interval(n)} for n in ROBUST}
             if base is not None and r is not base:
                 row.update(baseline=format_value(cats[0]), **compare(r, base, metric))
+                for n in ROBUST:
+                    row["robust"][n].update(compare(r, base, n))
                 if base.reference is not None and base.reference.get(metric) and base.metrics.get(metric) is not None:
                     row["baseline_reference"] = base.reference[metric]
                     row["baseline_vs_reference"] = base.metrics[metric] / base.reference[metric]

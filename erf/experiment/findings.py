@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from erf.experiment.formatting import fmt, fmt_ci, metric_axis
-from erf.experiment.records import Record, small_n_interval
+from erf.experiment.records import ROBUST, Record, small_n_interval
 from erf.experiment.sweeps import Config, show_value
 
 DOMINANT_SHARE = 0.2  # one input sample holding more of the mass than this is reported
@@ -38,6 +38,7 @@ def findings(cfg: Config, records: list[Record], analyses: dict) -> list[str]:
             out += _bar_findings(fa)
         elif fa["kind"] == "training":
             out += _training_findings(fa)
+    out += _saturation_findings(records)
     out += _network_findings(records)
     out += _tail_findings(records)
     out += _shape_findings(records)
@@ -127,7 +128,8 @@ def _bar_findings(fa) -> list[str]:
         if row.get("ratio") is None:
             continue
         where = f" ({row['series']})" if row["series"] else ""
-        head = (f"{row['category']}{where}: {m} = {fmt(row['value'])}{fmt_ci(row['interval'])}{_ref_text(row)}, "
+        lead = _robust_bar_text(row, where, m)
+        head = lead + (f"{row['category']}{where}: {m} = {fmt(row['value'])}{fmt_ci(row['interval'])}{_ref_text(row)}, "
                 f"{fmt(row['ratio'])}× {row['baseline']}")
         if row.get("exact"):
             out.append(head + " — exact: deterministic uniform weights, both maps equal the exact theory.")
@@ -185,7 +187,7 @@ def _training_findings(fa) -> list[str]:
         if c is None:
             continue
         pct = (c["ratio"] - 1) * 100
-        head = (f"{row['label']}: {m} from {fmt(c['init'])}{fmt_ci(c['init_interval'])} at init to "
+        head = _robust_training_text(row, m) + (f"{row['label']}: {m} from {fmt(c['init'])}{fmt_ci(c['init_interval'])} at init to "
                 f"{fmt(c['final'])}{fmt_ci(c['final_interval'])} after training, {pct:+.0f}%")
         note = _train_note(row.get("train"))
         if row.get("learned") is False:
@@ -213,6 +215,90 @@ def _training_findings(fa) -> list[str]:
                    f"{_count_caveat(c.get('count'), sig)}."
                    + (f" Other metrics (paired 95% CI in %): {', '.join(others)}." if others else "") + note)
     return out
+
+
+def _robust_training_text(row: dict, m: str) -> str:
+    """The robust sizes first: 'label: mass radius 0.5 a -> b px (+x% [..], k of n networks), 0.9 ...; ' ."""
+    ch = row["changes"]
+    parts = []
+    for n in ROBUST:
+        c = ch.get(n)
+        if c is None or n == m:
+            continue
+        parts.append(f"{n.replace('_', ' ')} {fmt(c['init'])} → {fmt(c['final'])} px "
+                     f"({(c['ratio'] - 1) * 100:+.0f}%{fmt_ci(_pct(c['ratio_interval']))}"
+                     f"{count_text(c.get('count')).replace('larger', 'up').replace('smaller', 'down')})")
+    if not parts:
+        return ""
+    return f"{row['label']}: {', '.join(parts)}{_disagreement(ch, m)}. "
+
+
+def _robust_bar_text(row: dict, where: str, m: str) -> str:
+    """The robust sizes of a bar comparison first, with the saturation of the map."""
+    rb = {**(row.get("robust") or {}), m: row}
+    parts = []
+    for n in ROBUST:
+        c = rb.get(n) or {}
+        if c.get("value") is None or c.get("ratio") is None:
+            continue
+        parts.append(f"{n.replace('_', ' ')} {fmt(c['value'])}{fmt_ci(c.get('interval'))} px, "
+                     f"{fmt(c['ratio'])}× {row['baseline']} (95% CI{fmt_ci(c.get('ratio_interval')) or ' –'}"
+                     f"{count_text(c.get('count'), row['baseline'])})")
+    if not parts:
+        return ""
+    return (f"{row['category']}{where}: {'; '.join(parts)}{_disagreement(rb, m)}"
+            f"{_saturation_clause(row.get('saturation'))}. ")
+
+
+def _saturation_clause(sat: dict | None) -> str:
+    if not sat or not sat.get("saturated"):
+        return ""
+    v = sat["vs_uniform"]
+    return (f" — saturated: it fills its TRF (σx {fmt(v.get('sigma_x'))}, mass radius 0.5 "
+            f"{fmt(v.get('mass_radius_0.5'))} of a uniform map over the TRF box)")
+
+
+def _disagreement(changes: dict, m: str) -> str:
+    """Where 2σ and the mass radii move differently, say so (2σ is carried by the tails or a diffuse floor)."""
+    c2, c5, c9 = changes.get(m), changes.get("mass_radius_0.5"), changes.get("mass_radius_0.9")
+    if not (c2 and c5 and c9) or m in ROBUST or None in (c2.get("ratio"), c5.get("ratio"), c9.get("ratio")):
+        return ""
+    logs = {k: float(np.log(c["ratio"])) for k, c in ((m, c2), ("mass_radius_0.5", c5), ("mass_radius_0.9", c9))}
+    big = [v for v in logs.values() if abs(v) > 0.05]
+    opposite = any(v > 0.05 for v in logs.values()) and any(v < -0.05 for v in logs.values())
+    spread = len(big) >= 1 and max(abs(v) for v in logs.values()) > 2 * max(min(abs(v) for v in logs.values()), 0.025)
+    if not (opposite or spread):
+        return ""
+    pcts = ", ".join(f"{k} {(np.exp(v) - 1) * 100:+.0f}%" for k, v in logs.items())
+    return (f"; 2σ and the mass radii disagree ({pcts}): 2σ weighs the tails and a diffuse floor, the mass "
+            "radius 0.5 the core, so the core and the tails moved differently")
+
+
+def _saturation_findings(records: list[Record]) -> list[str]:
+    rows = [r for r in records if r.saturation is not None]
+    if not rows:
+        return []
+    sat = [r for r in rows if r.saturation["saturated"]]
+    thr = rows[0].saturation["threshold"]
+
+    def one(r):
+        v = r.saturation["vs_uniform"]
+        return (f"{r.label} σx {fmt(v.get('sigma_x'))}, mass radius 0.5 {fmt(v.get('mass_radius_0.5'))}, 0.9 "
+                f"{fmt(v.get('mass_radius_0.9'))}")
+
+    head = (f"Against a uniform map over each TRF box (cut to the image; 1 = the ERF fills its TRF), the ERF is "
+            f"saturated (at least {thr:.0%} of the uniform map's σ or mass radius 0.5/0.9) at {len(sat)} of "
+            f"{len(rows)} maps")
+    if sat:
+        head += ": " + "; ".join(one(r) for r in sat[:8]) + ("; …" if len(sat) > 8 else "") + \
+            ". There a size or an ERF/TRF ratio says more about the TRF than about the network"
+    rest = [r for r in rows if not r.saturation["saturated"]]
+    if rest:
+        fr = [r.saturation["vs_uniform"].get("mass_radius_0.5") for r in rest]
+        fr = [f for f in fr if f is not None]
+        if fr:
+            head += (f"; elsewhere mass radius 0.5 is {fmt(min(fr))}–{fmt(max(fr))} of the uniform map's")
+    return [head + "."]
 
 
 def _pct(ci):

@@ -179,7 +179,8 @@ def make_record(cfg: Config, point: Point, results: ERFResult | list[ERFResult],
     nets = Networks([r.groups[0] for r in results], [r.groups[1] for r in results], [r.map for r in results],
                     bool(s["model"]["normalize_networks"]))
     mp = nets.combined(res.post) if len(results) > 1 else res.post_map
-    names = list(names) + [f"kurtosis_{a}" for a in stats.axis_names(mp.ndim)]
+    names = list(names) + [f"kurtosis_{a}" for a in stats.axis_names(mp.ndim)] + \
+        [n for n in ROBUST if n not in names]
     center = getattr(res, "trf_center", None)
     metrics = stats.scalar_metrics(mp, names, res.trf, center=center)
     boot_seed = exp["seed"] + (0 if exp["common_seeds"] else 7919 * (point.index + 1))
@@ -198,6 +199,12 @@ def make_record(cfg: Config, point: Point, results: ERFResult | list[ERFResult],
     if res.clipped or _global(res.trf_box, mp.shape):
         reference = stats.scalar_metrics(stats.uniform_map(mp.shape, _box(res.trf_box, mp.shape)), names, res.trf,
                                          center=center)
+    saturation = None
+    if res.trf_box is not None and all(b is not None for b in res.trf_box):
+        try:
+            saturation = stats.saturation(mp, _box(res.trf_box, mp.shape))
+        except ErfError as exc:
+            notes.append(f"no uniform-map reference over the TRF box ({exc})")
     diagnostics = _diagnostics(results, nets)
     if len(results) > 1 and diagnostics["max_network_share"] > max(0.5, 2.0 / len(results)):
         notes.append(f"one network holds {diagnostics['max_network_share']:.0%} of the summed gradient mass of "
@@ -208,8 +215,12 @@ def make_record(cfg: Config, point: Point, results: ERFResult | list[ERFResult],
                   theory_sigma=theory, theory_exact=exact, notes=notes, networks=nets, boot=boot,
                   network_metrics=network_metrics, reference=reference, diagnostics=diagnostics,
                   theory_abs_sigma=abs_theory(s), trf_center=None if center is None else tuple(map(float, center)),
-                  jackknife=jack, unit_metrics=unit_metrics, bootstrap_intervals=bootstrap_intervals)
+                  jackknife=jack, unit_metrics=unit_metrics, bootstrap_intervals=bootstrap_intervals,
+                  saturation=saturation)
 
+
+#: The sizes the reports lead with: robust to a diffuse floor or heavy tails, unlike 2 sigma.
+ROBUST = ("mass_radius_0.5", "mass_radius_0.9")
 
 #: Metric families that may be zero or negative: their intervals are on the linear scale, the others' on the log.
 SIGNED_FAMILIES = ("com_offset", "center", "kurtosis")
