@@ -4,8 +4,11 @@ Everything that lands on disk goes through here, so durability and encoding rule
 in one place (the engine's state files, run folders, results, figures). An atomic write
 goes to a temporary file in the same folder, is flushed to the disk (``fsync``), renamed onto
 its path, and the folder is flushed too: after a crash of the host the path holds either the
-old or the new content, never a part. ``checksum=True`` also writes ``<file>.sha256`` (after
-the file), which ``verify`` checks when the file is read back.
+old or the new content, never a part. ``sealed=True`` (zip-based files: ``.npz``, ``torch.save``)
+puts the file's SHA-256 inside it, as the zip archive comment, before the rename: there is no
+instant at which a complete file lacks its checksum, which ``verify`` checks when the file is
+read back. ``checksum=True`` writes ``<file>.sha256`` beside it instead (after the file; files
+of older erf versions are checked against it).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -22,18 +26,24 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["atomic_write", "fsync_dir", "fsync_tree", "checksum_path", "file_sha256", "write_checksum", "verify",
-           "set_aside", "save_npz", "to_json", "json_dumps"]
+           "seal", "seal_problem", "SEAL_BYTES", "set_aside", "save_npz", "to_json", "json_dumps"]
 
 CHECKSUM_SUFFIX = ".sha256"
+SEAL_PREFIX = b"erf-sha256:"  # the zip comment of a sealed file: this, then the hex SHA-256 of the bytes before it
+SEAL_BYTES = len(SEAL_PREFIX) + 64
+_EOCD = b"PK\x05\x06"  # the zip end-of-central-directory record: 22 bytes, the comment's length in the last 2
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], checksum: bool = False) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], checksum: bool = False,
+                 sealed: bool = False) -> Path:
     """Call ``write(tmp_path)``, flush it to the disk, rename it onto ``path`` and flush the folder.
 
     Args:
         path: the final file; its folder is created when missing.
         write: writes the whole content to the temporary path it is given.
         checksum: also write ``<path>.sha256`` (``write_checksum``) once ``path`` is in place.
+        sealed: ``write`` makes a zip file (``np.savez``, ``torch.save``): put its SHA-256 inside it
+            (``seal``) before the rename.
 
     Returns:
         ``path`` as a ``Path``.
@@ -48,6 +58,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], checksum:
     os.close(fd)
     try:
         write(tmp)
+        if sealed:
+            seal(tmp, path.name)
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -144,11 +156,86 @@ def write_checksum(path: str | os.PathLike) -> Path:
     return atomic_write(checksum_path(path), lambda f: Path(f).write_text(text))
 
 
-def verify(path: str | os.PathLike) -> str | None:
-    """Check a file against the checksum recorded when it was written.
+def seal(path: str | os.PathLike, name: str | None = None) -> None:
+    """Put the SHA-256 of a zip file inside it, as its archive comment (zip readers ignore it).
+
+    The comment's length is set first, then the digest of the file's final name and every byte
+    before the comment is appended: ``seal_problem`` recomputes it, so a sealed file copied over
+    another name (one save over another's) does not pass either. numpy and torch read the file
+    as before.
 
     Args:
-        path: a file written with ``checksum=True`` (or followed by ``write_checksum``).
+        path: a zip file without an archive comment (what ``np.savez`` and ``torch.save`` write).
+        name: the name the file will have (default: its own).
+
+    Raises:
+        ValueError: the file does not end with a zip end record without comment.
+    """
+    with open(path, "r+b") as f:
+        size = f.seek(0, 2)
+        if size < 22:
+            raise ValueError(f"{path}: not a zip file")
+        f.seek(size - 22)
+        end = f.read(22)
+        if end[:4] != _EOCD or end[20:22] != b"\0\0":
+            raise ValueError(f"{path}: not a zip file without an archive comment")
+        f.seek(size - 2)
+        f.write(SEAL_BYTES.to_bytes(2, "little"))
+    digest = _named_sha256(path, name or Path(path).name, None)
+    with open(path, "ab") as f:
+        f.write(SEAL_PREFIX + digest.encode())
+
+
+def _named_sha256(path: str | os.PathLike, name: str, length: int | None) -> str:
+    """SHA-256 of ``name``, a NUL, then the first ``length`` bytes of the file (all of it for None)."""
+    h = hashlib.sha256(name.encode("utf-8", "surrogateescape") + b"\0")
+    with open(path, "rb") as f:
+        left = length
+        while left is None or left > 0:
+            block = f.read(1 << 20 if left is None else min(left, 1 << 20))
+            if not block:
+                break
+            h.update(block)
+            if left is not None:
+                left -= len(block)
+    return h.hexdigest()
+
+
+def seal_problem(path: str | os.PathLike) -> str | None:
+    """Check a sealed file (``seal``) against the SHA-256 inside it.
+
+    Args:
+        path: the file.
+
+    Returns:
+        None when it is sealed and intact; "no checksum recorded" when it carries no seal; else
+        why it does not match ("empty", "truncated or altered ...").
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            return "empty"
+        if size < SEAL_BYTES + 22:
+            return "no checksum recorded"
+        f.seek(size - SEAL_BYTES - 22)
+        tail = f.read()
+    if not tail[22:].startswith(SEAL_PREFIX):
+        return "no checksum recorded"
+    if tail[:4] != _EOCD or int.from_bytes(tail[20:22], "little") != SEAL_BYTES:
+        return "its checksum is damaged"
+    if _named_sha256(path, Path(path).name, size - SEAL_BYTES).encode() != tail[22 + len(SEAL_PREFIX):]:
+        return "checksum mismatch (truncated or altered after it was written)"
+    return None
+
+
+def verify(path: str | os.PathLike) -> str | None:
+    """Check a file against the checksum recorded when it was written: inside it (sealed), else beside it.
+
+    Args:
+        path: a file written with ``sealed=True`` or ``checksum=True`` (or followed by ``write_checksum``).
 
     Returns:
         None when the file is intact, else why it is not (one phrase: "empty", "no checksum
@@ -156,9 +243,15 @@ def verify(path: str | os.PathLike) -> str | None:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        size = info.st_size
         if size == 0:
             return "empty"
+        sealed = seal_problem(path)
+        if sealed != "no checksum recorded" or not checksum_path(path).exists():
+            return sealed
         try:
             recorded = checksum_path(path).read_text().split()
         except FileNotFoundError:

@@ -21,7 +21,7 @@ from erf.engine import accumulate as measure_accumulate
 from erf.engine import measure
 from erf.errors import ErfError
 from erf.experiment import points, runfolder, runner
-from erf.io import atomic_write, checksum_path, set_aside, verify, write_checksum
+from erf.io import SEAL_BYTES, atomic_write, checksum_path, set_aside, verify, write_checksum
 from erf.models import create_model
 
 CONFIG = """
@@ -115,8 +115,9 @@ def _damage(path: Path, how: str, other: Path) -> None:
         path.write_bytes(b"not a zip file at all " * 40)
     elif how == "altered":  # a valid save of another point: numpy reads it, only the checksum tells
         path.write_bytes(other.read_bytes())
-    elif how == "no checksum":
-        checksum_path(path).unlink()
+    elif how == "no checksum":  # a valid zip without the checksum inside it (and none beside it)
+        path.write_bytes(data[:-SEAL_BYTES - 2] + b"\0\0")
+        checksum_path(path).unlink(missing_ok=True)
 
 
 @pytest.mark.slow

@@ -3,9 +3,9 @@
 The loop is given a ``StateFile`` (or ``NoSaves``, which never saves nor finds a save). A
 file whose fingerprint (settings, model ``checksum``, world size) differs from this run's
 is ignored. Saves happen after a batch once ``every`` seconds have passed since the last
-one; each is written to a temporary file, flushed and renamed, so a kill leaves the previous save
-intact, and its SHA-256 is recorded beside it (``<file>.sha256``). A save that does not match its
-checksum, or cannot be read for any reason, is moved to ``damaged/`` beside it with a one-line note
+one; each is written to a temporary file with its SHA-256 inside it (``erf.io.seal``), flushed and
+renamed, so a kill at any instant leaves the previous save or the new one, each with its checksum.
+A save that does not match its checksum, or cannot be read for any reason, is moved to ``damaged/`` beside it with a one-line note
 on stderr and the measurement starts from the beginning (nothing is deleted). Under ``torchrun``
 each rank saves its own share (``Ranks.state_path``).
 """
@@ -98,7 +98,7 @@ class StateFile(NoSaves):
         """Write ``acc`` and the loop ``position`` atomically."""
         meta = {"fingerprint": self.fingerprint, "group_size": acc.gs, "n": acc.n, **position}
         arrays = {**acc.state(), "meta": np.array(json.dumps(to_json(meta)))}
-        atomic_write(self.path, lambda f: save_npz(f, arrays), checksum=True)
+        atomic_write(self.path, lambda f: save_npz(f, arrays), sealed=True)
         self._last = now
 
 

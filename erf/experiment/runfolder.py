@@ -1,7 +1,7 @@
 """The run folder: ``.<name>.partial/`` beside the destination, its lock, resume and restart, the final rename.
 
 Everything a run writes goes to the hidden run folder first: each finished measurement is saved
-there (``saved/``, each with its SHA-256 in ``<file>.sha256``), a running one saves its sums
+there (``saved/``, each with its SHA-256 inside it, ``erf.io.seal``), a running one saves its sums
 every ``experiment.save_every`` seconds (``engine/``), and the results are written to ``out/``,
 which is renamed onto the destination only at the very end. So an interrupted run never leaves
 a results folder that looks complete, and a resumed run (same ``fingerprint``) goes on from the
@@ -18,6 +18,8 @@ between them is completed by the next start (``RunFolder.recover``), so a finish
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import shlex
@@ -32,10 +34,10 @@ from erf import __version__, distributed, limits
 from erf.engine import ERFResult
 from erf.errors import ConfigError, ErfError
 from erf.experiment.sweeps import Config
-from erf.io import atomic_write, file_sha256, fsync_dir, fsync_tree, set_aside, to_json, verify, write_checksum
+from erf.io import atomic_write, file_sha256, fsync_dir, fsync_tree, set_aside, to_json, verify
 
 __all__ = ["fingerprint", "resume_command", "RunFolder", "destination", "check_destination", "foreign_problem",
-           "write_manifest", "run_inputs", "MANIFEST"]
+           "write_manifest", "run_inputs", "input_digests", "MANIFEST"]
 
 FINISHED = "finished"  # the marker written once out/ is complete, before the final renames
 
@@ -185,6 +187,9 @@ class RunFolder:
         """
         self._owner = (cfg.name, bool(cfg.quick))
         info = self.path / "run.json"
+        if self.path.exists() and not info.exists() and not self.has_saves():
+            self.discard()  # a start cut short before its run.json (an older erf): nothing of it to keep
+        digests = input_digests(cfg)
         if self.path.exists():
             if restart:
                 shutil.rmtree(self.path)
@@ -201,19 +206,28 @@ class RunFolder:
                     raise ConfigError(f"{cfg.path}: the interrupted run in {self.path} was made with other settings "
                                       "(config, --quick, --seed or --device); use --restart to "
                                       "discard it, or resume with the same settings")
+                changed = _changed_inputs(json.loads(info.read_text()).get("inputs"), digests)
+                if changed:
+                    raise ConfigError(f"{cfg.path}: --resume: {changed} changed since the interrupted run in "
+                                      f"{self.path} began, and its measurements would mix the two versions; put "
+                                      "the original back, or use --restart to measure everything anew")
         elif resume:
             done = f"; finished results are in {self.dest}" if (self.dest / "summary.json").is_file() else ""
             raise ConfigError(f"{cfg.path}: --resume: there is no interrupted run to resume for {self.dest} "
                               f"(no {self.path}){done}; run without --resume to start one")
+        created = not self.path.exists()
         try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if not info.exists():  # first, so that a folder with saves always says what made them
+                text = json.dumps({"fingerprint": self.fingerprint, "config": cfg.path, "inputs": digests}) + "\n"
+                atomic_write(info, lambda f: Path(f).write_text(text))
             for sub in ("saved", "engine", "out"):
                 (self.path / sub).mkdir(parents=True, exist_ok=True)
             fsync_dir(self.path)
             fsync_dir(self.path.parent)
-            if not info.exists():
-                text = json.dumps({"fingerprint": self.fingerprint, "config": cfg.path}) + "\n"
-                atomic_write(info, lambda f: Path(f).write_text(text))
         except OSError as exc:
+            if created:
+                self.discard()  # made by this call and holding nothing: leave nothing behind
             raise ConfigError(f"cannot create the run folder {self.path}: {exc.strerror or exc}; choose another "
                               "--out (a writable folder with free space)") from None
 
@@ -224,7 +238,7 @@ class RunFolder:
         return self.path / "saved" / f"{key}.npz"
 
     def save_result(self, key: str, res: ERFResult) -> Path:
-        """Save the finished measurement ``key`` (atomic, flushed) and record its checksum.
+        """Save the finished measurement ``key`` (atomic, flushed) with its checksum inside the file.
 
         Args:
             key: the measurement's key (``Record.key``).
@@ -233,9 +247,7 @@ class RunFolder:
         Returns:
             The saved file.
         """
-        path = res.save(self.saved(key))
-        write_checksum(path)
-        return path
+        return atomic_write(self.saved(key), res.save, sealed=True)  # its checksum inside, before the rename
 
     def engine_state(self, key: str) -> Path:
         """The engine's periodic save of the running measurement ``key``."""
@@ -258,6 +270,8 @@ class RunFolder:
         keys: set[str] = set()
         if distributed.is_main():
             for path in sorted((self.path / "saved").glob("*.npz")):
+                if path.name.startswith("."):  # a temporary file of a write a kill cut short: not a save
+                    continue
                 problem = verify(path)
                 if problem is None:
                     keys.add(path.stem)
@@ -269,7 +283,7 @@ class RunFolder:
 
     def has_saves(self) -> bool:
         """True when at least one finished measurement is saved."""
-        return any((self.path / "saved").glob("*.npz"))
+        return any(not p.name.startswith(".") for p in (self.path / "saved").glob("*.npz"))
 
     # ------------------------------------------------------------------ the end
 
@@ -531,6 +545,62 @@ def run_inputs(cfg: Config) -> list[tuple[str, str]]:
         if s.get("train", {}).get("enabled") and isinstance(task, str) and os.path.exists(task):
             found.setdefault(task, "train.task")
     return [(what, path) for path, what in found.items() if path and path != "<config>"]
+
+
+_MAX_DIGEST_ENTRIES = 1_000_000  # files listed in the digest of an input folder
+
+
+def input_digests(cfg: Config) -> dict[str, str]:
+    """A digest of each input file and folder of the run (``run_inputs``), kept in ``run.json``.
+
+    A file's digest is its SHA-256; a folder's is the SHA-256 of its listing (relative names,
+    sizes and modification times, links not followed); a missing path is "missing".
+
+    Args:
+        cfg: the experiment.
+
+    Returns:
+        "the config" or "<what> <path>" -> digest (the config by its content alone: it may move).
+    """
+    out = {}
+    for what, path in run_inputs(cfg):
+        key = what if what == "the config" else f"{what} {path}"
+        try:
+            info = os.stat(path)
+            if stat.S_ISREG(info.st_mode):
+                out[key] = file_sha256(path)
+            elif stat.S_ISDIR(info.st_mode):
+                out[key] = _folder_digest(path)
+            else:
+                out[key] = f"special file {stat.S_IFMT(info.st_mode)}"
+        except OSError as exc:
+            out[key] = f"unreadable: {exc.strerror}" if exc.errno != errno.ENOENT else "missing"
+    return out
+
+
+def _folder_digest(path: str) -> str:
+    """SHA-256 of a folder's listing: relative name, size and mtime of each entry (links not followed)."""
+    h, n = hashlib.sha256(), 0
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            n += 1
+            if n > _MAX_DIGEST_ENTRIES:
+                return h.hexdigest() + "+"
+            full = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(full)
+                h.update(f"{os.path.relpath(full, path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8",
+                                                                                               "surrogateescape"))
+    return h.hexdigest()
+
+
+def _changed_inputs(recorded: object, now: dict[str, str]) -> str:
+    """The inputs whose digest differs from the one recorded in run.json (named), or ""."""
+    if not isinstance(recorded, dict):
+        return ""  # a run folder of an older erf: no digests recorded
+    changed = [key for key in sorted(set(recorded) | set(now)) if recorded.get(key) != now.get(key)]
+    return ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
 
 
 def _glob_base(path: str) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -34,7 +35,7 @@ import torch.nn as nn
 from erf.device import resolve_device
 from erf.engine import checksum
 from erf.errors import ErfError, ModelError
-from erf.io import atomic_write
+from erf.io import atomic_write, set_aside, verify
 from erf.models import create_model
 from erf.progress import progress_bar
 from erf.training.seeds import make_generator, mix_seed
@@ -256,7 +257,8 @@ def evaluate(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, bat
 
 
 class _TrainState:
-    """The whole training state in one file (``torch.save``, read back with ``weights_only=True``)."""
+    """The whole training state in one file (``torch.save`` with its SHA-256 inside, read back with
+    ``weights_only=True``); a damaged one is moved to ``damaged/`` with a note, never dropped silently."""
 
     def __init__(self, path: str, config: dict):
         self.path = os.fspath(path)
@@ -266,11 +268,27 @@ class _TrainState:
         """The saved state when it was written by a run of the same configuration, else None."""
         if not os.path.isfile(self.path):
             return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged save: train from the start
+        problem = verify(self.path)
+        if problem is None:
+            try:
+                state = torch.load(self.path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # any damage the checksum did not catch
+                problem = f"unreadable ({type(exc).__name__})"
+        if problem is not None:
+            self._set_aside(problem)
             return None
         return state if isinstance(state, dict) and state.get("fingerprint") == self.fingerprint else None
+
+    def _set_aside(self, problem: str) -> None:
+        """Move a damaged save to ``damaged/`` beside it (one note; nothing deleted): training starts again."""
+        try:
+            moved = set_aside(self.path, os.path.join(os.path.dirname(self.path), "damaged"))
+        except OSError as exc:
+            print(f"erf: note: the training save {self.path} is damaged ({problem}) and could not be moved aside "
+                  f"({exc.strerror}); training from the start", file=sys.stderr)
+            return
+        print(f"erf: note: the training save {os.path.basename(self.path)} is damaged ({problem}); moved to "
+              f"{moved}, training from the start", file=sys.stderr)
 
     def save(self, step: int, model, opt, gen, history, has_accuracy: bool, result: TrainResult) -> None:
         dev = history.device
@@ -281,7 +299,7 @@ class _TrainState:
                  "eval": json.dumps(result.eval), "checkpoints": json.dumps(result.checkpoints)}
         if dev.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(dev)
-        atomic_write(self.path, lambda f: torch.save(state, f))
+        atomic_write(self.path, lambda f: torch.save(state, f), sealed=True)  # its SHA-256 inside
 
 
 def train(model: nn.Module, task: Task, steps: int, batch_size: int = 64, lr: float = 1e-3,
