@@ -11,6 +11,7 @@ other skip of an interop test is a failure, so nothing in that stage passes by s
 from __future__ import annotations
 
 import importlib
+import sys
 
 import pytest
 
@@ -81,3 +82,21 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"--no-skip-interop: an interop test skipped ({reason})"
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """Empty caches under tmp_path, and every HTTP(S) request sent to a closed local port."""
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:  # read at import time: set the module's own values too
+        monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True, raising=False)
+        monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"), raising=False)
+    return tmp_path

@@ -27,24 +27,6 @@ from erf.models import (check_pretrained, create_model, load_checkpoint, load_mo
                         save_safetensors)
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """Empty caches under tmp_path, and every HTTP(S) request sent to a closed local port."""
-    for var in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"):
-        monkeypatch.setenv(var, "http://127.0.0.1:9")
-    for var in ("NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hub = sys.modules.get("huggingface_hub.constants")
-    if hub is not None:  # read at import time: set the module's own values too
-        monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True, raising=False)
-        monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"), raising=False)
-    return tmp_path
-
-
 def _one_line(fn, *needles: str) -> str:
     with pytest.raises(ModelError) as info:
         fn()
@@ -99,6 +81,74 @@ def test_library_that_does_not_import(monkeypatch, tmp_path):
                     "torchvision failed to import (RuntimeError: operator torchvision::nms does not exist)",
                     f"torch {torch.__version__}", "erf rf resnet50 --checkpoint")
     assert "Traceback" not in msg
+
+
+def _fake_packages(root, torchvision_init: str, torchvision_version: str | None = "0.20.0",
+                   torch_pin: str = "2.5.0") -> None:
+    """timm (which imports torchvision, as the real one does) and torchvision under ``root``, with dist-info."""
+    (root / "timm").mkdir(parents=True)
+    (root / "timm" / "__init__.py").write_text("import torchvision\n")
+    (root / "torchvision").mkdir()
+    (root / "torchvision" / "__init__.py").write_text(torchvision_init)
+    if torchvision_version:
+        meta = root / f"torchvision-{torchvision_version}.dist-info"
+        meta.mkdir()
+        (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torchvision\nVersion: {torchvision_version}\n"
+                                       f"Requires-Dist: torch=={torch_pin}\n")
+
+
+@pytest.fixture
+def fake_packages(monkeypatch, tmp_path):
+    """An empty folder first on sys.path; timm and torchvision forgotten until the test ends."""
+    root = tmp_path / "fakepkgs"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    for name in [m for m in sys.modules if m.split(".")[0] in ("timm", "torchvision")]:
+        monkeypatch.delitem(sys.modules, name)
+    return root
+
+
+def test_timm_import_failure_names_the_torchvision_torch_mismatch(fake_packages):
+    """timm imports torchvision; a torchvision built for another torch breaks it (the hint names the pair)."""
+    _fake_packages(fake_packages, "raise RuntimeError('operator torchvision::nms does not exist')\n")
+    base = torch.__version__.split("+")[0]
+    minor = int(base.split(".")[1])
+    msg = _one_line(lambda: load_model("timm:resnet18", pretrained=True),
+                    "timm failed to import (RuntimeError: operator torchvision::nms does not exist, raised inside "
+                    "torchvision, which timm imports)",
+                    f"torchvision 0.20.0 is built for torch 2.5.0, not this torch {torch.__version__}",
+                    f"pip install torch=={base} torchvision==0.{minor + 15}.*", "--checkpoint FILE")
+    assert "Traceback" not in msg
+    _one_line(lambda: load_model("timm:resnet18"), "torchvision 0.20.0 is built for torch 2.5.0")  # no weights too
+
+
+def test_timm_without_torchvision_says_install_the_matching_one(fake_packages):
+    (fake_packages / "timm").mkdir()
+    (fake_packages / "timm" / "__init__.py").write_text("import torchvision\n")
+    import importlib.abc
+
+    class NoTorchvision(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "torchvision":
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, NoTorchvision())
+    try:
+        base = torch.__version__.split("+")[0]
+        _one_line(lambda: load_model("timm:resnet18"), "timm failed to import: it needs torchvision, which is not "
+                  "installed", f"pip install torch=={base} torchvision==0.{int(base.split('.')[1]) + 15}.*")
+    finally:
+        sys.meta_path.pop(0)
+
+
+def test_torchvision_that_matches_torch_but_fails_is_not_called_a_mismatch(fake_packages):
+    base = torch.__version__.split("+")[0]
+    _fake_packages(fake_packages, "raise ImportError('libjpeg.so.8: cannot open shared object file')\n",
+                   f"0.{int(base.split('.')[1]) + 15}.0", base)
+    msg = _one_line(lambda: load_model("torchvision:resnet18"), "torchvision failed to import (ImportError: libjpeg",
+                    f"reinstall the torchvision built for this torch {torch.__version__}")
+    assert "is built for torch" not in msg
 
 
 # --------------------------------------------------------------------------- stand-in timm

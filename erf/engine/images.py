@@ -258,7 +258,7 @@ def model_preprocessing(model: nn.Module | None) -> Preprocessing | None:
     """The model's own preprocessing: a ``pretrained_cfg`` / ``default_cfg`` dict with ``mean`` and ``std``.
 
     timm models carry one; a torchvision model loaded with weights carries its transforms'
-    ``mean``/``std`` there (set by the loader).
+    ``mean``/``std``/crop there (set by ``erf.models.pretrained``, with an ``origin`` naming them).
 
     Args:
         model: the network, or None.
@@ -271,7 +271,7 @@ def model_preprocessing(model: nn.Module | None) -> Preprocessing | None:
         if isinstance(cfg, dict) and cfg.get("mean") is not None and cfg.get("std") is not None:
             crop = cfg.get("crop_pct") or 1.0
             return Preprocessing(tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]),
-                                 float(crop), str(cfg.get("source") or f"the model's {attr}"))
+                                 float(crop), str(cfg.get("origin") or f"the model's {attr}"))
     return None
 
 
@@ -297,7 +297,8 @@ def preprocessing_for(model: nn.Module | None, channels: int, mean: Sequence[flo
                             tuple(std) if std is not None else base.std, base.crop_pct, "mean/std given")
         note = f"images normalised with the given mean {_fmt(pre.mean)}, std {_fmt(pre.std)}"
     elif own is not None:
-        pre, note = own, f"images normalised with {own.origin} (mean {_fmt(own.mean)}, std {_fmt(own.std)})"
+        pre, note = own, (f"images normalised with {own.origin} (mean {_fmt(own.mean)}, std {_fmt(own.std)}, "
+                          f"centre crop {own.crop_pct:.4g})")
     else:
         pre = Preprocessing(IMAGENET_MEAN, IMAGENET_STD)
         note = ("images normalised with ImageNet statistics (the model has no preprocessing of its own; "

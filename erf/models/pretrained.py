@@ -12,7 +12,10 @@ elsewhere and pass them with ``--checkpoint FILE`` (``.pth`` or ``.safetensors``
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
+import re
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -46,13 +49,101 @@ def import_optional(name: str, pretrained: bool = False) -> Any:
         # lazy: timm and torchvision are optional and slow to import; only their specs need them
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] == name:
+        missing = (exc.name or "").split(".")[0]
+        if missing == name:
             raise ModelError(f"'{name}:' models need the {name} package, which is not installed "
                              f"(pip install {name}){way_round}") from None
+        if missing == "torchvision":  # timm imports torchvision
+            raise ModelError(f"{name} failed to import: it needs torchvision, which is not installed; install the "
+                             f"torchvision release for this torch {torch.__version__} (pip install "
+                             f"{torchvision_pair()}){way_round}") from None
         raise ModelError(f"{name} failed to import: {describe_exception(exc)}{way_round}") from None
     except Exception as exc:  # ImportError, or e.g. "operator torchvision::nms does not exist"
-        raise ModelError(f"{name} failed to import ({describe_exception(exc)[:160]}); install the {name} built "
+        cause = describe_exception(exc)[:160]
+        if name == "torchvision" or _through_torchvision(exc):
+            via = "" if name == "torchvision" else ", raised inside torchvision, which timm imports"
+            raise ModelError(f"{name} failed to import ({cause}{via}); {torchvision_mismatch()}{way_round}") from None
+        raise ModelError(f"{name} failed to import ({cause}); install the {name} built "
                          f"for torch {torch.__version__}{way_round}") from None
+
+
+def _base_version(version: str) -> str:
+    """``"2.14.1+cu130"`` -> ``"2.14.1"``."""
+    return version.split("+")[0]
+
+
+def _minor(version: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def torchvision_pair(torch_version: str | None = None) -> str:
+    """The pip requirement of torch with its own torchvision release: ``"torch==2.14.1 torchvision==0.29.*"``.
+
+    torchvision 0.(N+15) is the release of torch 2.N (0.29 for 2.14, 0.24 for 2.9).
+
+    Args:
+        torch_version: a torch version (None: the torch imported here).
+
+    Returns:
+        The pip arguments.
+    """
+    version = _base_version(torch_version or torch.__version__)
+    minor = _minor(version)
+    if minor is None or minor[0] != 2:
+        return f"torch=={version} torchvision (the release built for it)"
+    return f"torch=={version} torchvision==0.{minor[1] + 15}.*"
+
+
+def _torchvision_torch(tv_version: str) -> str | None:
+    """The torch that an installed torchvision is built for: its pinned requirement, else 2.(minor-15)."""
+    try:
+        requires = importlib.metadata.requires("torchvision") or []
+    except importlib.metadata.PackageNotFoundError:
+        requires = []
+    for req in requires:
+        m = re.match(r"torch\s*\(?\s*==\s*([\w.+]+)", req)
+        if m:
+            return _base_version(m.group(1))
+    minor = _minor(tv_version)
+    return f"2.{minor[1] - 15}" if minor and minor[0] == 0 and minor[1] >= 15 else None
+
+
+def torchvision_mismatch() -> str:
+    """What to do when torchvision does not import: names a torchvision built for another torch.
+
+    Returns:
+        ``"torchvision 0.28.0 is built for torch 2.13.0, not this torch 2.14.1: install the pair
+        (pip install torch==2.14.1 torchvision==0.29.*)"``, or, where the versions match (or
+        torchvision is missing), the pair to install.
+    """
+    here = _base_version(torch.__version__)
+    try:
+        tv = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        return f"install the torchvision release for this torch {torch.__version__} (pip install {torchvision_pair()})"
+    built = _torchvision_torch(tv)
+    if built is not None and _minor(built) != _minor(here):
+        return (f"torchvision {tv} is built for torch {built}, not this torch {torch.__version__}: install the pair "
+                f"(pip install {torchvision_pair()})")
+    return f"reinstall the torchvision built for this torch {torch.__version__} (pip install {torchvision_pair()})"
+
+
+def _through_torchvision(exc: BaseException) -> bool:
+    """True when ``exc`` (or its cause) was raised inside torchvision's code or names it."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if "torchvision" in str(e) or (isinstance(e, ImportError) and (e.name or "").startswith("torchvision")):
+            return True
+        tb: TracebackType | None = e.__traceback__
+        while tb is not None:
+            if f"{os.sep}torchvision{os.sep}" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def check_pretrained(spec: str, checkpoint: str | None = None) -> None:
@@ -128,7 +219,8 @@ def build_timm(name: str, model_args: dict[str, Any], pretrained: bool = False) 
     what = f"timm:{name}"
     hub_name = name.startswith("hf-hub:")
     try:
-        return call_factory(lambda **kw: timm.create_model(name, pretrained=pretrained, **kw), model_args, what)
+        return timm_preprocessing(call_factory(lambda **kw: timm.create_model(name, pretrained=pretrained, **kw),
+                                               model_args, what))
     except ModelError as exc:
         if not (pretrained or hub_name):
             raise
@@ -202,7 +294,8 @@ def build_torchvision(name: str, model_args: dict[str, Any], pretrained: bool = 
     what = f"torchvision:{name}"
     weights = _torchvision_weights(models, arch, weights_name or "DEFAULT") if pretrained else None
     try:
-        return call_factory(lambda **kw: models.get_model(arch, weights=weights, **kw), model_args, what)
+        model = call_factory(lambda **kw: models.get_model(arch, weights=weights, **kw), model_args, what)
+        return model if weights is None else torchvision_preprocessing(model, weights)
     except ModelError as exc:
         if weights is None:
             raise
@@ -214,3 +307,61 @@ def build_torchvision(name: str, model_args: dict[str, Any], pretrained: bool = 
     where = (f"torchvision fetches {url} into {_torch_cache()}: place {file} there by hand on an offline machine, "
              f"or pass it with --checkpoint {file} instead{registry}")
     raise _weights_error(f"{what} ({weights})", error, where)
+
+
+def _cfg_get(cfg: Any, key: str) -> Any:
+    return cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
+
+
+def timm_preprocessing(model: nn.Module) -> nn.Module:
+    """Name where a timm model's preprocessing comes from (``pretrained_cfg["origin"]``, read by the image inputs).
+
+    timm's ``pretrained_cfg`` holds the mean, std and ``crop_pct`` of the weights' training; the
+    image inputs (``erf.engine.images``) normalise with them and the run's notes say so.
+
+    Args:
+        model: a model timm built (the config is that of its tag's weights, also where the
+            weights are random or come from a checkpoint).
+
+    Returns:
+        The model (its ``pretrained_cfg`` a copy with ``origin`` added).
+    """
+    cfg = getattr(model, "pretrained_cfg", None)
+    if cfg is None or _cfg_get(cfg, "mean") is None:
+        return model
+    cfg = dict(cfg) if isinstance(cfg, dict) else {k: getattr(cfg, k) for k in vars(cfg)}
+    tag = ".".join(str(v) for v in (cfg.get("architecture"), cfg.get("tag")) if v)
+    cfg["origin"] = f"timm's pretrained_cfg of {tag or 'the model'}"
+    model.pretrained_cfg = cfg
+    return model
+
+
+def torchvision_preprocessing(model: nn.Module, weights: Any) -> nn.Module:
+    """Give a torchvision model loaded with ``weights`` their transforms' mean, std and crop as ``pretrained_cfg``.
+
+    ``weights.transforms()`` (``ImageClassification``: resize to ``resize_size``, centre crop
+    ``crop_size``, normalise) becomes ``{"mean", "std", "crop_pct" = crop / resize, "origin"}``,
+    which the image inputs use (``erf.engine.images.model_preprocessing``) and the notes print.
+
+    Args:
+        model: the model.
+        weights: the torchvision weights enum member it was loaded with.
+
+    Returns:
+        The model (unchanged where the weights' transforms name no mean and std).
+    """
+    try:
+        transforms = weights.transforms()
+    except Exception:  # noqa: BLE001 - weights without classification transforms keep no preprocessing
+        return model
+    mean, std = getattr(transforms, "mean", None), getattr(transforms, "std", None)
+    if mean is None or std is None:
+        return model
+    crop, resize = getattr(transforms, "crop_size", None), getattr(transforms, "resize_size", None)
+    crop_pct = 1.0
+    if crop and resize:
+        crop_pct = float(list(crop)[0]) / float(list(resize)[0])
+    model.pretrained_cfg = {"mean": tuple(float(v) for v in mean), "std": tuple(float(v) for v in std),
+                            "crop_pct": crop_pct, "origin": f"torchvision's {weights} transforms"}
+    return model
+
