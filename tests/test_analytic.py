@@ -93,7 +93,7 @@ def test_araujo_unaligned_is_refused_naming_both_paths():
     assert r.rf[0] >= 5
 
 
-def test_unaligned_centre_is_refused():
+def test_unaligned_centre_is_united_with_offset_and_refused_when_strict():
     class Bad(nn.Module):
         def __init__(self):
             super().__init__()
@@ -103,8 +103,14 @@ def test_unaligned_centre_is_refused():
         def forward(self, x):
             return self.a(x)[..., :6, :6] + self.b(x)
 
+    r = receptive_field(Bad(), 8)
+    # path a: unit i sees [i-1, i+1] (centre i); path b: [i, i+2] (centre i+1): union [i-1, i+2]
+    assert r.target.box((2, 3)) == ((1, 4), (2, 5))
+    assert r.target.offset == (1, 1) and r.rf == (4, 4)
+    assert any("off-centre" in n for n in r.notes) and "offset" in r.table()
+    assert r.to_dict()["offset"] == [1, 1]
     with pytest.raises(AlignmentError, match="centre"):
-        receptive_field(Bad(), 8)
+        receptive_field(Bad(), 8, allow_unaligned=False)
 
 
 def test_araujo_non_square():

@@ -65,8 +65,8 @@ def test_resnet_head_is_global_and_not_crop_safe():
 
 def test_meta_pass_equals_real_pass(monkeypatch):
     model = create_model("resnet18", width=W)
-    real = receptive_field(model, 96)
-    monkeypatch.setattr(tracing, "REAL_PASS_MAX_VALUES", 0)
     meta = receptive_field(model, 96)
+    monkeypatch.setattr(tracing, "META_FIRST", False)
+    real = receptive_field(model, 96)
     assert [row.to_dict() for row in meta.layers] == [row.to_dict() for row in real.layers]
     assert not any(p.is_meta for p in model.parameters())

@@ -73,15 +73,22 @@ def spatial_size(model_or_ndim: nn.Module | int, input_size: int | Sequence[int]
 
 def receptive_field(model_or_layers: nn.Module | Sequence[Any], input_size: int | Sequence[int],
                     layer: str | None = None, in_channels: int | None = None,
-                    treat_as: dict[str, str] | None = None, allow_unaligned: bool = False) -> RFReport:
+                    treat_as: dict[str, str] | None = None, allow_unaligned: bool | None = None) -> RFReport:
     """Theoretical receptive field of every layer of a network on an input of ``input_size``.
 
     ``model_or_layers`` is an ``nn.Module`` (its forward pass is traced) or a list of
     layers (``Layer``, dicts or ``(kernel, stride, padding[, dilation])`` tuples).
     ``layer`` picks the target row (default: the model output). ``treat_as`` maps an
     op name (or a module class name) to ``"pointwise"``, ``"global"`` or ``"identity"``
-    for ops erf has no rule for. Multi-path nodes whose paths disagree on jump or
-    centre raise ``AlignmentError`` unless ``allow_unaligned``.
+    for ops erf has no rule for. Where paths into a node (an add, a concat) have one
+    jump but different centres (ResNet-D's average-pool shortcut, DLA, HRNet), the
+    union is taken and the row records the offset (``row.offset``) with a note;
+    paths with different jumps raise ``AlignmentError``.
+
+    Each row gives the strict TRF (``rf``: every pixel any path can reach, gates and
+    attention included) and ``rf_local``: the TRF of the spatial path without the
+    global statistics that gates (squeeze-excitation, global normalisations) and
+    attention add. They differ only where such an op exists.
 
     Args:
         model_or_layers: the network, or its layer list.
@@ -89,7 +96,8 @@ def receptive_field(model_or_layers: nn.Module | Sequence[Any], input_size: int 
         layer: the target row's name (default: the model output).
         in_channels: input channels (default: the first conv's, else 3).
         treat_as: op or module class name -> ``"pointwise"``, ``"global"`` or ``"identity"``.
-        allow_unaligned: take the union where paths disagree instead of refusing.
+        allow_unaligned: None (default): union with a note for centre offsets, refuse different
+            jumps; True: union for both; False: refuse both (strict).
 
     Returns:
         The report: one row per traced op (or per layer), and the target row.
@@ -110,7 +118,7 @@ def receptive_field(model_or_layers: nn.Module | Sequence[Any], input_size: int 
         target = rows[-1]
     else:
         raise ErfError(f"receptive_field takes an nn.Module or a list of layers, got {type(model_or_layers).__name__}")
-    report = RFReport(size, rows, target)
+    report = RFReport(size, rows, target, notes=_notes(rows) if isinstance(model_or_layers, nn.Module) else [])
     if layer is not None:
         report.target = report.layer(layer)
     return report
@@ -123,7 +131,28 @@ def _row(node, input_size) -> LayerRF:
     return LayerRF(node.name, node.op, sizes, info.axes, input_size, aliases=list(node.aliases),
                    module=node.module, call_index=node.call_index,
                    spatial_dims=tuple(axis_dims.get(a) for a in range(len(info.axes))),
-                   shape=node.shape, crop_note=info.crop_note, dims=info.dims)
+                   shape=node.shape, crop_note=info.crop_note, dims=info.dims, offset=node.offset)
+
+
+def _notes(rows: list[LayerRF]) -> list[str]:
+    """One note for rows where paths meet off-centre, one where gates or attention widen the strict TRF."""
+    notes = []
+    off = [r for r in rows if r.offset]
+    if off:
+        shown = ", ".join(f"'{r.name}' {_offset_text(r.offset)}" for r in off[:3])
+        more = f" and {len(off) - 3} more" if len(off) > 3 else ""
+        notes.append(f"note: paths meet off-centre at {len(off)} node(s) ({shown}{more}): their boxes are united "
+                     "(the RF of such a unit is the union; allow_unaligned=False refuses instead)")
+    gated = [r for r in rows if r.rf_local != r.rf and not r.is_global_local]
+    if gated:
+        notes.append(f"note: rf is the strict TRF, widened by gates or attention from '{gated[0].name}' on "
+                     "(every pixel any path reaches); rf_local is the TRF of the spatial path without them, "
+                     "used for ERF/TRF ratios")
+    return notes
+
+
+def _offset_text(offset) -> str:
+    return "by " + "x".join("0" if o is None else f"{float(o):g}" for o in offset) + " px"
 
 
 def capture(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:

@@ -14,6 +14,14 @@ index sees the same pixels (a global op). An empty entry (``None``) is an index
 that sees no input at all (a transposed conv whose kernel is smaller than its
 stride). Conventions follow Araujo et al. (Distill 2019): pixel centres at
 integers, boxes inclusive.
+
+A map may also carry a ``floor``: one box that every index sees on top of its
+periodic box. It is what a gate adds (squeeze-excitation, a global normalisation,
+attention over all tokens): the unit sees its spatial path *and* the whole map
+through a global statistic. Unions commute with windows, so the floor passes
+through every later op unchanged, and the periodic part never grows because of
+it. The periodic part alone is the *local* map (``local``): the TRF of the spatial
+path without the gates.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ class AxisMap:
     shift: int
     lo: tuple[int | None, ...]
     hi: tuple[int | None, ...]
+    floor: tuple[int, int] | None = None  # a box every index sees too (gates, global statistics)
 
     # ---- construction -------------------------------------------------
     @staticmethod
@@ -51,9 +60,10 @@ class AxisMap:
         return AxisMap(1, 0, (lo,), (hi,))
 
     @staticmethod
-    def build(period: int, shift: int, lo: Sequence, hi: Sequence) -> "AxisMap":
+    def build(period: int, shift: int, lo: Sequence, hi: Sequence,
+              floor: tuple[int, int] | None = None) -> "AxisMap":
         """Make a map and reduce it to its smallest period."""
-        return AxisMap(period, shift, tuple(lo), tuple(hi)).reduced()
+        return AxisMap(period, shift, tuple(lo), tuple(hi), floor).reduced()
 
     def reduced(self) -> "AxisMap":
         """The same map with the smallest period that describes it."""
@@ -73,12 +83,27 @@ class AxisMap:
                     ok = False
                     break
             if ok:
-                return AxisMap(p, step, self.lo[:p], self.hi[:p])
+                return AxisMap(p, step, self.lo[:p], self.hi[:p], self.floor)
         return self
+
+    @property
+    def local(self) -> "AxisMap":
+        """The periodic part alone: the map of the spatial path without gates."""
+        return self if self.floor is None else AxisMap(self.period, self.shift, self.lo, self.hi)
+
+    def with_floor(self, box: Box) -> "AxisMap":
+        """This map with ``box`` added to its floor (every index sees it too)."""
+        if box is None:
+            return self
+        return AxisMap(self.period, self.shift, self.lo, self.hi, _hull(self.floor, box))
 
     # ---- queries ------------------------------------------------------
     def box(self, i: int) -> Box:
         """Unclipped inclusive input box of index ``i`` (any integer), or None."""
+        return _hull(self.periodic_box(i), self.floor)
+
+    def periodic_box(self, i: int) -> Box:
+        """The box of index ``i`` without the floor (the local map's box)."""
         m, t = divmod(i, self.period)
         lo = self.lo[t]
         if lo is None:
@@ -114,36 +139,58 @@ class AxisMap:
         """The same map written with a longer period (a multiple of the current one)."""
         assert period % self.period == 0
         reps = period // self.period
-        lo = [self.lo_at(t) for t in range(period)]
-        hi = [self.hi_at(t) for t in range(period)]
-        return AxisMap(period, self.shift * reps, tuple(lo), tuple(hi))
+        boxes = [self.periodic_box(t) for t in range(period)]
+        lo = tuple(None if b is None else b[0] for b in boxes)
+        hi = tuple(None if b is None else b[1] for b in boxes)
+        return AxisMap(period, self.shift * reps, lo, hi, self.floor)
 
     # ---- composition --------------------------------------------------
     def gather(self, period: int, taps: Iterable[Iterable[int]], shift_in: int) -> "AxisMap":
         """Output map whose phase ``t`` sees the union of input indices ``taps[t]``.
 
         ``period`` output indices later, every tap has moved by ``shift_in`` input
-        indices; ``shift_in`` must be a multiple of this map's period.
+        indices; ``shift_in`` must be a multiple of this map's period. The floor is
+        kept: a union of boxes that all hold the floor holds it too. (An index with no
+        tap at all keeps the floor as well: an upper bound for such holes.)
         """
         assert shift_in % self.period == 0, (shift_in, self.period)
         shift = self.shift * (shift_in // self.period)
         lo, hi = [], []
         for tap in taps:
-            boxes = [b for b in (self.box(i) for i in tap) if b is not None]
+            boxes = [b for b in (self.periodic_box(i) for i in tap) if b is not None]
             if boxes:
                 lo.append(min(b[0] for b in boxes))
                 hi.append(max(b[1] for b in boxes))
             else:
                 lo.append(None)
                 hi.append(None)
-        return AxisMap.build(period, shift, lo, hi)
+        return AxisMap.build(period, shift, lo, hi, self.floor)
+
+    def span(self, n: int) -> Box:
+        """The hull of the boxes of indices ``0 .. n-1`` (floor included)."""
+        count = min(n, self.period) if self.shift == 0 else n
+        out = self.floor
+        if self.shift == 0 or count <= 2 * self.period:
+            for i in range(count):
+                out = _hull(out, self.periodic_box(i))
+            return out
+        # phases repeat with a fixed shift: the ends come from the first and last period only
+        for i in list(range(self.period)) + list(range(count - self.period, count)):
+            out = _hull(out, self.periodic_box(i))
+        return out
 
     def globalised(self, n: int) -> "AxisMap":
-        """Every index sees the union of what indices ``0 .. n-1`` saw."""
-        boxes = [b for b in (self.box(i) for i in range(min(n, self.period) if self.shift == 0 else n)) if b]
-        if not boxes:
+        """Every index sees the union of what indices ``0 .. n-1`` saw (a pooling: no local path left)."""
+        b = self.span(n)
+        if b is None:
             return AxisMap(1, 0, (None,), (None,))
-        return AxisMap.constant(min(b[0] for b in boxes), max(b[1] for b in boxes))
+        return AxisMap.constant(*b)
+
+    def gated(self, n: int) -> "AxisMap":
+        """Each index keeps its own box and also sees what indices ``0 .. n-1`` saw (a global statistic)."""
+        if self.shift == 0:
+            return self.globalised(n)
+        return self.with_floor(self.span(n))
 
 
 def window(map_in: AxisMap, kernel: int, stride: int, dilation: int, pad_left: int) -> AxisMap:
@@ -188,20 +235,35 @@ def finite(lo: Sequence[int], hi: Sequence[int]) -> AxisMap:
 
 
 def union(maps: Sequence[AxisMap]) -> AxisMap:
-    """Element-wise union of maps (same tensor positions, several inputs)."""
-    period = 1
+    """Element-wise union of maps (same tensor positions, several inputs).
+
+    Maps that do not move (``shift == 0``: a gate, a pooled statistic) join the floor
+    of the moving ones, so the period never grows because of them; the moving maps
+    must share one jump (the caller checks alignment first).
+    """
+    moving = [m for m in maps if m.shift != 0]
+    floor = None
     for m in maps:
+        floor = _hull(floor, m.floor)
+    if moving:
+        for m in maps:
+            if m.shift == 0:  # a non-moving map: every phase of it joins the floor
+                floor = _hull(floor, m.local.span(m.period))
+    else:
+        moving = list(maps)
+    period = 1
+    for m in moving:
         period = _lcm(period, m.period)
-    shifts = {m.shift * (period // m.period) for m in maps if m.shift != 0}
-    shift = shifts.pop() if len(shifts) == 1 else 0
+    shifts = {m.shift * (period // m.period) for m in moving}
+    if len(shifts) > 1:
+        raise ValueError("union of maps with different jumps")
+    shift = shifts.pop()
     lo, hi = [], []
     for t in range(period):
-        boxes = [b for b in (m.box(t) for m in maps) if b is not None]
+        boxes = [b for b in (m.periodic_box(t) for m in moving) if b is not None]
         lo.append(min(b[0] for b in boxes) if boxes else None)
         hi.append(max(b[1] for b in boxes) if boxes else None)
-    if len(shifts) > 0:  # more than one distinct non-zero shift: not periodic; caller checks alignment first
-        raise ValueError("union of maps with different jumps")
-    return AxisMap.build(period, shift, lo, hi)
+    return AxisMap.build(period, shift, lo, hi, floor)
 
 
 def misalignment(a: AxisMap, b: AxisMap) -> str | None:
@@ -210,14 +272,33 @@ def misalignment(a: AxisMap, b: AxisMap) -> str | None:
         return None  # a broadcast/global input adds to every position alike
     if a.jump != b.jump:
         return f"jump {_fmt(a.jump)} vs {_fmt(b.jump)}"
+    off = centre_offset(a, b)
+    if off:
+        return f"centre of unit {off[0]}: {_fmt(off[1])} vs {_fmt(off[2])} px"
+    return None
+
+
+def centre_offset(a: AxisMap, b: AxisMap) -> tuple[int, Fraction, Fraction] | None:
+    """The first unit whose local boxes in ``a`` and ``b`` differ in centre: (unit, centre a, centre b).
+
+    Only for two moving maps with the same jump; None when every phase agrees.
+    """
     period = _lcm(a.period, b.period)
     for t in range(period):
-        x, y = a.box(t), b.box(t)
+        x, y = a.periodic_box(t), b.periodic_box(t)
         if x is None or y is None:
             continue
         if x[0] + x[1] != y[0] + y[1]:
-            return f"centre of unit {t}: {_fmt(Fraction(x[0] + x[1], 2))} vs {_fmt(Fraction(y[0] + y[1], 2))} px"
+            return t, Fraction(x[0] + x[1], 2), Fraction(y[0] + y[1], 2)
     return None
+
+
+def _hull(a: Box, b: Box) -> Box:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a[0], b[0]), max(a[1], b[1])
 
 
 def _fmt(x: Fraction) -> str:

@@ -36,9 +36,25 @@ class LayerRF:
     shape: tuple[int, ...] = ()
     dims: tuple = ()  # per tensor dim: None or components (see erf.analytic.layout)
     crop_note: str | None = None
+    offset: tuple | None = None  # per axis: centre offset (px) between paths that meet here (None: aligned)
 
     def _sizes(self, a: int) -> list[int]:
         return self.axes[a].sizes(self.output[a])
+
+    @property
+    def rf_local(self) -> tuple[int, ...]:
+        """Largest RF size of the spatial path without gates and attention (equals ``rf`` without them)."""
+        return tuple(max(m.local.sizes(n)) for m, n in zip(self.axes, self.output))
+
+    @property
+    def is_global_local(self) -> bool:
+        """True when even the spatial path without gates sees the whole input."""
+        return _covers(tuple(m.local for m in self.axes), self.output, self.input_size)
+
+    def local_box(self, unit=None, clip: bool = False) -> tuple:
+        """Like ``box`` but for the spatial path without gates and attention (see ``rf_local``)."""
+        return LayerRF(self.name, self.op, self.output, tuple(m.local for m in self.axes),
+                       self.input_size).box(unit, clip)
 
     @property
     def rf(self) -> tuple[int, ...]:
@@ -73,12 +89,7 @@ class LayerRF:
     @property
     def is_global(self) -> bool:
         """True when every unit sees the whole input (after global pooling, attention...)."""
-        for m, n, size in zip(self.axes, self.output, self.input_size):
-            for i in range(n if m.shift else 1):
-                b = m.box(i)
-                if b is None or b[0] > 0 or b[1] < size - 1:
-                    return False
-        return True
+        return _covers(self.axes, self.output, self.input_size)
 
     def box(self, unit=None, clip: bool = False) -> tuple:
         """Inclusive input box ``((top, bottom), (left, right))`` of one unit.
@@ -140,6 +151,8 @@ class LayerRF:
             "rf": list(self.rf), "rf_min": list(self.rf_min), "jump": list(self.jump),
             "padding": list(self.padding), "center": list(self.center),
             "shift_invariant": self.shift_invariant, "global": self.is_global,
+            "rf_local": list(self.rf_local),
+            "offset": None if self.offset is None else [None if o is None else _num(o) for o in self.offset],
         }
 
 
@@ -165,6 +178,7 @@ class RFReport:
     # the target's values, as the issue's JSON names them
     rf = property(lambda self: self.target.rf)
     rf_min = property(lambda self: self.target.rf_min)
+    rf_local = property(lambda self: self.target.rf_local)
     jump = property(lambda self: self.target.jump)
     padding = property(lambda self: self.target.padding)
     center = property(lambda self: self.target.center)
@@ -194,6 +208,8 @@ class RFReport:
             "input": list(self.input_size), "layer": t.name,
             "rf": list(t.rf), "rf_min": list(t.rf_min), "jump": list(t.jump), "padding": list(t.padding),
             "center": list(t.center), "shift_invariant": t.shift_invariant, "global": t.is_global,
+            "rf_local": list(t.rf_local), "global_local": t.is_global_local,
+            "offset": t.to_dict()["offset"],
             "output": list(t.output), "layers": [row.to_dict() for row in self.layers],
         }
         if unit is not None:
@@ -211,11 +227,16 @@ class RFReport:
         varies = any(not r.shift_invariant for r in self.layers)
         if varies:
             cols.insert(4, "rf_min")
+        if any(r.rf_local != r.rf for r in self.layers):
+            cols.insert(4, "rf_local")
+        if any(r.offset for r in self.layers):
+            cols.append("offset")
         for r in self.layers:
             name = r.name + (f" (= {', '.join(r.aliases)})" if r.aliases else "")
             vals = {"layer": name, "op": r.op, "output": _pair(r.output), "rf": _pair(r.rf),
                     "rf_min": _pair(r.rf_min), "jump": _pair(r.jump), "padding": _pair(r.padding),
-                    "center": _pair(r.center)}
+                    "center": _pair(r.center), "rf_local": _pair(r.rf_local),
+                    "offset": "" if not r.offset else _pair(tuple(0 if o is None else _num(o) for o in r.offset))}
             if r.is_global:
                 vals["rf"] += " (global)"
             rows.append([vals[c] for c in cols])
@@ -227,12 +248,26 @@ class RFReport:
         alias = f" (= {', '.join(t.aliases)})" if t.aliases else ""
         summary = (f"target {t.name}{alias}: rf {_pair(t.rf)}, jump {_pair(t.jump)}, padding {_pair(t.padding)}, "
                    f"center {_pair(t.center)}, output {_pair(t.output)}")
+        if t.rf_local != t.rf:
+            summary += f", rf_local {_pair(t.rf_local)}"
         if t.is_global:
             summary += " (global: every unit sees the whole input)"
         elif not t.shift_invariant:
             summary += f", rf_min {_pair(t.rf_min)} (not shift-invariant: the RF depends on the position)"
         lines += ["", summary, *self.notes]
         return "\n".join(lines)
+
+
+def _covers(axes, output, input_size) -> bool:
+    for m, n, size in zip(axes, output, input_size):
+        b = m.span(n if m.shift else min(n, m.period))
+        if b is None or b[0] > 0 or b[1] < size - 1:
+            return False
+        for i in range(n if m.shift else min(n, m.period)):
+            b = m.box(i)
+            if b is None or b[0] > 0 or b[1] < size - 1:
+                return False
+    return True
 
 
 def _flat(grid, unit) -> int:

@@ -27,7 +27,12 @@ def matmul(call: Call) -> Info | list[Info]:
         info = call.info(t)
         if info is None:
             continue
-        info = globalise(info, [t.dim() + contracted], f"'{call.name}' contracts image positions", drop=True)
+        c = t.dim() + contracted
+        kept = {a for d, role in enumerate(info.dims) if d != c for a, _ in spatial_components(role)}
+        # a contraction over positions the operand still indexes in another dim (attention weights @ values)
+        # is a global statistic added to each kept position; otherwise nothing local is left
+        gate = any(a in kept for a, _ in spatial_components(info.dims[c]))
+        info = globalise(info, [c], f"'{call.name}' contracts image positions", drop=True, gate=gate)
         dims = list(info.dims)
         if a.dim() >= 2 and b.dim() >= 2:
             dims[replaced] = None  # that slot holds the other operand's positions

@@ -17,7 +17,8 @@ them for ops that return several tensors). Every rule function has that one sign
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Callable, Iterator
 
 import torch
@@ -40,7 +41,8 @@ class Call:
     out: Any
     lookup: Callable[[torch.Tensor], Info | None]
     describe: Callable[[torch.Tensor], str]  # name of the node that made a tensor
-    allow_unaligned: bool = False
+    allow_unaligned: bool | None = None  # None: centre offsets are unioned (noted), jump mismatches refused
+    offsets: dict = field(default_factory=dict)  # axis -> centre offset in px between paths (set by merge)
 
     def arg(self, i: int, key: str, default: Any = None) -> Any:
         """Argument ``i`` (positional) or ``key`` (keyword) of the call, else ``default``."""
@@ -128,47 +130,73 @@ def merge(call: Call, tensors: list[torch.Tensor], out_shape) -> Info:
     for a in range(n_axes):
         maps = per_axis[a]
         for k in range(1, len(maps)):
-            why = ax.misalignment(maps[0][1], maps[k][1])
-            if why and maps[0][1].shift_invariant and maps[k][1].shift_invariant and not call.allow_unaligned:
-                raise AlignmentError(
-                    f"paths into '{call.name}' are not aligned on axis {a}: '{call.describe(maps[0][0])}' and "
-                    f"'{call.describe(maps[k][0])}' differ in {why}; the RF would depend on the position "
-                    "(pass allow_unaligned=True to take the union anyway)")
+            check_alignment(call, a, maps[0], maps[k])
         axes.append(union_maps(maps, sizes[a]))
     return Info(tuple(axes), tuple(dims), note)
 
 
+def check_alignment(call: Call, axis: int, first: tuple[Any, AxisMap], other: tuple[Any, AxisMap]) -> None:
+    """Refuse or record two paths into one node that disagree on jump or centre.
+
+    A centre offset with one jump is a fact of the architecture (ResNet-D's average-pool
+    shortcut, DLA, HRNet): by default it is recorded in ``call.offsets`` and the union is
+    taken; ``allow_unaligned=False`` refuses it. Different jumps are refused unless
+    ``allow_unaligned=True``.
+    """
+    a, b = first[1], other[1]
+    why = ax.misalignment(a, b)
+    if not why:
+        return
+    jumps_differ = a.jump != b.jump
+    if call.allow_unaligned is True or (call.allow_unaligned is None and not jumps_differ):
+        if not jumps_differ:
+            off = ax.centre_offset(a, b)
+            prev = call.offsets.get(axis, Fraction(0))
+            call.offsets[axis] = max(prev, abs(off[2] - off[1]))
+        return
+    hint = ("pass allow_unaligned=True to take the union anyway" if jumps_differ else
+            "the default (allow_unaligned=None) takes the union and reports the offset")
+    raise AlignmentError(
+        f"paths into '{call.name}' are not aligned on axis {axis}: '{call.describe(first[0])}' and "
+        f"'{call.describe(other[0])}' differ in {why}; the RF would depend on the position ({hint})")
+
+
 def union_maps(maps: list[tuple[Any, AxisMap]], n: int) -> AxisMap:
-    """The union of the maps of several paths, exact on the ``n`` real positions where they differ in kind."""
+    """The union of the maps of several paths (see ``axis.union``: gates join the floor).
+
+    Only where moving paths disagree on the jump (``allow_unaligned=True``) is the
+    union not periodic: it is then written exactly for the ``n`` real positions, the
+    jump of the first path continuing past them.
+    """
     only = [m for _, m in maps]
-    if len({m.jump for m in only if m.shift != 0}) <= 1 and (
-            all(m.shift != 0 for m in only) or all(m.shift == 0 for m in only)):
+    if len({m.jump for m in only if m.shift != 0}) <= 1:
         return ax.union(only)
-    # a constant box meets a moving one (or jumps differ): exact on the n real positions
-    local = [m for m in only if m.shift != 0]
-    period = n * local[0].period if local else 1
-    shift = local[0].shift * n if local else 0
+    first = next(m for m in only if m.shift != 0)
     lo, hi = [], []
-    for i in range(period):
+    for i in range(n * first.period):
         boxes = [b for b in (m.box(i) for m in only) if b]
         lo.append(min(b[0] for b in boxes) if boxes else None)
         hi.append(max(b[1] for b in boxes) if boxes else None)
-    return AxisMap.build(period, shift, lo, hi)
+    return AxisMap.build(n * first.period, first.shift * n, lo, hi)
 
 
-def globalise(info: Info, dims_mixed, why: str, drop: bool = False) -> Info:
+def globalise(info: Info, dims_mixed, why: str, drop: bool = False, gate: bool | None = None) -> Info:
     """Every position of the axes indexed by ``dims_mixed`` now sees all of them.
 
     ``drop`` when the op removes those dims or turns them into features (reductions,
-    linear layers); otherwise each index still stands for its position.
+    linear layers); otherwise each index still stands for its position. ``gate``
+    (default: ``not drop``) when each position keeps its own value and only adds a
+    global statistic (softmax, normalisations): the local map stays and the whole
+    span joins its floor; otherwise (pooling) no local path is left.
     """
+    gate = (not drop) if gate is None else gate
     axes = list(info.axes)
     sizes = info.axis_sizes()
     dims = list(info.dims)
     hit = False
     for d in dims_mixed:
         for a, _ in spatial_components(dims[d]):
-            axes[a] = axes[a].globalised(sizes[a])
+            axes[a] = axes[a].gated(sizes[a]) if gate else axes[a].globalised(sizes[a])
             hit = True
         if drop:
             dims[d] = None

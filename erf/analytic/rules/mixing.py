@@ -74,7 +74,8 @@ def global_op(call: Call) -> Info | list[Info]:
     """Anything declared global: every output sees the union of all inputs."""
     outs = call.out if isinstance(call.out, (list, tuple)) else [call.out]
     tensors = [t for t in tensors_in((call.args, call.kwargs)) if call.info(t) is not None]
-    infos = [globalise(call.info(t), list(range(t.dim())), f"'{call.name}' is treated as global") for t in tensors]
+    infos = [globalise(call.info(t), list(range(t.dim())), f"'{call.name}' is treated as global", gate=False)
+             for t in tensors]
     n_axes = len(infos[0].axes)
     axes = tuple(union_maps([(None, i.axes[a]) for i in infos], 1) for a in range(n_axes))
     res = [Info(axes, (None,) * o.dim(), infos[0].crop_note) for o in outs if isinstance(o, torch.Tensor)]

@@ -68,7 +68,7 @@ def adaptive_pool(call: Call) -> Info | list[Info]:
     res = info
     for j in range(nd):
         if n_out[j] == 1 and n_in[j] > 1:
-            res = globalise(res, [first + j], f"'{call.name}' pools the whole map")
+            res = globalise(res, [first + j], f"'{call.name}' pools the whole map", gate=False)
             res = res.with_(dims=res.dims[:first + j] + (None,) + res.dims[first + j + 1:])
     def per_axis(j, m):
         if n_out[j] == 1 or n_in[j] == n_out[j]:
