@@ -34,6 +34,7 @@ _API: dict[str, str] = {
     **dict.fromkeys(["receptive_field", "linear_erf", "Layer", "LayerRF", "LinearERF", "RFReport", "center_unit"],
                     "erf.analytic"),
     **dict.fromkeys(["measure", "ERFResult"], "erf.engine"),
+    **dict.fromkeys(["profile", "Profile", "measure_grid", "GridMap"], "erf.engine"),
     **dict.fromkeys(["create_model", "list_models", "load_model", "load_checkpoint", "register_model",
                      "apply_init"], "erf.models"),
     **dict.fromkeys(["summarize", "moments", "fit_gaussian", "metric_intervals", "standard_error_map",

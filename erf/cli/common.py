@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "rf": "theoretical receptive field of every layer",
     "measure": "measure the effective receptive field (ERF) of one unit",
     "run": "run an experiment config (TOML) and write its results",
+    "profile": "ERF of several layers (or of every unit of one) from shared passes",
 }
 
 

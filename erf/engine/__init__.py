@@ -14,6 +14,8 @@ from erf.engine.cone import cone_plan_status
 from erf.engine.core import measure
 from erf.engine.crop import forget_checks
 from erf.engine.options import MeasureOptions
+from erf.engine.grid import GridMap, measure_grid
+from erf.engine.profile import Profile, measure_targets, profile
 from erf.engine.result import ERFResult
 from erf.engine.resume import checksum
 from erf.engine.target import require_spatial
@@ -21,4 +23,4 @@ from erf.engine.tokens import PrefixTokensError, check_traced, check_value, toke
 
 __all__ = ["measure", "MeasureOptions", "ERFResult", "checksum", "require_spatial", "PrefixTokensError",
            "check_traced", "check_value", "token_grid", "forget_checks",
-           "cone_plan_status"]
+           "cone_plan_status", "profile", "Profile", "measure_targets", "measure_grid", "GridMap"]

@@ -196,12 +196,14 @@ class Profile:
         jumps: each layer's input stride between neighbouring units (None without a trace).
         outputs: each layer's spatial map size.
         seconds: the whole profile's wall time (every result's ``seconds`` is this shared time).
+        asked: the layer names as given (``"layer1"``), in the same order as ``results``.
     """
 
     results: list[ERFResult]
     jumps: list[tuple[float, ...] | None] = field(default_factory=list)
     outputs: list[tuple[int, ...] | None] = field(default_factory=list)
     seconds: float = 0.0
+    asked: list[str | None] = field(default_factory=list)
 
     @property
     def layers(self) -> list[str | None]:
@@ -209,11 +211,11 @@ class Profile:
         return [r.layer for r in self.results]
 
     def __getitem__(self, layer: str | int) -> ERFResult:
-        """The result of ``layer`` (a traced name, or an index)."""
+        """The result of ``layer`` (its name as given, its traced name, or an index)."""
         if isinstance(layer, int):
             return self.results[layer]
-        for r in self.results:
-            if r.layer == layer:
+        for i, r in enumerate(self.results):
+            if r.layer == layer or (i < len(self.asked) and self.asked[i] == layer):
                 return r
         raise KeyError(layer)
 
@@ -471,7 +473,8 @@ def profile(model: nn.Module, input_size: Any, layers: Sequence[str | None], opt
                          MeasureOptions.build(options, **kwargs))
     res = [res[i] for i in order]
     return Profile(res, [None if r.settings["jump"] is None else tuple(r.settings["jump"]) for r in res],
-                   [tuple(r.settings["layer_output"]) or None for r in res], time.perf_counter() - t0)
+                   [tuple(r.settings["layer_output"]) or None for r in res], time.perf_counter() - t0,
+                   [layers[i] for i in order])
 
 
 def erf_sizes(results: Sequence[ERFResult]) -> np.ndarray:
