@@ -10,6 +10,7 @@ ERF/TRF = 2 sigma / trf).
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -127,7 +128,7 @@ def _as_fit(fit, m):
 def _draw_ellipses(ax, fit):
     sig = ", ".join(f"{v:.1f}" for v in fit.sigma)
     for k, color, ls in ((1, FIT_COLORS[0], "-"), (2, FIT_COLORS[1], "--")):
-        text = (f"2-D Gaussian fit, 1σ ellipse: fit σ (y,x) = ({sig}), R²={fit.r2:.3f}" if k == 1
+        text = (f"2-D Gaussian fit, 1σ ellipse: fit σ = ({sig}) px, R²={fit.r2:.2f}" if k == 1
                 else "2-D Gaussian fit, 2σ ellipse")
         e = Ellipse((fit.center[1], fit.center[0]), 2 * k * fit.sigma[1], 2 * k * fit.sigma[0],
                     angle=math.degrees(fit.theta), fill=False, edgecolor=color, linestyle=ls, linewidth=1.3,
@@ -156,8 +157,23 @@ def _heatmap(ax, m, norm, cmap, trf_box, title, trf=None):
     ax.set_xlim(-0.5, m.shape[1] - 0.5)
     ax.set_ylim(m.shape[0] - 0.5, -0.5)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(wrap_title(title, ax.figure.get_figwidth() * ax.get_position().width, 9), fontsize=9)
     return im
+
+
+def wrap_title(text: str, width_in: float, fontsize: float = 9) -> str:
+    """``text`` with each line wrapped to ``width_in`` inches of ``fontsize`` pt text (never cut at the edges).
+
+    Args:
+        text: the title, lines separated by newlines.
+        width_in: the width available, in inches.
+        fontsize: the font size in points.
+
+    Returns:
+        The wrapped text.
+    """
+    width = max(24, int(width_in * 72 / (fontsize * 0.6)))
+    return "\n".join(w for line in text.split("\n") for w in (textwrap.wrap(line, width) or [""]))
 
 
 def plot_erf(m: ArrayLike, *, trf_box: ArrayLike | None = None, trf: float | Sequence[float] | None = None,
@@ -208,6 +224,7 @@ def plot_erf(m: ArrayLike, *, trf_box: ArrayLike | None = None, trf: float | Seq
         return _plot_erf_1d(a, trf_box, full_title, scale, path, ax, dpi)
     fig_fit = _as_fit(fit, a)
     prof_ax = profiles if hasattr(profiles, "plot") else None
+    sig = ", ".join(f"{v:.2f}" for v in S.moments(a).sigma)
     if ax is None:
         fig = new_figure((10.5, 5.6) if profiles else (5.8, 5.8), dpi)
         if profiles:
@@ -218,6 +235,7 @@ def plot_erf(m: ArrayLike, *, trf_box: ArrayLike | None = None, trf: float | Seq
     norm = _norm(scale, vmin, vmax, float(a.min()) if scale == "linear" else _positive_min(a), float(a.max()))
     im = _heatmap(ax, a, norm, cmap, trf_box, full_title,
                   trf=None if trf is None else tuple(np.broadcast_to(np.asarray(trf), (2,))))
+    ax.plot([], [], linestyle="none", label=f"ERF σ (y,x) = ({sig}) px (moments: the ERF's size)")
     if trf_center is not None and len(trf_center) == 2:
         ax.plot(trf_center[1], trf_center[0], marker="+", color="red", markersize=9, linestyle="none",
                 label="TRF centre")
@@ -239,7 +257,8 @@ def _profile_panel(ax, a, trf_box, scale):
     c = S.moments(a).center
     cy = int(np.clip(round(c[0]), 0, a.shape[0] - 1))
     cx = int(np.clip(round(c[1]), 0, a.shape[1] - 1))
-    fits = S.fit_profiles(a, (cy, cx))
+    fits = {"row": S.fit_gaussian_1d(a[cy, :], name="row", baseline=False),
+            "col": S.fit_gaussian_1d(a[:, cx], name="col", axis="y", baseline=False)}
     box = None if trf_box is None else np.asarray(trf_box, dtype=float)
     for key, data, color, marker, lab, bounds, ls, axis in (
             ("row", a[cy, :], "C0", "o", f"row y={cy} (vs x)", None if box is None else box[1], ":", "x"),
@@ -250,7 +269,7 @@ def _profile_panel(ax, a, trf_box, scale):
         if f.ok:
             fine = np.linspace(0, data.size - 1, 400)
             ax.plot(fine, f.evaluate(fine), color=color, linewidth=1.2,
-                    label=f"  1-D Gaussian fit: fit σ={f.sigma:.2f}, R²={f.r2:.3f}")
+                    label=f"  Gaussian fit to it: fit σ={f.sigma:.2f}, R²={f.r2:.2f}")
         if bounds is not None:
             for i, v in enumerate(np.clip(bounds, -0.5, data.size - 0.5)):
                 ax.axvline(v, color=color, linestyle=ls, linewidth=1, gid=f"trf_bound_{axis}",
@@ -261,10 +280,11 @@ def _profile_panel(ax, a, trf_box, scale):
         ax.set_ylim(bottom=max(a.max() * 1e-4, _positive_min(a)))
     ax.set_xlabel("input pixel (x for the row, y for the column)")
     ax.set_ylabel("ERF value")
-    sig = ", ".join(f"{v:.1f}" for v in S.moments(a).sigma)
-    ax.set_title(f"profiles through the centre of mass, with 1-D Gaussian fits\n"
-                 f"ERF σ (moments, y,x) = ({sig}) px; the fit σ are fits", fontsize=9)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=7, ncol=2)
+    sig = ", ".join(f"{v:.2f}" for v in S.moments(a).sigma)
+    ax.set_title(f"ERF σ (moments, y,x) = ({sig}) px: the ERF's size\n"
+                 "lines: Gaussians (no baseline) fitted to one row / column\n"
+                 "each: their fit σ describe that line only", fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=7, ncol=1)
     ax.grid(alpha=0.3)
 
 

@@ -125,7 +125,9 @@ def test_plot_erf_says_which_sigma_is_the_erf_and_keeps_the_trf_box_clear():
     mo = S.moments(m).sigma
     assert "ERF σ (moments)" in ax.get_title() and f"{mo[0]:.1f}" in ax.get_title()
     labels = ax.get_legend_handles_labels()[1]
-    assert all("fit" in t for t in labels if "σ" in t) and sum("Gaussian fit" in t for t in labels) == 2
+    sigmas = [t for t in labels if "σ" in t]
+    assert "moments" in sigmas[0] and f"{mo[0]:.2f}" in sigmas[0]          # the moment σ first, named as such
+    assert all("fit" in t for t in sigmas[1:]) and sum("Gaussian fit" in t for t in labels) == 2
     assert "ERF σ (moments" in prof.get_title() and "fit" in prof.get_title()
     prof_labels = prof.get_legend_handles_labels()[1]
     assert sum("fit σ=" in t for t in prof_labels) == 2
@@ -145,3 +147,19 @@ def test_plot_erf_says_which_sigma_is_the_erf_and_keeps_the_trf_box_clear():
         assert len(lines) == 2
         for ln in lines:
             assert ln.get_color() == entry.get_color() and ln.get_linestyle() == entry.get_linestyle()
+
+
+def test_profile_fits_never_float_above_zero_data_or_dip_below_zero():
+    """The profile curves are Gaussians without a baseline: 0 where the data are 0, never negative."""
+    x = np.arange(41, dtype=float)
+    prof = np.where(np.abs(x - 20) <= 6, np.exp(-0.5 * ((x - 20) / 4) ** 2), 0.0)   # a cut, flat-ish core
+    m = np.outer(prof, prof)
+    fig = P.plot_erf(m, trf_box=((14, 26), (14, 26)), title="cut")
+    prof_ax = fig.axes[1]
+    curves = [ln for ln in prof_ax.lines if "fit" in (ln.get_label() or "")]
+    assert len(curves) == 2
+    for ln in curves:
+        xs, ys = np.asarray(ln.get_xdata()), np.asarray(ln.get_ydata())
+        assert ys.min() >= 0 and ys[(xs < 3) | (xs > 37)].max() < 1e-3 * ys.max()   # no floor
+    fit = S.fit_gaussian_1d(prof)                      # with a baseline, it is never below 0
+    assert fit.offset >= 0

@@ -279,6 +279,12 @@ def learned(info: dict | None) -> bool | None:
     Returns:
         True when every network learned, False when one did not, None without held-out evaluations.
     """
+    verdicts = learned_each(info)
+    return None if not verdicts else all(verdicts)
+
+
+def learned_each(info: dict | None) -> list[bool]:
+    """Whether each network of a record's training info learned (``learned``'s rule); [] without evals."""
     infos = (info or {}).get("networks") or ([info] if info else [])
     verdicts = []
     for i in infos:
@@ -290,7 +296,7 @@ def learned(info: dict | None) -> bool | None:
             verdicts.append(b["accuracy"] >= a["accuracy"] + LEARNED_SHARE * (1 - a["accuracy"]))
         elif a.get("loss") is not None and b.get("loss") is not None:
             verdicts.append(b["loss"] < 0.95 * a["loss"])
-    return None if not verdicts else all(verdicts)
+    return verdicts
 
 
 def _training(spec, records) -> dict:
@@ -310,6 +316,7 @@ def _training(spec, records) -> dict:
         rows.append({"point": pid, "label": first.point.label, "steps": [r.step for r in rs],
                      "values": [r.metrics.get(metric) for r in rs], "intervals": [r.interval(metric) for r in rs],
                      "changes": changes, "train": last.train, "learned": learned(last.train),
+                     "learned_count": [sum(learned_each(last.train)), len(learned_each(last.train))],
                      "networks": first.network_count})
     return {"metric": metric, "rows": rows}
 

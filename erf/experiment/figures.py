@@ -299,7 +299,7 @@ def _growth_fig(spec, records, fa, title, sub):
         ax2.set_title("ERF/TRF falls as the net gets deeper", fontsize=9)
         ax2.grid(alpha=0.3, which="both")
         ax2.legend(fontsize=7)
-    _suptitle(fig, f"{title}\n{sub}; error bars: bootstrap 95% intervals", fontsize=9)
+    _suptitle(fig, f"{title}\n{sub}; error bars: 95% intervals over networks (or weight draws)", fontsize=9)
     return fig, f"{metric} against {key_name(fa['x_key'])} on log-log axes with fitted power laws" + \
         (", the exact linear theory" if spec["theory"] else "") + (" and ERF/TRF with the 1/√n line" if spec["ratio"] else "") + "."
 
@@ -315,7 +315,11 @@ def _bars(spec, records, fa, title, sub):
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(series))
     show_trf = metric.startswith(("erf_size", "sigma"))
-    top = max((r["value"] for r in fa["rows"] if r["value"] is not None), default=1.0)
+    by_id = {r.id: r for r in records}
+    top = max([r["value"] for r in fa["rows"] if r["value"] is not None]
+              + [r["interval"][1] for r in fa["rows"] if r["interval"] is not None], default=1.0)
+    drawn = set()
+    off_scale = False
     for k, sv in enumerate(series):
         rows = [r for r in fa["rows"] if r["series"] == sv]
         xs = np.array([cats.index(r["category"]) for r in rows]) + (k - (len(series) - 1) / 2) * width
@@ -325,16 +329,25 @@ def _bars(spec, records, fa, title, sub):
             err = np.vstack([ys - [r["interval"][0] for r in rows], [r["interval"][1] for r in rows] - ys]).clip(min=0)
         ax.bar(xs, ys, width * 0.9, yerr=err, capsize=3, color=f"C{k % 10}", label=sv or metric)
         for x, y, r in zip(xs, ys, rows):
-            ax.text(x, y, f"{y:.2f}", ha="center", va="bottom", fontsize=7)
+            ax.text(x + width * 0.47, y, f"{y:.2f}", ha="left", va="bottom", fontsize=7)  # beside the error bar
+            half = width * 0.45
+            for value, style, lab in _ceilings(r, by_id.get(r["id"]), metric):
+                ax.plot([x - half, x + half], [value, value], color="0.35", linestyle=style, linewidth=1.4,
+                        label=None if lab in drawn else lab)
+                drawn.add(lab)
             if show_trf and r["trf"]:
                 t = r["trf"][-1] if metric.startswith("erf_size") else r["trf"][-1] / 2
                 if t <= 3 * top:
-                    ax.plot([x - width * 0.45, x + width * 0.45], [t, t], color="black", linewidth=1.5)
-                else:
-                    ax.text(x, y * 1.08 + 0.02 * top, f"TRF {r['trf'][-1]} px\n(off scale)", ha="center",
-                            va="bottom", fontsize=7)
+                    ax.plot([x - half, x + half], [t, t], color="black", linewidth=1.5)
+                else:  # at the top edge, above every error bar (the axis leaves room for it)
+                    off_scale = True
+                    ax.annotate(f"TRF {r['trf'][-1]} px ↑", xy=(x, 0.99), xycoords=("data", "axes fraction"),
+                                ha="center", va="top", fontsize=7)
     if show_trf:
         ax.plot([], [], color="black", linewidth=1.5, label="TRF" if metric.startswith("erf_size") else "TRF / 2")
+    lines_top = max([float(np.max(line.get_ydata())) for line in ax.get_lines() if len(line.get_ydata())]
+                    + [top], default=top)
+    ax.set_ylim(0, lines_top * (1.25 if off_scale else 1.1))
     ax.set_xticks(range(len(cats)), cats, fontsize=8, rotation=10)
     ax.set_xlabel(key_name(fa["x_key"]))
     ax.set_ylabel(f"{metric} (px)" if not metric.startswith("erf_trf") else metric)
@@ -342,8 +355,28 @@ def _bars(spec, records, fa, title, sub):
     ax.legend(fontsize=8, title=key_name(fa["series_key"]) if fa["series_key"] else None, title_fontsize=8,
               loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3, axis="y")
-    _suptitle(fig, f"{title}\n{sub}; error bars: bootstrap 95% intervals", fontsize=9)
-    return fig, f"{metric} per {key_name(fa['x_key'])} with 95% intervals" + (" (black line: TRF)" if show_trf else "") + "."
+    _suptitle(fig, f"{title}\n{sub}; error bars: 95% intervals over networks", fontsize=9)
+    return fig, (f"{metric} per {key_name(fa['x_key'])} with 95% intervals over networks"
+                 + (" (black line: TRF)" if show_trf else "")
+                 + "; grey dashed: the same metric for a uniform map over the bar's TRF box, grey dotted: over the "
+                 "whole image (an ERF at these lines fills its TRF or the image: no verdict on size there).")
+
+
+def _ceilings(row: dict, r: Record | None, metric: str) -> list[tuple[float, str, str]]:
+    """The uniform-map values of ``metric`` a bar cannot exceed: over its TRF box and over the whole image."""
+    out = []
+    sat = row.get("saturation") or {}
+    u = (sat.get("uniform") or {}).get(metric)
+    if u:
+        out.append((float(u), "--", "uniform map over the TRF box (cut to the image)"))
+    if r is not None and r.map.ndim == 2 and metric.startswith(("erf_size", "sigma", "mass_radius")):
+        try:
+            img = stats.scalar_metrics(stats.uniform_map(r.map.shape), [metric])[metric]
+        except Exception:  # noqa: BLE001 - a metric a uniform map has no value of draws no ceiling
+            img = None
+        if img and (not u or abs(img - u) > 1e-9 * img):
+            out.append((float(img), ":", "uniform map over the image"))
+    return out
 
 
 def _profiles(spec, records, _fa, title, sub):
@@ -413,17 +446,7 @@ def _training_fig(spec, records, fa, title, sub):
     if has_curve:
         ax2 = axes[1]
         for k, row in enumerate(fa["rows"]):
-            info = row.get("train") or {}
-            loss = np.asarray(info.get("train_loss") or [], float)
-            if loss.size:
-                w = max(1, loss.size // 50)
-                smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
-                ax2.plot(np.arange(smooth.size) + w, smooth, color=f"C{k % 10}", label=f"{row['label']}: train loss")
-            ev = [e for e in info.get("eval") or [] if e.get("loss") is not None]
-            if ev:
-                ax2.plot([e["step"] for e in ev], [e["loss"] for e in ev], "s--", color=f"C{k % 10}", markersize=4,
-                         label="held-out loss" + (f" (accuracy {ev[0]['accuracy']:.2f} → {ev[-1]['accuracy']:.2f})"
-                                                  if ev[-1].get("accuracy") is not None else ""))
+            _loss_curves(ax2, row, f"C{k % 10}")
         ax2.set_xlabel("training step")
         ax2.set_ylabel("loss")
         ys = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax2.get_lines()] or [np.ones(1)])
@@ -435,6 +458,47 @@ def _training_fig(spec, records, fa, title, sub):
         ax2.legend(fontsize=7)
     _suptitle(fig, f"{title}\n{sub}", fontsize=9)
     return fig, f"{metric} at initialisation, at the checkpoints and after training, with 95% intervals."
+
+
+def _loss_curves(ax, row: dict, color: str) -> None:
+    """Training and held-out loss of a row's networks: the mean over networks with a band over their range.
+
+    The legend gives the held-out accuracy as the mean over networks with its range (not network 0's).
+    """
+    info = row.get("train") or {}
+    infos = info.get("networks") or [info]
+    n = len(infos)
+    of = f", mean of {n} (band: range)" if n > 1 else ""
+    losses = [np.asarray(i.get("train_loss") or [], float) for i in infos]
+    size = min((x.size for x in losses), default=0)
+    if size:
+        w = max(1, size // 50)
+        smooth = np.stack([np.convolve(x[:size], np.ones(w) / w, mode="valid") for x in losses])
+        steps = np.arange(smooth.shape[1]) + w
+        ax.plot(steps, smooth.mean(0), color=color, label=f"{row['label']}: train loss{of}")
+        if n > 1:
+            ax.fill_between(steps, smooth.min(0), smooth.max(0), color=color, alpha=0.15, linewidth=0)
+    evs = [[e for e in i.get("eval") or [] if e.get("loss") is not None] for i in infos]
+    evs = [e for e in evs if e]
+    if not evs:
+        return
+    k = min(len(e) for e in evs)
+    steps = [e["step"] for e in evs[0][:k]]
+    loss = np.array([[e["loss"] for e in ev[:k]] for ev in evs])
+    ax.plot(steps, loss.mean(0), "s--", color=color, markersize=4, label="held-out loss" + _accuracy_text(evs))
+    if len(evs) > 1:
+        ax.fill_between(steps, loss.min(0), loss.max(0), color=color, alpha=0.1, linewidth=0)
+
+
+def _accuracy_text(evs: list[list[dict]]) -> str:
+    """' (accuracy 0.25 → 0.40, range 0.27–0.52, 4 networks)': mean over networks and the range at the end."""
+    if not all(ev[0].get("accuracy") is not None and ev[-1].get("accuracy") is not None for ev in evs):
+        return ""
+    a = [ev[0]["accuracy"] for ev in evs]
+    b = [ev[-1]["accuracy"] for ev in evs]
+    if len(evs) == 1:
+        return f" (accuracy {a[0]:.2f} → {b[0]:.2f})"
+    return f" (accuracy, mean of {len(evs)}: {np.mean(a):.2f} → {np.mean(b):.2f}, range {min(b):.2f}–{max(b):.2f})"
 
 
 def _maps(spec, records, out_dir: Path, title, sub) -> list[dict]:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from erf.engine.diagnostics import sample_limit
 from erf.experiment.formatting import fmt, fmt_ci, metric_axis
 from erf.experiment.records import ROBUST, Record, small_n_interval
 from erf.experiment.sweeps import Config, show_value
 
-DOMINANT_SHARE = 0.2  # one input sample holding more of the mass than this is reported
 
 
 def findings(cfg: Config, records: list[Record], analyses: dict) -> list[str]:
@@ -191,7 +191,9 @@ def _training_findings(fa) -> list[str]:
                 f"{fmt(c['final'])}{fmt_ci(c['final_interval'])} after training, {pct:+.0f}%")
         note = _train_note(row.get("train"))
         if row.get("learned") is False:
+            got, of = row.get("learned_count") or (None, row["networks"])
             who = ("The network did not learn" if row["networks"] < 2
+                   else f"{of - got} of the {of} networks did not learn" if got is not None
                    else f"Not every one of the {row['networks']} networks learned")
             out.append(f"{head}.{note} {who} the task here (learning = held-out accuracy up by at least a tenth of "
                        "the way to 1), so this change is not read as a training effect and no conclusion about "
@@ -345,14 +347,20 @@ def _network_findings(records: list[Record]) -> list[str]:
 
 
 def _tail_findings(records: list[Record]) -> list[str]:
-    rows = [r for r in records if (r.diagnostics.get("max_sample_share") or 0)
-            > max(DOMINANT_SHARE, 4.0 / (r.diagnostics.get("samples_weighed") or 1))]  # 4x an equal share
+    """Samples above the engine's warning level ``sample_limit(n)`` (the same threshold as the engine's notes)."""
+    rows = []
+    for r in records:
+        share, n = r.diagnostics.get("max_sample_share"), r.diagnostics.get("samples_weighed")
+        if share is not None and n and share > sample_limit(int(n)):
+            rows.append((r, share, int(n)))
     if not rows:
         return []
-    return ["Heavy tails: one input sample holds more than "
-            f"{DOMINANT_SHARE:.0%} of a network's gradient mass at " + "; ".join(
-                f"{r.label} ({r.diagnostics['max_sample_share']:.0%}, effective sample size "
-                f"{fmt(r.diagnostics.get('ess'))})" for r in rows) + "."]
+    return ["Heavy tails (the engine's level: one of n samples above max(min(0.5, 10/n), 5/n) of a network's "
+            "gradient mass, 3.9% at n = 256): " + "; ".join(
+                f"{r.label}: one sample holds {share:.1%} ({share * n:.0f}x its fair share 1/{n}, above "
+                f"{sample_limit(n):.1%}), effective sample size {fmt(r.diagnostics.get('ess'))} of {n}"
+                for r, share, n in rows)
+            + ". The mean map leans on few inputs there: more samples, or normalize_samples, would steady it."]
 
 
 def _shape_findings(records: list[Record]) -> list[str]:
