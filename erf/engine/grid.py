@@ -113,7 +113,8 @@ class GridMap:
 
 
 def grid_positions(n: int, points: int) -> list[int]:
-    """Up to ``points`` unit indices along an axis of ``n`` units: all of them, or evenly spaced with both ends.
+    """Up to ``points`` unit indices along an axis of ``n`` units: all of them, or evenly spaced with both ends
+    (one point: the centre unit ``n // 2``).
 
     Args:
         n: the axis length; ``points``: the most positions.
@@ -123,6 +124,8 @@ def grid_positions(n: int, points: int) -> list[int]:
     """
     if n <= points:
         return list(range(n))
+    if points == 1:
+        return [n // 2]
     return sorted({int(round(v)) for v in np.linspace(0, n - 1, points)})
 
 
