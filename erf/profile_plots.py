@@ -135,7 +135,7 @@ def plot_grid(gm: Any, path: str | Path | None = None) -> Figure:
     ax1.set_title("ERF size per unit", fontsize=10)
     h, w = gm.results[0].map.shape
     mag = np.hypot(offsets[:, 0], offsets[:, 1])
-    q = ax2.quiver(centers[:, 1], centers[:, 0], offsets[:, 1], -offsets[:, 0], mag, cmap="viridis",
+    q = ax2.quiver(centers[:, 1], centers[:, 0], offsets[:, 1], offsets[:, 0], mag, cmap="viridis",
                    angles="xy", scale_units="xy", scale=1.0, width=0.006)
     ax2.plot(centers[:, 1], centers[:, 0], "k.", markersize=3)
     ax2.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, edgecolor="grey", linestyle="--"))
@@ -143,7 +143,8 @@ def plot_grid(gm: Any, path: str | Path | None = None) -> Figure:
     ax2.set_ylim(1.1 * h, -0.1 * h - 0.5)
     ax2.set_aspect("equal")
     fig.colorbar(q, ax=ax2, label="|offset| (px)")
-    ax2.set_title("ERF centre of mass − TRF centre (arrows, true length)", fontsize=10)
+    ax2.set_title("centre offset: ERF centre of mass − TRF centre\n(arrows at each TRF centre, true length)",
+                  fontsize=9)
     ax2.set_xlabel("x (input px)")
     ax2.set_ylabel("y (input px)")
     corner = int(np.argmin(mean_size))
