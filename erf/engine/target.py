@@ -94,11 +94,20 @@ def resolve_target(model: nn.Module, input_size: Sequence[int], layer: str | Non
         ErfError: an unknown layer, a layer without a spatial map, a prefix count that does not fit.
     """
     prefix_tokens = measure_tokens.check_value(prefix_tokens)
+    chosen: list[str] = []
+    if layer is None:
+        found = default_layer(model)
+        if found is not None:
+            layer = found[0]
+            chosen.append(f"no layer given: measured {layer!r}, the last spatial stage ({found[1]}), since the "
+                          "output of a classifier has no map; name another with --layer (layer=)")
     try:
         rep = receptive_field(model, tuple(input_size), layer=layer, in_channels=in_channels)
     except TraceError as exc:
-        return _untraced(model, layer, probe, f"receptive field unavailable ({' '.join(str(exc).split())})",
-                         input_size, prefix_tokens)
+        t = _untraced(model, layer, probe, f"receptive field unavailable ({' '.join(str(exc).split())})",
+                      input_size, prefix_tokens)
+        t.notes[:0] = chosen
+        return t
     require_spatial(rep)
     t = rep.target
     module = t.module
@@ -106,7 +115,55 @@ def resolve_target(model: nn.Module, input_size: Sequence[int], layer: str | Non
                   functional=t.name if module is None else None,
                   output=tuple(int(v) for v in t.output), spatial_dims=tuple(t.spatial_dims),
                   geometry=t, crop_safe=bool(rep.crop_safe), crop_note=str(rep.crop_note or ""),
-                  notes=measure_tokens.check_traced(t, prefix_tokens, t.name) + call_note(rep, layer))
+                  notes=chosen + measure_tokens.check_traced(t, prefix_tokens, t.name) + call_note(rep, layer))
+
+
+#: torchvision classifiers (class name -> the module of the last spatial stage). A ModuleList
+#: stands for its last block.
+TORCHVISION_STAGES = {
+    "AlexNet": "features", "VGG": "features", "SqueezeNet": "features", "DenseNet": "features",
+    "MobileNetV2": "features", "MobileNetV3": "features", "EfficientNet": "features", "ConvNeXt": "features",
+    "SwinTransformer": "features", "MNASNet": "layers", "ResNet": "layer4", "RegNet": "trunk_output",
+    "ShuffleNetV2": "conv5", "GoogLeNet": "inception5b", "Inception3": "Mixed_7c", "MaxVit": "blocks",
+    "VisionTransformer": "encoder.layers",
+}
+
+
+def default_layer(model: nn.Module) -> tuple[str, str] | None:
+    """The last spatial stage of a timm or torchvision classifier, the layer measured when none is named.
+
+    timm: the last entry of the model's ``feature_info`` (its feature-extraction stages);
+    torchvision: ``TORCHVISION_STAGES`` by class (``layer4`` of a ResNet, ``features`` of VGG,
+    DenseNet, EfficientNet, MobileNet, ConvNeXt, ...). A ``ModuleList`` stage is its last block.
+
+    Args:
+        model: any network.
+
+    Returns:
+        ``(layer name, where the choice comes from)``, or None for other models (their output is
+        the default).
+    """
+    modules = dict(model.named_modules())
+    origin = type(model).__module__ or ""
+    name, why = None, ""
+    info = getattr(model, "feature_info", None)
+    if origin.startswith("timm.") and info is not None:
+        entries = list(getattr(info, "info", info) or [])
+        last = entries[-1] if entries else None
+        name = last.get("module") if isinstance(last, dict) else None
+        if name is not None and name not in modules and name.replace("_", ".") in modules:
+            name = name.replace("_", ".")
+        reduction = last.get("reduction") if isinstance(last, dict) else None
+        why = "timm's feature_info" + (f", stride {reduction}" if reduction else "")
+    elif origin.startswith("torchvision.models"):
+        name = TORCHVISION_STAGES.get(type(model).__name__)
+        why = f"torchvision {type(model).__name__}'s last stage"
+    if name is None or name not in modules:
+        return None
+    stage = modules[name]
+    if isinstance(stage, nn.ModuleList) and len(stage):
+        name = f"{name}.{len(stage) - 1}"
+    return name, why
 
 
 def call_note(report: Any, layer: str | None) -> list[str]:
