@@ -67,7 +67,13 @@ class GridMap:
                          for r in self.results], dtype=np.float64)
 
     def on_grid(self, values: np.ndarray) -> np.ndarray:
-        """``values`` (one row per unit) reshaped to the grid: ``(*len(positions[a]) per axis, ...)``.
+        """``values`` (one row per unit) reshaped to the grid.
+
+        Args:
+            values: one row per unit, in ``units`` order (``sizes``, ``offsets``, ...).
+
+        Returns:
+            The array of shape ``(len(positions[0]), len(positions[1]), ..., *row shape)``.
 
         Raises:
             ErfError: the units were a list, not a grid.

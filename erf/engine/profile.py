@@ -90,6 +90,12 @@ class SharedRunner:
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The targets' tensors for the batch ``x`` (one forward).
 
+        Args:
+            x: the input batch.
+
+        Returns:
+            One tensor per target, in the targets' order (targets of one layer share it).
+
         Raises:
             ModelError: a target not reached by the forward, or one that is not a tensor.
         """
@@ -154,6 +160,13 @@ class SharedProbe:
 
     def maps(self, x: torch.Tensor, first: int) -> torch.Tensor:
         """Maps ``(B, *spatial)`` of the batch ``x`` whose first row is input sample ``first`` of its draw.
+
+        Args:
+            x: the batch; row ``r`` is input sample ``first + r``, measured for target ``(first + r) % K``.
+            first: the input sample index of the first row.
+
+        Returns:
+            The per-sample float64 maps (signal and channel reduction of ``preset``), rows as in ``x``.
 
         Raises:
             ErfError: no gradient path from a target to the input.
@@ -223,7 +236,12 @@ class Profile:
         return len(self.results)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per layer: layer, output, trf, jump, samples, sigma, sigma_ci, erf_size, ratio, clipped."""
+        """The table's content.
+
+        Returns:
+            One dict per layer: layer, output, trf, jump, samples, sigma, sigma_ci, erf_size (2 sigma),
+            erf_size_ci, ratio (ERF/TRF), clipped, trf_center.
+        """
         out = []
         for r, jump, shape in zip(self.results, self.jumps or [None] * len(self), self.outputs or [None] * len(self)):
             sigma = r.sigma
