@@ -130,16 +130,6 @@ def test_shifted_windows_are_position_dependent_at_the_border():
     assert row.box((5, 5)) == ((4, 11), (4, 11))
 
 
-def test_window_partition_without_window_attributes_is_refused_with_a_hint():
-    class Partition(nn.Module):
-        def forward(self, x):  # (B, H, W, C) -> windows, with no window_size/shift_size to read
-            return x.view(1, 4, 4, 4, 4, 8)
-
-    m = nn.Sequential(nn.Conv2d(3, 8, 1), Permute(), Partition())
-    with pytest.raises(UnsupportedOpError, match="splits an image axis.*treat_as"):
-        receptive_field(m, 16)
-
-
 class Permute(nn.Module):
     def forward(self, x):
         return x.permute(0, 2, 3, 1)

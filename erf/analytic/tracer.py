@@ -303,16 +303,18 @@ def trace(model: nn.Module, input_size, in_channels=None, *, treat_as=None, allo
     model.eval()
     try:
         rec = out = None
+        # the input in the model's own float type (a float64 model is traced in float64)
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
         if META_FIRST:
             try:
-                rec, out = run_traced(model, torch.empty(shape, device="meta"), meta=True, **kw)
+                rec, out = run_traced(model, torch.empty(shape, device="meta", dtype=dtype), meta=True, **kw)
             except ErfError:
                 raise
             except Exception:  # needs real values (data-dependent control flow): run for real
                 rec = None
         if rec is None:
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
-            x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
             try:
                 with torch.no_grad():
                     rec, out = run_traced(model, x, meta=False, **kw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from erf.analytic import axis as ax
-from erf.analytic.layout import Info, spatial_components
+from erf.analytic.layout import Info, axis_extents, axis_parts, spatial_components
 from erf.analytic.rules.core import Call, globalise, pointwise, union_maps, with_note
 
 
@@ -28,11 +28,11 @@ def matmul(call: Call) -> Info | list[Info]:
         if info is None:
             continue
         c = t.dim() + contracted
-        kept = {a for d, role in enumerate(info.dims) if d != c for a, _ in spatial_components(role)}
+        kept = {p for d, role in enumerate(info.dims) if d != c for p in axis_parts(role)}
         # a contraction over positions the operand still indexes in another dim (attention weights @ values)
         # is a global statistic added to each kept position; otherwise nothing local is left
-        gate = any(a in kept for a, _ in spatial_components(info.dims[c]))
-        info = globalise(info, [c], f"'{call.name}' contracts image positions", drop=True, gate=gate)
+        gate = any(p in kept for p in axis_parts(info.dims[c]))
+        info = globalise(info, [c], f"'{call.name}' contracts image positions", drop=True, gate=gate, rebase=False)
         dims = list(info.dims)
         if a.dim() >= 2 and b.dim() >= 2:
             dims[replaced] = None  # that slot holds the other operand's positions
@@ -43,27 +43,20 @@ def matmul(call: Call) -> Info | list[Info]:
         for d, role in enumerate(tdims):
             if role is not None and 0 <= d + off < out.dim():
                 dims[d + off] = role
-    seen: dict[int, int] = {}
+    seen: dict[tuple, int] = {}
     for role in dims:
-        for axis, _ in spatial_components(role):
-            seen[axis] = seen.get(axis, 0) + 1
+        for part in axis_parts(role):
+            seen[part] = seen.get(part, 0) + 1
     n_axes = len(parts[0][2].axes)
-    axes = tuple(union_maps([(None, i.axes[k]) for _, _, i in parts], _size_of_axis(dims, k)) for k in range(n_axes))
+    sizes = axis_extents(dims, n_axes)
+    axes = tuple(union_maps([(None, i.axes[k]) for _, _, i in parts], sizes[k]) for k in range(n_axes))
     note = next((i.crop_note for _, _, i in parts if i.crop_note), None)
     res = Info(axes, tuple(dims), note)
-    twice = {k for k, c in seen.items() if c > 1}
-    if twice:  # an outer product of positions: each entry sees two places; take all
-        mixed = [d for d, role in enumerate(dims) if any(a in twice for a, _ in spatial_components(role))]
+    twice = {p for p, c in seen.items() if c > 1}
+    if twice:  # an outer product of positions (attention logits): each entry sees both places
+        mixed = [d for d, role in enumerate(dims) if any(p in twice for p in axis_parts(role))]
         res = globalise(res, mixed, f"'{call.name}' pairs image positions")
     return res
-
-
-def _size_of_axis(dims, k) -> int:
-    for role in dims:
-        for a, s in spatial_components(role):
-            if a == k:
-                return s
-    return 1
 
 
 def attention(call: Call) -> Info | list[Info]:
@@ -75,7 +68,10 @@ def attention(call: Call) -> Info | list[Info]:
     for t in (k, v):
         i = call.info(t)
         if i is not None:
-            parts.append(globalise(i, list(range(t.dim())), f"'{call.name}' attends over all positions"))
+            # tokens along dim -2 for sdpa ((..., L, E)), dim 0 for the functional MHA ((L, N, E));
+            # batch and head dims are not mixed (a window partition keeps its windows apart)
+            token_dim = 0 if call.name == "multi_head_attention_forward" else t.dim() - 2
+            parts.append(globalise(i, [token_dim], f"'{call.name}' attends over all positions"))
     base = qi if qi is not None else parts[0]
     n_axes = len(base.axes)
     axes = []

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
+from math import gcd
 from typing import Any, Callable, Iterator
 
 import torch
 
 from erf.analytic import axis as ax
 from erf.analytic.axis import AxisMap
-from erf.analytic.layout import Info, single_axis, spatial_components
+from erf.analytic.layout import Info, axis_extents, axis_parts, rebase_parts, single_axis, spatial_components
 from erf.errors import AlignmentError, UnsupportedOpError
 
 Rule = Callable[["Call"], Any]  # returns an Info, or a list of them for several outputs
@@ -122,10 +123,7 @@ def merge(call: Call, tensors: list[torch.Tensor], out_shape) -> Info:
                 # broadcast along an axis it indexes with one position: constant box
                 m = m.globalised(1)
             per_axis[a].append((t, m))
-    sizes = [1] * n_axes
-    for role in dims:
-        for a, s in spatial_components(role):
-            sizes[a] = s
+    sizes = axis_extents(dims, n_axes)
     axes = []
     for a in range(n_axes):
         maps = per_axis[a]
@@ -180,28 +178,70 @@ def union_maps(maps: list[tuple[Any, AxisMap]], n: int) -> AxisMap:
     return AxisMap.build(n * first.period, first.shift * n, lo, hi)
 
 
-def globalise(info: Info, dims_mixed, why: str, drop: bool = False, gate: bool | None = None) -> Info:
+def globalise(info: Info, dims_mixed, why: str, drop: bool = False, gate: bool | None = None,
+              rebase: bool = True) -> Info:
     """Every position of the axes indexed by ``dims_mixed`` now sees all of them.
 
     ``drop`` when the op removes those dims or turns them into features (reductions,
     linear layers); otherwise each index still stands for its position. ``gate``
     (default: ``not drop``) when each position keeps its own value and only adds a
     global statistic (softmax, normalisations): the local map stays and the whole
-    span joins its floor; otherwise (pooling) no local path is left.
+    span joins its floor; otherwise (pooling) no local path is left. Where the mixed
+    dims hold only some factors of an axis (a window partition), positions mix only
+    with those that share the other factors: the map becomes the exact window map.
+    ``rebase``: when dropping leaves only coarse factors of an axis, index those (not for
+    an operand whose other factors come back from another operand, as in ``a @ b``).
     """
     gate = (not drop) if gate is None else gate
     axes = list(info.axes)
     sizes = info.axis_sizes()
     dims = list(info.dims)
-    hit = False
+    mixed_parts: dict[int, set] = {}
     for d in dims_mixed:
-        for a, _ in spatial_components(dims[d]):
+        for a, stride, size in axis_parts(dims[d]):
+            mixed_parts.setdefault(a, set()).add((stride, size))
+    all_parts: dict[int, set] = {}
+    for role in dims:
+        for a, stride, size in axis_parts(role):
+            all_parts.setdefault(a, set()).add((stride, size))
+    for a, parts in mixed_parts.items():
+        if max(parts) == max(all_parts[a]):
+            # the whole axis, or its outermost factor (a grid partition: positions as far apart as the
+            # map is wide): a global statistic; exact on real positions, the local path kept
             axes[a] = axes[a].gated(sizes[a]) if gate else axes[a].globalised(sizes[a])
-            hit = True
-        if drop:
+        else:  # inner factors only (a window partition): the exact window map
+            axes[a] = mix_parts(axes[a], sorted(parts))
+    if drop:
+        for d in dims_mixed:
             dims[d] = None
+        for a in (mixed_parts if rebase else ()):  # the finest factors are gone: index the positions left
+            left = [stride for role in dims for b, stride, _ in axis_parts(role) if b == a]
+            if left and min(left) > 1:
+                step = min(left)
+                axes[a] = ax.window(axes[a], 1, step, 1, 0)
+                dims = list(rebase_parts(tuple(dims), a, step))
     out = Info(tuple(axes), tuple(dims), info.crop_note)
-    return with_note(out, why) if hit else out
+    return with_note(out, why) if mixed_parts else out
+
+
+def mix_parts(m: AxisMap, parts: list[tuple[int, int]]) -> AxisMap:
+    """Each position also sees every position that differs from it only in the digits of ``parts``.
+
+    ``parts`` are (stride, size) factors of a mixed-radix split of the axis (a window
+    partition's inner factor: the window; a grid partition's outer factor: the grid).
+    """
+    period = 1
+    for stride, size in parts:
+        period = period * (stride * size) // gcd(period, stride * size)
+
+    def taps(o: int) -> list[int]:
+        base = o - sum(((o // s) % n) * s for s, n in parts)
+        out = [base]
+        for s, n in parts:
+            out = [b + k * s for b in out for k in range(n)]
+        return out
+
+    return ax.rational_index(m, period, period, taps)
 
 
 def norm_dims(dim: int | list[int] | tuple[int, ...] | None, ndim: int) -> list[int]:

@@ -91,7 +91,7 @@ def pad(call: Call) -> Info | list[Info]:
         d = x.dim() - 1 - j
         left = int(amounts[2 * j])
         role = dims[d]
-        if role is None:
+        if role is None or (left == 0 and int(amounts[2 * j + 1]) == 0):
             continue
         a = single_axis(role)
         if a is None:
