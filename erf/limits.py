@@ -36,7 +36,8 @@ from erf.errors import ErfError
 
 __all__ = [
     "SEED_LIMIT", "INDEX_LIMIT", "MAX_SAMPLES", "MAX_WEIGHT_DRAWS", "MAX_POINTS", "MAX_CONFIG_BYTES",
-    "MAX_TOML_DEPTH", "MAX_NAME", "MAX_BOOT", "check_seed", "check_count", "check_input", "check_model_memory",
+    "MAX_TOML_DEPTH", "MAX_NAME", "MAX_GENERATED_IMAGES", "MAX_DEPTH", "MAX_BOOT", "check_seed",
+    "check_count", "check_input", "check_model_memory",
     "check_activations", "input_bytes", "memory_bytes", "check_grid", "read_config", "check_toml_depth",
     "check_output_path", "check_distinct", "show_bytes",
 ]
@@ -47,6 +48,8 @@ MAX_SAMPLES = 2**32  # sample keys are 32-bit (erf.engine.inputs.sample_key)
 MAX_WEIGHT_DRAWS = 2**20  # the sampling plan keeps one entry per draw
 MAX_BOOT = 100_000  # bootstrap replicates of one interval
 MAX_POINTS = 10_000  # points of one sweep
+MAX_DEPTH = 10_000  # layers of a built-in conv stack (plain_net, residual_net): deeper builds for hours
+MAX_GENERATED_IMAGES = 100_000  # inputs.kind = 'generated': each image is a PNG file in a temporary folder
 MAX_CONFIG_BYTES = 4 * 2**20  # a config is a short text file
 MAX_TOML_DEPTH = 32  # nested arrays, inline tables and dotted keys
 MAX_NAME = 200  # an experiment name (schema): .<name>.partial and .<name>.old-XXXXXXXX fit in NAME_MAX (255)

@@ -375,6 +375,27 @@ RUN_CASES = [
     (GOOD, [*C, "--out", "/proc/erf_results"], "is under /proc"),
     (GOOD, [*C, "--out", "r" * 300], "more than this filesystem allows"),
     (GOOD, [*C, "--out", "bad.toml/sub"], "is a file, not a folder"),
+    # --check runs every check the run runs before measuring (issue 19)
+    (cfg(measure={"mean": "[nan]"}), [*C, "--check"], "measure.mean: mean must be a list of numbers"),
+    (cfg(measure={"std": "[0.0]"}), [*C, "--check"], "measure.std: std must be positive"),
+    (cfg(measure={"std": "[inf]"}), [*C, "--check"], "measure.std: std must be a list of numbers"),
+    (cfg(measure={"std": "[-0.0]"}), [*C, "--check"], "measure.std: std must be positive; got [-0.0]"),
+    (cfg(inputs={"kind": '"generated"', "count": "4"}, measure={"mean": "[0.1, 0.2, 0.3, 0.4]"}), [*C, "--check"],
+     "mean has 4 values but the model takes 1 channels"),
+    (GOOD + '[train]\nenabled = true\ntask = "afolder2"\n', [*C, "--check"], "train.task: no images"),
+    (GOOD + '[train]\nenabled = true\ntask = "quadrant"\ntask_args = { bogus = 1 }\n', [*C, "--check"],
+     "train.task_args: task 'quadrant' does not accept parameter 'bogus'"),
+    (GOOD + '[train]\nenabled = true\ntask = "context"\ntask_args = { spacing = nan }\n', [*C, "--check"],
+     "train.task_args: task parameter spacing must be a number > 0"),
+    (GOOD + '[train]\nenabled = true\ntask = "context"\ntask_args = { spacing = 1e308 }\n', [*C, "--check"],
+     ("train.task_args", "nan or inf")),
+    (cfg(inputs={"kind": '"generated"', "count": "1000000000"}), [*C, "--check"], "inputs.count: kind = 'generated'"),
+    (cfg(inputs={"kind": '"generated"', "count": "1000000000"}), C, "inputs.count: kind = 'generated'"),
+    # booleans are not numbers; depths are limited (CLI, config, sweep values)
+    (cfg(measure={"crop": "1"}), [*C, "--check"], "measure.crop: must be 'auto', true or false; got 1"),
+    (cfg(model={"args": "{depth = true, width = 4}"}), [*C, "--check"], "depth must be a positive integer; got True"),
+    (cfg(model={"args": "{depth = 1000000000, width = 4}"}), C, "depth must be <= 10000"),
+    (GOOD + '[sweep.grid]\n"model.args.depth" = [2, 1000000]\n', [*C, "--check"], ("point p001", "depth must be <=")),
 ]
 if not torch.cuda.is_available():
     RUN_CASES += [(cfg(experiment={"device": '"cuda"'}), C, "experiment.device: 'cuda' was asked for"),

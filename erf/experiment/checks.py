@@ -18,11 +18,14 @@ import torch
 
 from erf import limits, stats
 from erf.analytic import RFReport, infer_in_channels, receptive_field, spatial_ndim
-from erf.engine import PrefixTokensError, check_traced, require_spatial
+from erf.engine import MeasureOptions, PrefixTokensError, check_traced, require_spatial
+from erf.engine.images import preprocessing_for
 from erf.errors import ErfError, UnsupportedOpError
+from erf.experiment.points import measure_keywords
 from erf.experiment.schema import Fail
 from erf.experiment.sweeps import Config
 from erf.models import check_pretrained, load_checkpoint, load_model
+from erf.training import make_task
 
 
 def check_models(cfg: Config) -> None:
@@ -39,22 +42,24 @@ def check_models(cfg: Config) -> None:
         ConfigError: the first problem, naming the file and key.
     """
     fail = Fail(cfg.path)
-    seen: dict[str, str] = {}
+    seen: dict[str, int] = {}
     for p in cfg.points:
         s = p.settings
         size = s["inputs"]["size"]
         key = repr((s["model"]["name"], s["model"]["args"], s["measure"]["layer"], s["measure"]["unit"], size,
                     s["measure"]["prefix_tokens"]))
-        if key in seen:
-            continue
-        seen[key] = p.id
         pre = f"point {p.id} ({p.label}): " if len(cfg.points) > 1 else ""
+        if key in seen:
+            _check_point(fail, pre, cfg, s, seen[key])
+            continue
         try:
             with torch.device("meta"):
                 model = load_model(s["model"]["name"], s["model"]["args"])
         except ErfError as exc:
             fail("model", f"{pre}{' '.join(str(exc).split())}{_imported(s['model']['name'])}")
         model.eval()
+        seen[key] = infer_in_channels(model)
+        _check_point(fail, pre, cfg, s, seen[key])
         itemsize = 8 if s["experiment"]["dtype"] == "float64" else 4
         _check_memory(fail, pre, model, size, itemsize)
         try:
@@ -77,6 +82,45 @@ def check_models(cfg: Config) -> None:
         except ErfError as exc:
             fail("inputs.size", str(exc))
     _check_checkpoints(fail, cfg)
+
+
+def _check_point(fail: Fail, pre: str, cfg: Config, s: dict, channels: int) -> None:
+    """What the run checks when it starts a point, checked here first: the measurement options as the
+    engine takes them, the images' normalisation, the generated images' count, the training task."""
+    kw = measure_keywords(s["measure"])
+    if kw.get("init") == "model" and kw.get("weight_draws"):
+        kw["init"] = "kaiming_normal"  # stands in for the model's own scheme (rebuild_init) here
+    inp = s["inputs"]
+    if inp["kind"] in ("gaussian", "uniform", "constant"):
+        kw["inputs"] = inp["kind"]
+    elif inp["kind"] == "images" and inp["sampler"] == "random":
+        kw["inputs"] = inp["path"]  # its first readable image is read, as the engine does
+    try:
+        MeasureOptions.build(**kw, in_channels=channels, dtype=s["experiment"]["dtype"])
+        if inp["kind"] in ("images", "generated") and (kw.get("mean") is not None or kw.get("std") is not None):
+            preprocessing_for(None, channels, kw.get("mean"), kw.get("std"))
+    except ErfError as exc:
+        msg = " ".join(str(exc).split())
+        name = msg.split(" ", 1)[0]
+        where = "inputs.path" if name == "inputs" or "image" in msg else f"measure.{name}" \
+            if name in s["measure"] else "measure"
+        fail(where, f"{pre}{msg}")
+    if inp["kind"] == "generated" and inp["count"] > limits.MAX_GENERATED_IMAGES:
+        fail("inputs.count", f"{pre}kind = 'generated' writes each image as a file: at most "
+             f"{limits.MAX_GENERATED_IMAGES}; got {inp['count']}")
+    tr = s["train"]
+    if tr["enabled"]:
+        size = tr["size"] or inp["size"]
+        try:
+            task = make_task(tr["task"], size=size if isinstance(size, int) else tuple(size), channels=channels,
+                             seed=s["experiment"]["seed"], **tr["task_args"])
+            x, _ = task.eval_set(2)
+        except ErfError as exc:
+            msg = " ".join(str(exc).split())
+            fail("train.task_args" if "param" in msg else "train.task", f"{pre}{msg}")
+        if not bool(torch.isfinite(x).all()):
+            fail("train.task_args", f"{pre}task {tr['task']!r} draws images with NaN or Inf pixels with these "
+                 f"parameters ({tr['task_args']}); use smaller, finite values")
 
 
 def _imported(spec: str) -> str:

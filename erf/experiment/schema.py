@@ -114,7 +114,7 @@ def _table(v):
 
 
 def _crop(v):
-    return None if v in ("auto", True, False) else "must be 'auto', true or false"
+    return None if isinstance(v, bool) or v == "auto" else "must be 'auto', true or false"  # 1 is no boolean
 
 
 def _channel(v):

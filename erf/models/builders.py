@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from erf import limits
 from erf.errors import ModelError
 from erf.models.reference import scaled
 from erf.models.registry import register_model
@@ -103,6 +104,11 @@ class ConvNet(nn.Module):
         return self.layers(x)
 
 
+def _count(v) -> bool:
+    """A positive int, not a bool (``true`` is no depth)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
 def conv_net(depth: int = 8, width: int = 32, kernel_size: int = 3, activation: str = "linear",
              strides: Sequence[int] | None = None, dilation: int | Sequence[int] = 1, norm: str = "none",
              in_channels: int = 1, bias: bool = False, residual: bool = False,
@@ -124,12 +130,17 @@ def conv_net(depth: int = 8, width: int = 32, kernel_size: int = 3, activation: 
 
     ``last_activation=False`` leaves the activation off the last layer (a linear read-out).
     """
-    if not isinstance(depth, int) or depth < 1:
+    if not _count(depth):
         raise ModelError(f"depth must be a positive integer; got {depth!r}")
-    if not isinstance(width, int) or width < 1:
+    if depth > limits.MAX_DEPTH:
+        raise ModelError(f"depth must be <= {limits.MAX_DEPTH} (a stack that deep takes hours to build and "
+                         f"measure); got {depth}")
+    if not _count(width):
         raise ModelError(f"width must be a positive integer (channels); got {width!r}")
-    if not isinstance(kernel_size, int) or kernel_size < 1:
+    if not _count(kernel_size):
         raise ModelError(f"kernel_size must be a positive integer; got {kernel_size!r}")
+    if not _count(in_channels):
+        raise ModelError(f"in_channels must be a positive integer; got {in_channels!r}")
     stride_at = set(strides or [])
     bad = sorted(i for i in stride_at if not (isinstance(i, int) and 0 <= i < depth))
     if bad:
