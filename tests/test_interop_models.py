@@ -63,3 +63,31 @@ def test_torchvision_default_layer_is_the_last_stage():
 def test_a_named_layer_is_kept():
     res = erf.measure(erf.load_model("timm:test_resnet"), 64, layer="layer2", samples=2, bn="as_is")
     assert res.layer.startswith("layer2") and not any("no layer given" in n for n in res.notes)
+
+
+@pytest.mark.interop("timm")
+def test_timm_zero_init_residual_branches_are_found_and_noted():
+    import timm  # (only where it imports)
+
+    from erf.engine import init_scales
+
+    r18 = init_scales.zero_scales(timm.create_model("resnet18"))  # zero_init_last: the last BN of every block
+    assert [f.module for f in r18] == [f"layer{i}.{j}.bn2" for i in range(1, 5) for j in range(2)]
+    assert all(f.kind == "norm weight" and f.max_abs == 0 for f in r18)
+    cnx = init_scales.zero_scales(timm.create_model("convnext_atto"))  # layer scale 1e-6
+    assert len(cnx) == 12 and all(f.kind == "layer scale" and f.parameter.endswith(".gamma") for f in cnx)
+    assert max(f.max_abs for f in cnx) == pytest.approx(1e-6)
+    deit3 = init_scales.zero_scales(timm.create_model("deit3_small_patch16_224"))
+    assert {f.parameter.rsplit(".", 2)[-2] for f in deit3} == {"ls1", "ls2"} and len(deit3) == 24  # not cls_token
+    assert init_scales.zero_scales(timm.create_model("convnextv2_atto")) == []  # GRN's zero weight is its identity
+    assert init_scales.zero_scales(timm.create_model("efficientnet_b0")) == []
+
+    model = erf.load_model("timm:test_resnet")
+    res = erf.measure(model, 64, layer="layer2", samples=2, dtype="float64", bn="as_is")
+    note = next(n for n in res.notes if n.startswith("residual branches closed in these weights"))
+    assert "2 normalisation weight(s) = 0 (layer1.0.bn2, layer2.0.bn2;" in note  # not layer3/4: after layer2
+    opened = erf.load_model("timm:test_resnet")
+    init_scales.reset_scales(opened, init_scales.zero_scales(opened))
+    wide = erf.measure(opened, 64, layer="layer2", samples=2, dtype="float64", bn="as_is")
+    assert not any("residual branches closed" in n for n in wide.notes)
+    assert (wide.map > 0).sum() > 2 * (res.map > 0).sum()  # the branches open: a wider support

@@ -1,4 +1,5 @@
-"""The interop features on stand-ins, in every venv: the default layer of timm/torchvision classifiers.
+"""The interop features on stand-ins, in every venv: the default layer of timm/torchvision classifiers, and
+the note on residual branches closed at init (zero BatchNorm weights, small layer scales).
 
 Classes that say they come from timm (``feature_info``) or torchvision (``torchvision.models``), so
 the rules run without the libraries; tests/test_interop_models.py runs them on the real ones.
@@ -7,9 +8,11 @@ the rules run without the libraries; tests/test_interop_models.py runs them on t
 from __future__ import annotations
 
 import pytest
+import torch
 import torch.nn as nn
 
 import erf
+from erf.engine import init_scales
 from erf.engine.target import default_layer
 from erf.models.reference import ResNet
 
@@ -68,3 +71,74 @@ def test_other_models_keep_their_output_as_the_default():
     assert default_layer(timm_like) is None
     with pytest.raises(erf.ErfError, match="has no spatial output"):
         erf.measure(timm_like, 16, samples=2)
+
+
+# --------------------------------------------------------------------------- closed residual branches
+
+
+class Block(nn.Module):
+    """x + gamma * bn(conv(x)): a residual branch closed by a zero BN weight or a small layer scale."""
+
+    def __init__(self, bn_weight: float = 1.0, gamma: float = 1.0):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+        nn.init.constant_(self.bn.weight, bn_weight)
+        self.gamma = nn.Parameter(torch.full((2,), gamma))
+
+    def forward(self, x):
+        return x + self.gamma[:, None, None] * self.bn(self.conv(x))
+
+
+class GRN(nn.Module):
+    """ConvNeXt-V2's global response norm: a zero weight is its identity, not a closed branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(2))
+        self.bias = nn.Parameter(torch.zeros(2))
+
+    def forward(self, x):
+        g = x.norm(dim=(2, 3), keepdim=True)
+        return x + self.weight[:, None, None] * (x * g / (g.mean(1, keepdim=True) + 1e-6)) + self.bias[:, None, None]
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), Block(bn_weight=0.0), Block(gamma=1e-6), GRN(),
+                         Block(bn_weight=0.0))
+
+
+def test_zero_scales_finds_zero_norm_weights_and_small_layer_scales():
+    found = init_scales.zero_scales(_net())
+    assert [(f.parameter, f.kind) for f in found] == [("1.bn.weight", "norm weight"), ("2.gamma", "layer scale"),
+                                                      ("4.bn.weight", "norm weight")]
+    assert found[1].max_abs == pytest.approx(1e-6) and found[1].module == "2"
+    assert init_scales.zero_scales(Block()) == [] and init_scales.zero_scales(Block(gamma=0.01)) == []
+    assert init_scales.zero_scales(Block(gamma=0.01), tol=0.1)[0].parameter == "gamma"
+
+
+def test_measure_notes_the_closed_branches_before_its_layer_only():
+    net = _net()
+    res = erf.measure(net, 16, layer="2", samples=2, dtype="float64", bn="as_is")
+    closed = [n for n in res.notes if n.startswith("residual branches closed in these weights")]
+    assert len(closed) == 1, res.notes
+    assert "1 normalisation weight(s) = 0 (1.bn;" in closed[0] and "1 layer scale(s) <= 1e-06 (2.gamma;" in closed[0]
+    assert "4.bn" not in closed[0]  # applied after the measured layer
+    full = erf.measure(net, 16, layer="0", samples=2, dtype="float64", bn="as_is")
+    assert not any("residual branches closed" in n for n in full.notes)  # none before the first conv
+
+
+def test_reset_scales_opens_the_branches():
+    net = _net()
+    closed = erf.measure(net, 16, layer="4", samples=2, dtype="float64", bn="as_is")
+    assert init_scales.reset_scales(net, init_scales.zero_scales(net)) == 3
+    assert init_scales.zero_scales(net) == []
+    opened = erf.measure(net, 16, layer="4", samples=2, dtype="float64", bn="as_is")
+    assert not any("residual branches closed" in n for n in opened.notes)
+    # closed: the stem conv's 3x3 (and 1e-6 of a branch around it); opened: three 3x3 branches more (9x9)
+    def outside(m):  # share of the map outside the stem conv's 3x3 around the unit (8, 8)
+        return 1 - m[7:10, 7:10].sum() / m.sum()
+
+    assert (closed.map > 0).sum() == 25 and outside(closed.map) < 1e-4
+    assert (opened.map > 0).sum() == 81 and outside(opened.map) > 0.3

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from erf import stats
 from erf.analytic import infer_in_channels, spatial_size
+from erf.engine import init_scales
 from erf.engine.bn import CALIBRATION_BATCH, calibrate_bn, wants_calibration
 from erf.engine.diagnostics import MapSource, SampleStats
 from erf.engine.inputs import make_source, sample_key
@@ -139,6 +140,11 @@ def prepare(model: nn.Module, input_size: Any, opts: MeasureOptions, dev: torch.
     amp = amp_context(dev, opts.autocast, notes)
     ctx = Context(opts, work, dev, fdtype, preset, size, chans, target, unit, bs, amp, notes, calib)
     ctx.calibrate(0)
+    closed = init_scales.zero_scales(work)
+    if closed and not any(m.training for m in work.modules()):  # a train-mode forward would move statistics
+        closed = init_scales.reached(closed, work, TargetRunner(work, target), zeros)
+    if init_scales.note(closed):
+        notes.append(init_scales.note(closed))
     return ctx
 
 
