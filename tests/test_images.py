@@ -225,3 +225,93 @@ def test_erf_run_inputs_points_every_point_at_the_images(tmp_path, capsys):
     assert main(["run", str(root / "configs" / "pretrained_cnn_vs_vit.toml"), "--quick", "--check",
                  "--inputs", str(tmp_path / "nothing_here")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- hostile inputs (issue 19)
+
+
+def _png_header(path, w, h):
+    """A PNG whose header claims ``w`` x ``h`` grey pixels (a decompression bomb for large sizes)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * (w + 1))) + chunk(b"IEND", b""))
+    return path
+
+
+def test_walks_skip_links_out_loops_and_special_files(tmp_path):
+    import os
+
+    root = tmp_path / "imgs"
+    _save(root / "a" / "good.png", (1, 2, 3))
+    os.symlink("..", root / "a" / "up")  # a loop
+    os.symlink(tmp_path, root / "out")  # a link out of the folder
+    outside = _save(tmp_path / "elsewhere" / "x.png", (4, 5, 6))
+    os.mkfifo(root / "a.png")  # a FIFO named like an image: never opened
+    s = find_images(root)
+    assert [Path(f).name for f in s.files] == ["good.png"], s.files
+    assert outside.is_file()
+    g = find_images(str(root / "**" / "*.png"))
+    assert [Path(f).name for f in g.files] == ["good.png"]
+
+
+def test_system_trees_are_refused_at_once():
+    with pytest.raises(ErfError, match="under /proc, a system folder"):
+        find_images("/proc/**/*.png")
+    with pytest.raises(ErfError, match="under /proc"):
+        find_images("/proc/self")
+
+
+def test_non_finite_and_empty_arrays_are_refused_before_measuring(tmp_path, capsys):
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.full((4, 3, 8, 8), np.nan, dtype=np.float32))
+    inf = tmp_path / "inf.npz"
+    x = np.zeros((4, 3, 8, 8), dtype=np.float64)
+    x[2, 1, 3, 3] = np.inf
+    np.savez(inf, x=x)
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((4, 3, 0, 16), dtype=np.float32))
+    for path, needle in ((nan, "768 values are NaN or infinite"), (inf, "1 values are NaN or infinite"),
+                         (empty, "the images are empty")):
+        assert main(["measure", "plain_net", "--model-arg", "depth=2", "--input", "8", "--samples", "2",
+                     "--inputs", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err, err
+
+
+def test_huge_images_and_bombs_are_one_line_without_pillow_warnings(tmp_path, capsys):
+    import warnings
+
+    _png_header(tmp_path / "bomb" / "bomb.png", 40000, 40000)
+    _png_header(tmp_path / "big" / "big.png", 10000, 10000)
+    for folder, needle in (("bomb", "decompression bomb"), ("big", "10000x10000 pixels")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a Pillow warning would fail here
+            assert main(["measure", "plain_net", "--model-arg", "depth=2", "--input", "8", "--samples", "2",
+                         "--inputs", str(tmp_path / folder)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and needle in err and "Warning" not in err, err
+    # beside a good image they are skipped and counted
+    _save(tmp_path / "big" / "good.png", (9, 9, 9))
+    src = _source(tmp_path / "big")
+    assert src(0, 0, 0, 2).shape[0] == 1 and "1 of 2" in src.skip_note()
+
+
+def test_generated_images_are_limited_and_their_folder_removed_at_exit(tmp_path):
+    import subprocess
+    import sys
+
+    from erf.engine.images import generate_images
+
+    with pytest.raises(ErfError, match="count must be an integer from 1 to"):
+        generate_images(10**9, 8)
+    code = ("from erf.engine.images import generate_images; import os; d = generate_images(3, 8, seed=1); "
+            "print(d); assert len([f for _, _, fs in os.walk(d) for f in fs]) == 3")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not Path(done.stdout.strip()).exists()

@@ -22,9 +22,13 @@ transforms there when loaded with weights), else ImageNet's, with a note.
 
 from __future__ import annotations
 
-import glob
+import atexit
+import fnmatch
 import os
+import shutil
+import stat
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -134,16 +138,14 @@ def _list(path: str) -> ImageSet:
         x = _read_array(path)
         return ImageSet(path, [], [0] * int(x.shape[0]), ["."], array=x)
     if os.path.isdir(path):
-        files = []
-        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files += [os.path.join(dirpath, f) for f in sorted(filenames)
-                      if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")]
+        _not_a_system_tree(path, path)
+        files = _walk(path, None)
         names = [os.path.relpath(f, path).split(os.sep)[0] if os.sep in os.path.relpath(f, path) else "."
                  for f in files]
     elif any(ch in path for ch in _GLOB_CHARS):
-        files = sorted(f for f in glob.glob(path, recursive=True)
-                       if os.path.isfile(f) and f.lower().endswith(IMAGE_SUFFIXES))
+        base, pattern = _split_glob(path)
+        _not_a_system_tree(base, path)
+        files = _walk(base, pattern) if os.path.isdir(base) else []
         names = [os.path.dirname(f) for f in files]
     else:
         raise ErfError(f"inputs {path!r} is not gaussian, uniform or constant, and no such file or folder exists; "
@@ -154,6 +156,93 @@ def _list(path: str) -> ImageSet:
     classes = sorted(set(names))
     index = {c: i for i, c in enumerate(classes)}
     return ImageSet(path, files, [index[n] for n in names], classes)
+
+
+MAX_IMAGE_ENTRIES = 10_000_000  # files and folders looked at when listing the images of a PATH
+MAX_IMAGE_PIXELS = 2**26  # pixels of one image file (67 M, 8192 x 8192): larger ones are skipped, unread
+_SYSTEM_TREES = ("/proc", "/sys", "/dev")
+
+
+def _not_a_system_tree(folder: str, path: str) -> None:
+    """Refuse image folders under /proc, /sys, /dev (endless or blocking pseudo-files)."""
+    real = os.path.realpath(folder)
+    for tree in _SYSTEM_TREES:
+        if real == tree or real.startswith(tree + "/"):
+            raise ErfError(f"inputs {path!r} is under {tree}, a system folder, not images; point --inputs at a "
+                           "folder of images, a glob or an .npy/.npz array")
+
+
+def _split_glob(path: str) -> tuple[str, list[str]]:
+    """``a/b/*/x*.png`` -> (``a/b``, ``["*", "x*.png"]``): the folder before the first pattern, and the rest."""
+    parts = path.split(os.sep)
+    for i, part in enumerate(parts):
+        if any(ch in part for ch in _GLOB_CHARS):
+            base = os.sep.join(parts[:i]) or ("/" if path.startswith(os.sep) else ".")
+            return base, [p for p in parts[i:] if p]
+    return path, []
+
+
+def _matches(parts: list[str], pattern: list[str]) -> bool:
+    """Whether relative path components match glob components (``**``: any number of folders)."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return _matches(parts, pattern[1:]) or (bool(parts) and _matches(parts[1:], pattern))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:], pattern[1:])
+
+
+def _walk(root: str, pattern: list[str] | None) -> list[str]:
+    """The image files below ``root`` (matching ``pattern`` when given), sorted.
+
+    Hidden names are skipped; only regular files are taken (a FIFO or device named ``a.png`` is
+    never opened); links to folders are followed only when they stay inside ``root`` and were not
+    seen before (no loops); at most ``MAX_IMAGE_ENTRIES`` entries are looked at.
+
+    Raises:
+        ErfError: more entries than the limit.
+    """
+    real_root = os.path.realpath(root)
+    depth = None if pattern is None or "**" in pattern else len(pattern)
+    seen, files, entries = set(), [], 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        rel = os.path.relpath(dirpath, root)
+        level = 0 if rel == "." else rel.count(os.sep) + 1
+        entries += len(dirnames) + len(filenames)
+        if entries > MAX_IMAGE_ENTRIES:
+            raise ErfError(f"more than {MAX_IMAGE_ENTRIES} files and folders under {root!r}; point --inputs at a "
+                           "smaller folder or a narrower glob")
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # a loop of links, or a second way into a folder
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            if d.startswith(".") or (depth is not None and level + 1 >= depth):
+                continue
+            if os.path.islink(full):
+                target = os.path.realpath(full)
+                if not (target == real_root or target.startswith(real_root.rstrip(os.sep) + os.sep)):
+                    continue  # a link out of the folder
+            keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            if f.startswith(".") or not f.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            full = os.path.join(dirpath, f)
+            if pattern is not None and not _matches(([] if rel == "." else rel.split(os.sep)) + [f], pattern):
+                continue
+            try:
+                if stat.S_ISREG(os.stat(full).st_mode):
+                    files.append(full)
+            except OSError:
+                continue
+    return files
 
 
 def _read_array(path: str) -> np.ndarray:
@@ -179,8 +268,16 @@ def _read_array(path: str) -> np.ndarray:
     if x.ndim != 4 or x.shape[1] not in (1, 2, 3, 4) or x.shape[0] < 1:
         raise ErfError(f"{path}: images must be (N, C, H, W), (N, H, W, C) or (N, H, W) with 1, 3 or 4 channels; "
                        f"got shape {list(x.shape)}")
-    if not (x.dtype == np.bool_ or np.issubdtype(x.dtype, np.number)):
-        raise ErfError(f"{path}: images must be numeric; got dtype {x.dtype}")
+    if not (x.dtype == np.bool_ or np.issubdtype(x.dtype, np.number)) or np.issubdtype(x.dtype, np.complexfloating):
+        raise ErfError(f"{path}: images must be real numbers; got dtype {x.dtype}")
+    if 0 in x.shape:
+        raise ErfError(f"{path}: the images are empty (shape {list(x.shape)}); give at least one image of at least "
+                       "1x1 pixels")
+    if np.issubdtype(x.dtype, np.floating):
+        bad = sum(int(np.count_nonzero(~np.isfinite(x[i:i + 256]))) for i in range(0, x.shape[0], 256))
+        if bad:
+            raise ErfError(f"{path}: {bad} values are NaN or infinite; the ERF of such inputs means nothing: "
+                           "replace or drop those images")
     return x
 
 
@@ -199,9 +296,19 @@ def decode_image(path: str, channels: int) -> torch.Tensor:
     """
     from PIL import Image  # lazy: Pillow (installed with matplotlib) is only needed for image inputs
 
-    with Image.open(path) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
-        arr = np.asarray(img, dtype=np.uint8)
+    if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO or a device: it may block forever
+        raise ValueError("not a regular file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise ValueError(f"{w}x{h} pixels, more than {MAX_IMAGE_PIXELS} (not decoded)")
+                img = img.convert("L" if channels == 1 else "RGB")
+                arr = np.asarray(img, dtype=np.uint8)
+        except Image.DecompressionBombError as exc:
+            raise ValueError(" ".join(str(exc).split())[:100]) from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if min(arr.shape[:2]) < 1:
@@ -427,6 +534,7 @@ def first_readable(images: ImageSet, channels: int = 3) -> None:
 
 
 _GENERATED: dict[tuple, str] = {}
+MAX_GENERATED = 100_000  # generated images per folder (erf.limits.MAX_GENERATED_IMAGES)
 
 
 def generate_images(count: int, size: int | Sequence[int], seed: int = 0, classes: int = 4,
@@ -436,7 +544,8 @@ def generate_images(count: int, size: int | Sequence[int], seed: int = 0, classe
     Each image is a smooth random field (a sum of a few Gaussian blobs and an oriented
     grating whose angle is its class's) with pixel noise, 5/4 of ``size`` high and 3/2 wide so
     the resize and centre crop have work to do. The same arguments give the same pixels;
-    without ``folder`` they go to a temporary folder made once per process.
+    without ``folder`` they go to a temporary folder made once per process and removed when the
+    process ends.
 
     Args:
         count: how many images; ``size``: the input size (an int or ``(H, W)``).
@@ -445,14 +554,24 @@ def generate_images(count: int, size: int | Sequence[int], seed: int = 0, classe
 
     Returns:
         The folder.
+
+    Raises:
+        ErfError: a count that is not an integer from 1 to ``MAX_GENERATED``.
     """
     from PIL import Image  # lazy: Pillow is only needed for image inputs
 
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= MAX_GENERATED:
+        raise ErfError(f"generated images: count must be an integer from 1 to {MAX_GENERATED} (each image is a "
+                       f"file in a temporary folder); got {count!r}")
     h, w = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
     key = (int(count), h, w, int(seed), int(classes))
     if folder is None and key in _GENERATED and os.path.isdir(_GENERATED[key]):
         return _GENERATED[key]
-    out = os.fspath(folder) if folder is not None else tempfile.mkdtemp(prefix="erf-generated-images-")
+    if folder is None:
+        out = tempfile.mkdtemp(prefix="erf-generated-images-")
+        atexit.register(shutil.rmtree, out, True)  # this process made it: removed when it ends
+    else:
+        out = os.fspath(folder)
     H, W = (5 * h) // 4, (3 * w) // 2
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
     rng = np.random.default_rng([int(seed), 0x6E7])
