@@ -142,3 +142,56 @@ def test_reset_scales_opens_the_branches():
 
     assert (closed.map > 0).sum() == 25 and outside(closed.map) < 1e-4
     assert (opened.map > 0).sum() == 81 and outside(opened.map) > 0.3
+
+
+# --------------------------------------------------------------------------- BatchNorm calibration cost
+
+
+def _bn_net(stride: int) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, stride=stride, padding=1), nn.BatchNorm2d(4)).eval()
+
+
+def test_bn_calibration_stops_once_every_layer_has_enough_values():
+    from erf.engine.bn import CALIBRATION_BATCH, CALIBRATION_POSITIONS, CALIBRATION_SAMPLES, calibrate_bn
+
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(CALIBRATION_SAMPLES, 3, 32, 32, generator=g)
+    asked = []
+
+    def batches(first, n):
+        asked.append(n)
+        return xs[first:first + n]
+
+    # 32x32 maps: 16 inputs give 16 x 1024 values per channel >= 3136, one pass instead of four
+    assert calibrate_bn(_bn_net(1), batches, CALIBRATION_BATCH) == CALIBRATION_BATCH and asked == [16]
+    assert CALIBRATION_POSITIONS == 64 * 49
+    # the second BatchNorm sees a 4x4 map (stride 8): 16 values per input, so all 64 inputs
+    asked.clear()
+    assert calibrate_bn(_bn_net(8), batches, CALIBRATION_BATCH) == CALIBRATION_SAMPLES and asked == [16] * 4
+    # positions=None: the fixed count, as before
+    asked.clear()
+    full = _bn_net(1)
+    assert calibrate_bn(full, batches, CALIBRATION_BATCH, positions=None) == CALIBRATION_SAMPLES
+    # the statistics of 16 inputs are close to those of 64 (Gaussian noise, 16k values per channel)
+    quick = _bn_net(1)
+    calibrate_bn(quick, batches, CALIBRATION_BATCH)
+    for a, b in zip([quick[1], quick[4]], [full[1], full[4]]):
+        torch.testing.assert_close(a.running_var, b.running_var, rtol=0.05, atol=0)
+        torch.testing.assert_close(a.running_mean, b.running_mean, rtol=0, atol=0.05 * float(b.running_var.sqrt().max()))
+
+
+def test_bn_calibration_counts_only_the_layers_before_the_target(monkeypatch):
+    import erf.engine.context as context
+
+    used = []
+    real = context.calibrate_bn
+    monkeypatch.setattr(context, "calibrate_bn", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    net = _bn_net(8)
+    res = erf.measure(net, 32, layer="2", samples=2, crop=False)  # the 4x4 BatchNorm is after the target
+    assert used == [16]  # the 32x32 BatchNorm alone decides: one pass
+    erf.measure(net, 32, samples=2, crop=False)  # the output: the 4x4 one too
+    assert used == [16, 64]
+    assert any("re-estimated on up to 64 probe inputs (3136 values per channel)" in n for n in res.notes)
+    assert int(net[1].num_batches_tracked) == 0  # the caller's model untouched
