@@ -131,7 +131,8 @@ def _row(node, input_size) -> LayerRF:
     return LayerRF(node.name, node.op, sizes, info.axes, input_size, aliases=list(node.aliases),
                    module=node.module, call_index=node.call_index,
                    spatial_dims=tuple(axis_dims.get(a) for a in range(len(info.axes))),
-                   shape=node.shape, crop_note=info.crop_note, dims=info.dims, offset=node.offset)
+                   shape=node.shape, crop_note=info.crop_note, dims=info.dims, offset=node.offset,
+                   reach=info.reach)
 
 
 def _notes(rows: list[LayerRF]) -> list[str]:
@@ -171,7 +172,14 @@ def capture(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[str
     """
     names = set(names)
     rec, _ = run_traced(model, x, keep=names, meta=False)
-    missing = names - set(rec.kept)
+    # nodes are renamed after their module once it returns: match the final names (and aliases)
+    found = {}
+    for t, _info, node in rec.infos.values():
+        for n in (node.name, *node.aliases):
+            if n in names:
+                found[n] = t
+    found.update({k: v for k, v in rec.kept.items() if k in names and k not in found})
+    missing = names - set(found)
     if missing:
         raise ErfError(f"layer(s) {sorted(missing)} were not computed in this forward pass")
-    return rec.kept
+    return found

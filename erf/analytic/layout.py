@@ -15,6 +15,9 @@ A tensor derived from the network input carries an ``Info``:
   (mixed radix). Merging them back in order gives the plain axis again.
 - ``crop_note``: None while every op so far is local and size-independent (so the
   engine may run on a crop); otherwise why not.
+- ``reach``: per axis, the input pixels that the tensor's real positions can depend on
+  (the tracer fills it in): an unpadded strided conv or pool that drops trailing pixels
+  cuts it, and clipped boxes are cut there too.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class Info:
     axes: tuple[AxisMap, ...]
     dims: tuple[Dim, ...]
     crop_note: str | None = None
+    reach: tuple | None = None  # per axis (lo, hi) or None: pixels real positions can depend on
 
     def with_(self, **kw) -> "Info":
         return replace(self, **kw)

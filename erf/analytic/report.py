@@ -37,6 +37,7 @@ class LayerRF:
     dims: tuple = ()  # per tensor dim: None or components (see erf.analytic.layout)
     crop_note: str | None = None
     offset: tuple | None = None  # per axis: centre offset (px) between paths that meet here (None: aligned)
+    reach: tuple | None = None  # per axis: the input pixels real positions can depend on (clipped boxes stop there)
 
     def _sizes(self, a: int) -> list[int]:
         return self.axes[a].sizes(self.output[a])
@@ -54,7 +55,7 @@ class LayerRF:
     def local_box(self, unit=None, clip: bool = False) -> tuple:
         """Like ``box`` but for the spatial path without gates and attention (see ``rf_local``)."""
         return LayerRF(self.name, self.op, self.output, tuple(m.local for m in self.axes),
-                       self.input_size).box(unit, clip)
+                       self.input_size, reach=self.reach).box(unit, clip)
 
     @property
     def rf(self) -> tuple[int, ...]:
@@ -94,8 +95,10 @@ class LayerRF:
     def box(self, unit=None, clip: bool = False) -> tuple:
         """Inclusive input box ``((top, bottom), (left, right))`` of one unit.
 
-        ``unit`` defaults to the centre unit; ``clip`` limits it to the image. A unit
-        that sees no pixel (holes of a transposed conv) gives None on that axis.
+        ``unit`` defaults to the centre unit; ``clip`` limits it to the image and to the
+        pixels the layer's real positions reach (an unpadded strided conv that drops the
+        last pixels of a map cuts every later box there). A unit that sees no pixel (holes
+        of a transposed conv) gives None on that axis.
         """
         unit = center_unit(self.output) if unit is None else tuple(unit)
         if len(unit) != len(self.axes):
@@ -106,10 +109,12 @@ class LayerRF:
                 raise ModelError(f"unit {list(unit)} is outside the {'x'.join(map(str, self.output))} map of "
                                  f"layer '{self.name}'; use indices from 0 to size-1")
         out = []
-        for m, i, size in zip(self.axes, unit, self.input_size):
+        reach = self.reach or (None,) * len(self.axes)
+        for m, i, size, r in zip(self.axes, unit, self.input_size, reach):
             b = m.box(i)
             if b is not None and clip:
-                b = (max(b[0], 0), min(b[1], size - 1))
+                lo, hi = (0, size - 1) if r is None else (max(r[0], 0), min(r[1], size - 1))
+                b = (max(b[0], lo), min(b[1], hi))
                 b = b if b[0] <= b[1] else None
             out.append(b)
         return tuple(out)

@@ -82,7 +82,8 @@ class _Recorder(TorchFunctionMode):
 
     def set_input(self, x: torch.Tensor, nd: int) -> None:
         dims = (None,) * (x.dim() - nd) + tuple(plain_dim(a, x.shape[x.dim() - nd + a]) for a in range(nd))
-        info = Info(tuple(AxisMap.identity() for _ in range(nd)), dims)
+        info = Info(tuple(AxisMap.identity() for _ in range(nd)), dims,
+                    reach=tuple((0, x.shape[x.dim() - nd + a] - 1) for a in range(nd)))
         node = Node("input", "input", info, tuple(x.shape))
         self.nodes.append(node)
         self.infos[id(x)] = (x, info, node)
@@ -121,14 +122,49 @@ class _Recorder(TorchFunctionMode):
         outs = out if isinstance(out, (list, tuple)) else [out]
         infos = result if isinstance(result, list) else [result]
         tensors = [o for o in outs if isinstance(o, torch.Tensor)]
+        reach_in = _reach_of([self.lookup(t) for t in traced])
         for t, info in zip(tensors, infos):
-            node = self.record(t, info, name)
+            node = self.record(t, _with_reach(info, reach_in), name)
             if call.offsets:
                 node.offset = tuple(call.offsets.get(a) for a in range(len(info.axes)))
         return out
 
     def _where(self) -> str:
         return self.scope[-1] if self.scope else "<model>"
+
+
+def _reach_of(infos: list[Info]) -> list | None:
+    """Per axis, the hull of what the inputs' real positions reach."""
+    out = None
+    for info in infos:
+        if info.reach is None:
+            continue
+        if out is None:
+            out = list(info.reach)
+        else:
+            out = [b if a is None else a if b is None else (min(a[0], b[0]), max(a[1], b[1]))
+                   for a, b in zip(out, info.reach)]
+    return out
+
+
+def _with_reach(info: Info, reach_in: list | None) -> Info:
+    """``info`` with its reach: the span of its real positions' boxes, cut to what its inputs reach.
+
+    An unpadded strided op whose last window ends before the input's last pixel leaves
+    those pixels out of every later box (Inception's stem at 96 px: pixels 93-95).
+    """
+    if reach_in is None or len(reach_in) != len(info.axes):
+        return info
+    sizes = info.axis_sizes()
+    reach = []
+    for m, n, r in zip(info.axes, sizes, reach_in):
+        span = m.span(n)
+        if span is None or r is None:
+            reach.append(r)
+            continue
+        lo, hi = max(span[0], r[0]), min(span[1], r[1])
+        reach.append((lo, hi) if lo <= hi else r)
+    return info.with_(reach=tuple(reach))
 
 
 def _is_meta_norm(func, args) -> bool:
@@ -234,9 +270,10 @@ def _apply_module_rule(rec: _Recorder, mod, name, rule, args, out):
     fn = rules.TREAT_AS[rule] if isinstance(rule, str) else rule
     result = fn(call)
     infos = result if isinstance(result, list) else [result]
+    reach_in = _reach_of([rec.lookup(a) for a in ins])
     for t, info in zip(outs, infos):
         rec.scope.append(name)
-        rec.record(t, info, type(mod).__name__)
+        rec.record(t, _with_reach(info, reach_in), type(mod).__name__)
         rec.scope.pop()
 
 
