@@ -323,6 +323,61 @@ def _moment_columns(names: list[str], ndim: int) -> dict[int, tuple[str, int | N
     return out
 
 
+_RADIUS_BIN = 0.5  # px: the distance bins in which mass_radius locates the crossing before sorting
+
+
+def _radii(r: np.ndarray, flat: np.ndarray, fractions: Sequence[float]) -> list[np.ndarray]:
+    """``stats.mass_radius`` at each fraction for each row (pixel distances ``r``, masses ``flat``), exactly.
+
+    Instead of sorting every pixel of every map, the mass is binned by distance (0.5 px bins), the
+    bin where the cumulative mass reaches each fraction of the total is found, and only that bin's
+    pixels are sorted: the same interpolation between successive pixel distances as ``mass_radius``
+    (the predecessor of a bin's first pixel is the farthest pixel of the nearest non-empty bin
+    below), without a full sort of every replicate map.
+    """
+    B, P = r.shape
+    bins = np.floor(r / _RADIUS_BIN).astype(np.int64)
+    nb = int(bins.max()) + 1 if bins.size else 1
+    rows = np.arange(B)
+    flat_bins = (bins + rows[:, None] * nb).ravel()
+    cum = np.cumsum(np.bincount(flat_bins, weights=flat.ravel(), minlength=B * nb).reshape(B, nb), 1)
+    count = np.bincount(flat_bins, minlength=B * nb).reshape(B, nb)
+    last = np.maximum.accumulate(np.where(count > 0, np.arange(nb)[None, :], -1), axis=1)  # last non-empty bin <= i
+    out = []
+    for f in fractions:
+        target = f * cum[:, -1]
+        k = np.minimum((cum < target[:, None]).sum(1), nb - 1)  # the bin where the cumulative mass reaches f
+        base = np.where(k > 0, cum[rows, np.maximum(k - 1, 0)], 0.0)  # mass of the bins below
+        kp = np.where(k > 0, last[rows, np.maximum(k - 1, 0)], -1)  # the nearest non-empty bin below
+        pr, pc = np.nonzero(bins == kp[:, None])
+        r_prev = np.zeros(B)
+        np.maximum.at(r_prev, pr, r[pr, pc])
+        sr, sc = np.nonzero(bins == k[:, None])
+        rs, ms = r[sr, sc], flat[sr, sc]
+        order = np.lexsort((rs, sr))
+        sr, rs, ms = sr[order], rs[order], ms[order]
+        start = np.searchsorted(sr, rows)  # each row's first pixel of its bin
+        end = np.searchsorted(sr, rows, side="right")
+        cm = np.cumsum(ms)
+        before = np.where(start > 0, cm[np.maximum(start - 1, 0)] if cm.size else 0.0, 0.0)
+        cum_in = base[sr] + cm - before[sr]
+        reached = cum_in >= target[sr]
+        first = np.full(B, -1)
+        hit_rows, hit_at = np.unique(sr[reached], return_index=True)
+        first[hit_rows] = np.flatnonzero(reached)[hit_at]
+        first = np.where((first < 0) & (end > start), end - 1, first)  # rounding: the bin's last pixel
+        has = first >= 0
+        j = np.where(has, first, 0)
+        prev_in = has & (j > start)
+        pick = (lambda a, i: a[i] if a.size else np.zeros(B))
+        c1, r1 = pick(cum_in, j), pick(rs, j)
+        c0 = np.where(prev_in, pick(cum_in, np.maximum(j - 1, 0)), base)
+        r0 = np.where(prev_in, pick(rs, np.maximum(j - 1, 0)), r_prev)
+        frac = np.where(c1 <= c0, 0.0, (target - c0) / np.where(c1 > c0, c1 - c0, 1.0))
+        out.append(np.where(has, r0 + frac * (r1 - r0), np.nan))
+    return out
+
+
 def _moment_values(maps: np.ndarray, cols: dict[int, tuple[str, int | None]], out: np.ndarray, trf: Any,
                    center: Sequence[float] | None) -> None:
     """Fill ``out[:, j]`` for the moment metrics of a batch of maps (NaN where ``check_map`` would refuse)."""
@@ -334,21 +389,14 @@ def _moment_values(maps: np.ndarray, cols: dict[int, tuple[str, int | None]], ou
     t = None
     per_axis: dict = {}
     radii = [j for j, (fam, _) in cols.items() if fam == "mass_radius"]
-    if radii:  # one sort of the pixel distances per replicate, as stats.mass_radius
+    if radii:
         grids = np.indices(maps.shape[1:], dtype=np.float64).reshape(ndim, -1)
         wn = flat / np.where(total > 0, total, 1)[:, None]
         com = wn @ grids.T
         r = np.sqrt(sum((grids[a][None, :] - com[:, a:a + 1]) ** 2 for a in range(ndim)))
-        order = np.argsort(r, axis=1)  # ties in r give one radius whatever their order
-        r = np.concatenate([np.zeros((B, 1)), np.take_along_axis(r, order, 1)], 1)
-        cum = np.concatenate([np.zeros((B, 1)), np.cumsum(np.take_along_axis(flat, order, 1), 1)], 1)
-        rows = np.arange(B)
-        for j in radii:
-            target = cols[j][1] * cum[:, -1]
-            k = np.clip(np.clip((cum < target[:, None]).sum(1), None, cum.shape[1] - 1), 1, None)
-            c0, c1 = cum[rows, k - 1], cum[rows, k]
-            frac = np.where(c1 <= c0, 0.0, (target - c0) / np.where(c1 > c0, c1 - c0, 1))
-            out[:, j] = np.where(ok, r[rows, k - 1] + frac * (r[rows, k] - r[rows, k - 1]), np.nan)
+        values = _radii(r, np.where(ok[:, None], flat, 0.0), [cols[j][1] for j in radii])
+        for j, v in zip(radii, values):
+            out[:, j] = np.where(ok, v, np.nan)
     for j, (fam, i) in cols.items():
         if fam == "mass_radius":
             continue
