@@ -53,6 +53,7 @@ class ERFResult:
     notes: list[str] = field(default_factory=list)
     diagnostics: dict = field(default_factory=dict)
     trf_box_unclipped: tuple[tuple[int, int], ...] | None = None
+    trf_strict: tuple[int, ...] | None = None  # gated nets: the strict TRF (gates, attention); trf is rf_local
 
     def __post_init__(self):
         self._cache: dict = {}
@@ -179,7 +180,8 @@ class ERFResult:
             out["stats_error"] = str(exc)
         out.update({
             "ndim": self.map.ndim, "shape": list(self.map.shape), "axes": list(self.axes),
-            "trf": _list(self.trf), "samples": self.samples, "seconds": self.seconds, "device": self.device,
+            "trf": _list(self.trf), "trf_strict": _list(self.trf_strict), "samples": self.samples,
+            "seconds": self.seconds, "device": self.device,
             "clipped": self.clipped, "cropped": self.cropped, "unit": list(self.unit), "layer": self.layer,
             "trf_box": None if self.trf_box is None else [list(b) for b in self.trf_box],
             "trf_box_unclipped": None if self.trf_box_unclipped is None else [list(b) for b in self.trf_box_unclipped],
@@ -192,7 +194,7 @@ class ERFResult:
         """Write ``.npz`` (map, se_map, group sums/counts, everything else as JSON); atomic."""
         meta = {k: getattr(self, k) for k in ("samples", "trf", "trf_box", "clipped", "cropped", "unit", "layer",
                                               "device", "seconds", "settings", "notes", "diagnostics",
-                                              "trf_box_unclipped")}
+                                              "trf_box_unclipped", "trf_strict")}
         arrays = {"map": self.map, "group_sums": self.groups[0], "group_counts": self.groups[1],
                   "meta": np.array(json.dumps(to_json(meta)))}
         if self.se_map is not None:
@@ -216,7 +218,8 @@ class ERFResult:
                    cropped=meta["cropped"], unit=tuple(meta["unit"]), layer=meta["layer"], device=meta["device"],
                    seconds=meta["seconds"], settings=meta["settings"], notes=meta["notes"],
                    diagnostics=meta.get("diagnostics") or {},
-                   trf_box_unclipped=None if full is None else tuple(tuple(b) for b in full))
+                   trf_box_unclipped=None if full is None else tuple(tuple(b) for b in full),
+                   trf_strict=None if meta.get("trf_strict") is None else tuple(meta["trf_strict"]))
 
     def plot(self, path=None, scale: str = "linear", title: str | None = None):
         """Heatmap with TRF box and Gaussian fit (``erf.plots.plot_erf``); the file is written atomically."""
@@ -346,7 +349,14 @@ def make_result(ctx: Context, acc: Accumulator, window: tuple[slice, ...] | None
                                     ctx.sample_stats)
     sums = place(sums, window, size)
     mean = place((acc.total / acc.n).cpu().numpy(), window, size)
-    box = target.box(unit, clip=False)
+    # gated nets (squeeze-excitation, global norms, attention): ratios and figures use the TRF of the
+    # spatial path (rf_local); the strict TRF is kept beside it
+    local = target.gated
+    box = target.local_box(unit, clip=False) if local else target.box(unit, clip=False)
+    if local:
+        notes.append(f"TRF {'x'.join(map(str, target.geometry.rf_local))} is rf_local, the spatial path without "
+                     f"gates and attention; the strict TRF ({'x'.join(map(str, target.rf))}"
+                     f"{', global' if target.geometry.is_global else ''}) reaches further through them")
     clipped = box is not None and any(b is None or b[0] < 0 or b[1] > n - 1 for b, n in zip(box, size))
     if clipped:
         notes.append(f"the unit's TRF {[list(b) for b in box]} reaches past the {'x'.join(map(str, size))} input: "
@@ -358,10 +368,12 @@ def make_result(ctx: Context, acc: Accumulator, window: tuple[slice, ...] | None
         warnings.warn(line, stacklevel=3)
         notes.append(line)
     full = None if box is None or any(b is None for b in box) else tuple(tuple(b) for b in box)
-    return ERFResult(map=mean, se_map=se, samples=acc.n, groups=(sums, counts), trf=target.rf,
-                     trf_box=target.box(unit, clip=True), clipped=bool(clipped), cropped=window is not None,
-                     unit=tuple(unit), layer=target.layer, device=str(ctx.device), seconds=seconds,
-                     settings=settings, notes=notes, diagnostics=diagnostics, trf_box_unclipped=full)
+    return ERFResult(map=mean, se_map=se, samples=acc.n, groups=(sums, counts),
+                     trf=tuple(int(v) for v in target.geometry.rf_local) if local else target.rf,
+                     trf_box=(target.local_box if local else target.box)(unit, clip=True), clipped=bool(clipped),
+                     cropped=window is not None, unit=tuple(unit), layer=target.layer, device=str(ctx.device),
+                     seconds=seconds, settings=settings, notes=notes, diagnostics=diagnostics,
+                     trf_box_unclipped=full, trf_strict=target.rf if local else None)
 
 
 def sample_masses(acc: Accumulator) -> np.ndarray:

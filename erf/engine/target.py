@@ -49,6 +49,18 @@ class Target:
         return None if self.geometry is None else tuple(int(v) for v in self.geometry.rf)
 
     @property
+    def gated(self) -> bool:
+        """True when gates or attention widen the strict TRF beyond the spatial path (``rf_local``)."""
+        return self.geometry is not None and tuple(self.geometry.rf_local) != tuple(self.geometry.rf)
+
+    def local_box(self, unit: Sequence[int], clip: bool = False) -> tuple[tuple[int, int] | None, ...] | None:
+        """Like ``box`` for the spatial path without gates and attention (``LayerRF.rf_local``)."""
+        if self.geometry is None:
+            return None
+        return tuple(None if ax is None else tuple(int(v) for v in ax)
+                     for ax in self.geometry.local_box(unit, clip=clip))
+
+    @property
     def jump(self) -> tuple[float, ...] | None:
         """The input stride between neighbouring units per axis, or None without geometry."""
         return None if self.geometry is None else tuple(self.geometry.jump)
