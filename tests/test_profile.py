@@ -129,3 +129,28 @@ def test_cli_profile_and_grid(capsys, tmp_path):
     assert "9 units of layers.3" in text and plot.stat().st_size > 10_000
     assert cli_main(base) == 2
     assert "give --layers" in capsys.readouterr().err
+
+
+class FunctionalNet(nn.Module):
+    """Targets that are functional ops (relu, add) and the model output: the shared pass runs to the end."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return torch.tanh(self.b(y) + y)
+
+
+def test_functional_layers_and_the_output_equal_measure_alone():
+    torch.manual_seed(1)
+    net, names = FunctionalNet(), ["relu", "add", "a", None]
+    prof = profile(net, 16, names, samples=3, dtype="float64")
+    assert prof.layers == ["a", "relu", "add", "tanh"]
+    for k, name in enumerate(names):
+        alone = erf.measure(net, 16, layer=name, samples=3, dtype="float64",
+                            inputs=[own_samples(k, len(names), 3, shape=(1, 16, 16))])
+        np.testing.assert_allclose(prof[alone.layer].map, alone.map, rtol=0, atol=1e-12 * alone.map.max())
+    with pytest.raises(ErfError, match="same layer and unit"):
+        profile(net, 16, ["tanh", None], samples=1)
