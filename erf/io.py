@@ -60,6 +60,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], checksum:
         write(tmp)
         if sealed:
             seal(tmp, path.name)
+        with contextlib.suppress(OSError):  # mkstemp makes 0600: give the file what the umask allows
+            os.chmod(tmp, 0o666 & ~_umask())
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -70,6 +72,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], checksum:
     if checksum:
         write_checksum(path)
     return path
+
+
+def _umask() -> int:
+    """The process's umask (read from /proc where it can be, else set and restored)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: str | os.PathLike) -> None:

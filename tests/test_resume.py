@@ -18,6 +18,7 @@ from erf.experiment import load_config, points, runner
 from erf.engine import accumulate as measure_accumulate
 from erf.cli import main
 from erf.engine import measure
+from erf.engine.resume import StateFile
 from erf.errors import ErfError
 from erf.models import create_model
 
@@ -247,3 +248,62 @@ def test_training_point_resumes_from_its_last_measured_step(tmp_path, monkeypatc
     a, b = (json.loads((p / "summary.json").read_text())["points"] for p in (ref, out))
     trained_a, trained_b = a[-1]["train"], b[-1]["train"]  # the training info sits on the final state
     assert trained_a["train_loss"] == trained_b["train_loss"] and trained_a["eval"] == trained_b["eval"]
+
+
+def _interrupted_state(tmp_path, monkeypatch, model, kw, after: int) -> Path:
+    """An engine save left by a measurement killed just after its ``after``-th save (one save per batch)."""
+    state = tmp_path / "m.state"
+    real, calls = StateFile.save, []
+
+    def dies(self, *a):
+        real(self, *a)
+        calls.append(1)
+        if len(calls) == after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(StateFile, "save", dies)
+    with pytest.raises(KeyboardInterrupt):
+        measure(model, 12, state_file=state, save_every=0, **kw)
+    monkeypatch.setattr(StateFile, "save", real)
+    return state
+
+
+@pytest.mark.parametrize("after", [1, 3])  # 3: after the last batch, the resumed run measures nothing more
+def test_a_resumed_measurement_keeps_every_diagnostic(tmp_path, monkeypatch, after):
+    """Issue 19: a point resumed from its engine save lacked zero_grad_fraction (or counted only later samples)."""
+    model = create_model("plain_net", depth=2, width=2, activation="relu")
+    kw = dict(samples=6, batch_size=2, seed=5, normalize_samples=True)
+    ref = measure(model, 12, **kw)
+    state = _interrupted_state(tmp_path, monkeypatch, model, kw, after)
+    res = measure(model, 12, state_file=state, save_every=0, **kw)
+    assert res.diagnostics["zero_grad_fraction"] is not None
+    assert res.diagnostics == ref.diagnostics
+    assert np.array_equal(res.map, ref.map)
+
+
+@pytest.mark.parametrize("how", ["swapped arrays", "past the end", "negative count"])
+def test_an_engine_save_with_a_recomputed_checksum_but_wrong_content_is_set_aside(tmp_path, monkeypatch, capsys, how):
+    from erf.io import atomic_write, save_npz, verify
+
+    model = create_model("plain_net", depth=2, width=2)
+    kw = dict(samples=6, batch_size=2, seed=5)
+    ref = measure(model, 12, **kw)
+    state = _interrupted_state(tmp_path, monkeypatch, model, kw, 2)
+    with np.load(state) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    if how == "swapped arrays":
+        arrays["total"], arrays["group_ids"] = arrays["group_ids"], arrays["total"]
+    elif how == "past the end":
+        meta["step"], meta["done"] = 7, 99
+    else:
+        arrays["group_counts"] = -arrays["group_counts"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    atomic_write(state, lambda f: save_npz(f, arrays), sealed=True)  # a valid checksum over the bad content
+    assert verify(state) is None
+    capsys.readouterr()
+    res = measure(model, 12, state_file=state, save_every=0, **kw)
+    err = capsys.readouterr().err
+    assert "damaged" in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert np.array_equal(res.map, ref.map)  # measured from the start
+    assert (tmp_path / "damaged" / "m.state").is_file()

@@ -6,6 +6,13 @@ Nothing here imports torch: the parsers are built from this module alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+from typing import TextIO
 
 from erf import limits
 from erf.errors import ErfError
@@ -125,4 +132,74 @@ def check_output_file(flag: str, path: str | None) -> None:
     """
     if path is None:
         return
+    if path.endswith(("/", os.sep)) and path.strip("/" + os.sep):  # DIR/newdir/: a folder, not a file name
+        raise ErfError(f"{flag} {path}: ends with '/', a folder; give a file name in it, e.g. {path}erf"
+                       f"{'.npz' if flag == '--save' else '.png'}")
     limits.check_output_path(flag, path)
+
+
+@contextlib.contextmanager
+def json_stdout() -> Iterator[TextIO]:
+    """Send everything printed to stdout to stderr meanwhile; yield the real stdout (for the JSON alone).
+
+    Model code (a factory, a forward) may print: with ``--json`` that text must not end up in the
+    JSON a program reads from stdout.
+    """
+    real = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        yield real
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+MAX_WORD = 200  # characters of one word (a layer name, a path) shown in a message
+
+
+def clean_message(text: str) -> str:
+    """One printable line: control characters (NUL included) escaped, over-long words cut with their length.
+
+    Args:
+        text: an error message, which may quote the user's input.
+
+    Returns:
+        The line.
+    """
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    words = []
+    for word in text.split():
+        if len(word) > MAX_WORD:
+            word = f"{word[:MAX_WORD // 2]}...({len(word)} characters)"
+        words.append(word)
+    return " ".join(words)
+
+
+def guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``run`` with its errors as one clean line each: ``ErfError`` messages through ``clean_message``, and a
+    ``BaseException`` that is no ``Exception`` (``GeneratorExit``, a custom class) raised by model code as an
+    ``ErfError`` (a real Ctrl-C and ``sys.exit`` stay what they are).
+
+    Args:
+        run: a command's ``run(args)``.
+
+    Returns:
+        The wrapped command.
+    """
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except ErfError as exc:
+            clean = clean_message(str(exc))
+            if clean == " ".join(str(exc).split()):
+                raise
+            try:
+                again = type(exc)(clean)
+            except TypeError:  # a subclass with other arguments
+                again = ErfError(clean)
+            raise again from None
+        except (Exception, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - e.g. GeneratorExit from a model's forward
+            detail = clean_message(str(exc))
+            raise ErfError(f"model code raised {type(exc).__name__}{': ' + detail if detail else ''}; erf stops "
+                           "(a model must return or raise an exception)") from None
+    return wrapper

@@ -17,7 +17,7 @@ import torch
 
 from erf import distributed, limits, models
 from erf.analytic import infer_in_channels, spatial_ndim
-from erf.cli.common import add_model_args, check_output_file, input_size, parse_ints
+from erf.cli.common import add_model_args, check_output_file, guarded, input_size, json_stdout, parse_ints
 from erf.device import resolve_device
 from erf.engine import MeasureOptions, measure
 from erf.errors import ErfError
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save", metavar="FILE.npz", help="write the maps, group sums and settings (.npz)")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="no progress (default: a bar on a terminal, a line every 30 s in logs)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=guarded(run))
 
 
 def options_from_args(args: argparse.Namespace, **overrides: Any) -> MeasureOptions:
@@ -151,6 +151,20 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         ErfError: a bad flag, model or output path, or a failed measurement.
     """
+    if args.json:  # stdout holds the JSON alone: what the model's code prints goes to stderr
+        with json_stdout() as out:
+            text = _run(args)
+        if text is not None:
+            print(text, file=out)
+        return 0
+    text = _run(args)
+    if text is not None:
+        print(text)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> str | None:
+    """Measure and write the files; return the text to print (None on ranks other than 0)."""
     if args.plot and os.path.splitext(args.plot)[1].lower() not in _PLOT_SUFFIXES:
         raise ErfError(f"--plot must name a {', '.join(_PLOT_SUFFIXES)} file; got {args.plot!r}")
     for flag, path in (("--plot", args.plot), ("--save", args.save)):
@@ -168,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
                            memory=memory)
     check_registry_model(args.model, model_args, itemsize, memory)
     model = models.load_model(args.model, model_args, args.checkpoint, seed=args.seed, pretrained=args.pretrained)
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        raise ErfError(f"model {args.model!r} has parameters on the meta device (shapes without values): build it "
+                       "with real tensors (or call .to_empty(device='cpu') and initialise them) before measuring")
     init = args.init
     if init == "model" and args.weight_draws:
         if args.checkpoint or args.pretrained:
@@ -180,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     limits.check_input(size, args.in_channels or infer_in_channels(model), "--input", itemsize=itemsize, memory=memory)
     res = measure(model, size, options)
     if not distributed.is_main():
-        return 0
+        return None
     text = json.dumps(res.to_dict()) if args.json else res.summary()
     written = []
     try:
@@ -197,5 +214,4 @@ def run(args: argparse.Namespace) -> int:
             raise ErfError(f"cannot write {exc.filename or 'the output file'}: {exc.strerror or exc}; "
                            "choose another path") from None
         raise
-    print(text)
-    return 0
+    return text

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from erf.cli.common import COMMANDS, add_model_args
+from erf.cli.common import COMMANDS, add_model_args, guarded
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="take the union where paths into a node disagree, instead of refusing")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--list", action="store_true", help="list the registered model names and exit")
-    p.set_defaults(func=run)
+    p.set_defaults(func=guarded(run))
 
 
 def run(args: argparse.Namespace) -> int:

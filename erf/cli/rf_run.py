@@ -10,7 +10,7 @@ import time
 from erf import limits, models
 from erf.analytic import infer_in_channels, receptive_field, spatial_ndim
 from erf.analytic.rules import TREAT_AS
-from erf.cli.common import input_size, parse_ints
+from erf.cli.common import input_size, json_stdout, parse_ints
 from erf.cli.measure import check_registry_model
 from erf.engine import check_traced, check_value
 from erf.errors import ErfError
@@ -32,13 +32,24 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(model_list())
         return 0
+    if args.json:  # stdout holds the JSON alone: what the model's code prints goes to stderr
+        with json_stdout() as out:
+            text = _run(args)
+        print(text, file=out)
+        return 0
+    _run(args)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> str | None:
+    """Trace and print the table; with ``--json`` return the JSON text instead."""
     if args.model is None:
         raise ErfError("give a MODEL (a registry name, path/to/file.py:factory, timm:NAME or torchvision:NAME); "
                        "'erf rf --list' lists the registry")
     treat_as = {}
     for item in args.treat_as:
         op, sep, kind = item.partition("=")
-        if not sep or kind not in TREAT_AS:
+        if not sep or not op.strip() or kind not in TREAT_AS:
             raise ErfError(f"--treat-as takes OP={'|'.join(TREAT_AS)}, got {item!r}")
         treat_as[op] = kind
     model_args = models.parse_model_args(args.model_arg)
@@ -68,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if unit is not None and notes:
             out["token_index"] = report.target.index_of(unit)
         out["seconds"] = round(time.perf_counter() - start, 4)
-        print(json.dumps(out))
-        return 0
+        return json.dumps(out)
     print(report.table())
     if unit is not None:
         box, clipped = report.box(unit), report.box(unit, clip=True)
@@ -79,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         where = "" if unit is None else f"; unit {list(unit)} is at tensor index {report.target.index_of(unit)}"
         print(f"{report.target.name} holds tokens: {report.target.prefix_tokens} prefix token(s) before the "
               f"{'x'.join(map(str, report.target.output))} grid{where}")
-    return 0
+    return None
 
 
 def _box(box: list[tuple[int, int] | None]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from erf.cli.common import COMMANDS
+from erf.cli.common import COMMANDS, guarded
 from erf.errors import ErfError
 
 
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="no progress (by default a bar on a terminal, else a line every 30 s and at each tenth)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic CUDA kernels (experiment.deterministic); CPU runs always repeat exactly")
-    p.set_defaults(func=run)
+    p.set_defaults(func=guarded(run))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from erf.engine.accumulate import Accumulator, OutOfMemory
 from erf.engine.context import Context
 from erf.engine.inputs import Source
 from erf.engine.probe import Probe
-from erf.engine.resume import NoSaves
+from erf.engine.resume import NoSaves, restore_sample_stats, sample_stats_state
 from erf.errors import ErfError
 from erf.progress import progress_bar as new_progress_bar
 
@@ -64,9 +64,10 @@ class Loop:
     def run(self, bs: int, bar: Bar) -> int:
         """Measure every planned sample (from the last save when one matches); return the final batch size."""
         start, done = 0, None
-        saved = self.saves.load()
+        saved = self.saves.load(self.plan, tuple(self.acc.total.shape))
         if saved is not None:
             self.acc.restore(*saved)
+            restore_sample_stats(self.probe, saved[1])  # the diagnostics count the samples before the save too
             start, done, bs = saved[1]["step"], saved[1]["done"], saved[1]["batch_size"]
             self.notes[:] = saved[1]["notes"]
         bar.update(self.acc.n)
@@ -115,7 +116,8 @@ class Loop:
                 break
             if self.saves.due(time.perf_counter()):
                 self.check_finite()  # never save a non-finite sum
-                self.saves.save(acc, dict(step=step, done=done, batch_size=bs, notes=self.notes), time.perf_counter())
+                self.saves.save(acc, dict(step=step, done=done, batch_size=bs, notes=self.notes,
+                                          **sample_stats_state(self.probe)), time.perf_counter())
         return bs, done
 
 

@@ -47,7 +47,9 @@ class Probe:
         """
         x = x.detach().requires_grad_(True)
         with self.amp["ctx"]():
-            out = self.runner(x)
+            # a copy in the graph, not the leaf: a model whose first op works in place on its input
+            # (nn.ReLU(inplace=True), x.mul_(2)) runs as it would in training, and the gradient is the same
+            out = self.runner(x.clone())
             act = unit_activation(out, self.index, self.channel)
             obj = stats.reduce_target(act, self.preset).sum()
         if not obj.requires_grad:

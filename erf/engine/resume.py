@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -24,13 +24,14 @@ import torch.nn as nn
 from erf.engine.accumulate import Accumulator
 from erf.io import atomic_write, save_npz, set_aside, to_json, verify
 
-__all__ = ["StateFile", "NoSaves", "checksum"]
+__all__ = ["StateFile", "NoSaves", "checksum", "state_problem", "sample_stats_state", "restore_sample_stats"]
 
 
 class NoSaves:
     """The loop's saves when there is no state file: nothing to resume, never due."""
 
-    def load(self) -> tuple[dict, dict] | None:
+    def load(self, plan: Sequence[tuple[int, int, int]] | None = None,
+             shape: tuple[int, ...] | None = None) -> tuple[dict, dict] | None:
         """Never a save."""
         return None
 
@@ -56,8 +57,14 @@ class StateFile(NoSaves):
         self.fingerprint = json.dumps(to_json(fingerprint), sort_keys=True)
         self._last: float | None = None
 
-    def load(self) -> tuple[dict, dict] | None:
-        """(arrays, meta) of a matching save, else None; a damaged save is set aside (``damaged/``)."""
+    def load(self, plan: Sequence[tuple[int, int, int]] | None = None,
+             shape: tuple[int, ...] | None = None) -> tuple[dict, dict] | None:
+        """(arrays, meta) of a matching save, else None; a damaged save is set aside (``damaged/``).
+
+        Args:
+            plan: the loop's ``(draw, first, stop)`` ranges: the saved position must lie inside them.
+            shape: the map's shape: the saved sums must have it.
+        """
         if not self.path.is_file():
             return None
         problem = verify(self.path)
@@ -70,6 +77,8 @@ class StateFile(NoSaves):
                     raise ValueError("meta is not a table")
             except Exception as exc:  # any damage: BadZipFile, EOFError, zlib.error, ValueError, KeyError, OSError
                 problem = f"unreadable ({type(exc).__name__})"
+        if problem is None and meta.get("fingerprint") == self.fingerprint:
+            problem = state_problem(arrays, meta, plan, shape)
         if problem is not None:
             self._set_aside(problem)
             return None
@@ -100,6 +109,82 @@ class StateFile(NoSaves):
         arrays = {**acc.state(), "meta": np.array(json.dumps(to_json(meta)))}
         atomic_write(self.path, lambda f: save_npz(f, arrays), sealed=True)
         self._last = now
+
+
+def _count(v: object, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def state_problem(arrays: dict[str, np.ndarray], meta: dict, plan: Sequence[tuple[int, int, int]] | None = None,
+                  shape: tuple[int, ...] | None = None) -> str | None:
+    """Why a save read back cannot be resumed (arrays of the wrong kind, a position outside the plan), or None.
+
+    Args:
+        arrays: the saved arrays (``Accumulator.state``).
+        meta: the saved loop position and counts.
+        plan: the loop's ranges, when known.
+        shape: the map's shape, when known.
+
+    Returns:
+        One phrase, or None.
+    """
+    need = ("total", "group_ids", "group_counts", "group_sums", "sample_mass")
+    if any(k not in arrays for k in need):
+        return "arrays missing"
+    total, ids, counts, sums, mass = (arrays[k] for k in need)
+    floats = all(np.issubdtype(a.dtype, np.floating) for a in (total, sums, mass))
+    ints = all(np.issubdtype(a.dtype, np.integer) for a in (ids, counts))
+    if not (floats and ints and ids.ndim == 1 and counts.shape == ids.shape and mass.ndim == 1):
+        return "arrays of the wrong kind or shape"
+    if (shape is not None and tuple(total.shape) != tuple(shape)) \
+            or tuple(sums.shape) != (len(ids), *total.shape) or not np.isfinite(total).all():
+        return "sums of the wrong shape or not finite"
+    if not all(_count(meta.get(k), lo) for k, lo in (("n", 0), ("group_size", 1), ("step", 0), ("done", 0),
+                                                      ("batch_size", 1))) \
+            or not isinstance(meta.get("notes"), list) or not all(isinstance(n, str) for n in meta["notes"]):
+        return "loop position of the wrong kind"
+    if int(counts.sum()) != meta["n"] or (counts < 0).any():
+        return "sample counts that do not add up"
+    if plan is not None:
+        step, done = meta["step"], meta["done"]
+        if step >= len(plan) or not plan[step][1] <= done <= plan[step][2]:
+            return f"loop position past the end (step {step}, sample {done})"
+    if "zero_count" in meta and not (_count(meta["zero_count"]) and isinstance(meta.get("zero_sum"), (int, float))
+                                     and isinstance(meta.get("raw_mass"), list)):
+        return "sample statistics of the wrong kind"
+    return None
+
+
+def sample_stats_state(probe: object) -> dict[str, Any]:
+    """What a save keeps of the loop's probe wrapper (``erf.engine.diagnostics.SampleStats``): the zero-gradient
+    share summed so far, its sample count, and the raw per-sample masses; {} for a plain probe.
+
+    Args:
+        probe: the loop's probe.
+
+    Returns:
+        JSON-ready entries for the save's loop position.
+    """
+    if not hasattr(probe, "zero_sum") or not hasattr(probe, "count"):
+        return {}
+    raw = [float(v) for t in getattr(probe, "raw", []) for v in t.detach().cpu().reshape(-1).tolist()]
+    return {"zero_sum": float(probe.zero_sum), "zero_count": int(probe.count), "raw_mass": raw}
+
+
+def restore_sample_stats(probe: object, meta: dict) -> None:
+    """Put the saved statistics (``sample_stats_state``) back into the probe wrapper, so the diagnostics of a
+    resumed measurement count every sample, as one run does.
+
+    Args:
+        probe: the loop's probe.
+        meta: the save's loop position.
+    """
+    if "zero_count" not in meta or not hasattr(probe, "zero_sum"):
+        return
+    probe.zero_sum = float(meta["zero_sum"])
+    probe.count = int(meta["zero_count"])
+    if meta["raw_mass"]:
+        probe.raw = [torch.tensor(meta["raw_mass"], dtype=torch.float64)]
 
 
 def checksum(model: nn.Module) -> list[float]:

@@ -175,6 +175,7 @@ def _read_toml(path: str) -> dict:
     try:
         data = limits.read_config(path)
         text = data.decode("utf-8")
+        text = text[1:] if text.startswith("\ufeff") else text  # a UTF-8 BOM (some editors write one)
         limits.check_toml_depth(text, path)
         return tomllib.loads(text)
     except ErfError as exc:

@@ -58,6 +58,11 @@ def check_weights_file(path: str | os.PathLike, what: str = "checkpoint") -> str
     path = os.fspath(path)
     if not str(path).strip():
         raise ModelError(f"the {what} name is empty: give a weights file (.pt, .pth or .safetensors), or leave it out")
+    real = os.path.realpath(path)
+    for tree in ("/proc", "/sys", "/dev"):  # pseudo-files: endless, blocking, or EIO when read
+        if real == tree or real.startswith(tree + "/"):
+            raise ModelError(f"{what} {path} is under {tree}, a system folder, not a {what} file; give a "
+                             f"{'weights file (.pt, .pth or .safetensors)' if what == 'checkpoint' else 'file'}")
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -229,7 +234,10 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             that would run code, or contents that are not a state_dict with string keys.
     """
     path = check_weights_file(path)
-    head = _head(path)
+    try:
+        head = _head(path)
+    except OSError as exc:
+        raise ModelError(f"cannot read checkpoint {path}: {exc.strerror or describe_exception(exc)}") from None
     if path.lower().endswith(SAFETENSORS_SUFFIX) or looks_like_safetensors(head, os.path.getsize(path)):
         return _state_dict(read_safetensors(path), path)
     names = verify_zip(path) if head[:4] == b"PK\x03\x04" else []

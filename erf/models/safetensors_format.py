@@ -77,6 +77,8 @@ def _entries(header: object, path: str, data_size: int) -> list[tuple[str, torch
         if (not isinstance(shape, list) or len(shape) > _MAX_DIMS
                 or not all(type(d) is int and d >= 0 for d in shape)):
             raise _bad(path, f"tensor {name!r} has a bad shape {shape!r}")
+        if math.prod(d for d in shape if d) >= 2**62:  # an empty tensor too: torch computes its strides
+            raise _bad(path, f"tensor {name!r} has a shape too large for any tensor: {shape}")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= data_size):
             raise _bad(path, f"tensor {name!r} has data_offsets {offsets!r} outside the {data_size} data bytes")
