@@ -157,3 +157,134 @@ def test_cone_plan_status_says_what_measure_does_and_why():
     assert not ok and why.startswith("not cone-executed") and "interpolate" in why
     res = measure(Upsampled(), 24, samples=1)
     assert res.settings["cone"] is False and any(why == n for n in res.notes)
+
+
+def pooling_net() -> nn.Module:
+    """Convs with 'same' and asymmetric padding, ceil-mode pools, count_include_pad=False and a divisor."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 4, padding="same"), nn.ReLU(),
+        nn.AvgPool2d(2, stride=2, ceil_mode=True, count_include_pad=False),
+        nn.Conv2d(3, 3, (3, 2), padding="same", dilation=(2, 1)), nn.Tanh(),
+        nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), nn.Conv2d(3, 3, 3, padding=1),
+        nn.AvgPool2d(2, stride=2, padding=1, ceil_mode=True), nn.Conv2d(3, 2, 1),
+        nn.AvgPool2d(3, stride=1, padding=1, divisor_override=5))
+
+
+@pytest.mark.parametrize("unit", [None, (0, 0), (4, 0), (2, 1)])
+def test_cone_runs_same_padding_and_ceil_mode_pools_exactly(unit):
+    net = pooling_net().double()
+    kw = dict(samples=2, batch_size=2, dtype="float64", unit=unit, cone=True)
+    cone = measure(net, (37, 35), **kw)
+    plain = measure(net, (37, 35), **dict(kw, cone=False, crop=False))
+    assert cone.settings["cone"] is True and plain.settings["cone"] is False
+    assert np.abs(plain.map).max() > 0
+    np.testing.assert_allclose(cone.map, plain.map, rtol=1e-12, atol=1e-13 * np.abs(plain.map).max())
+
+
+class FusedBN(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: F.batch_norm on the module's own parameters, then an activation (fx traces into it)."""
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, self.eps)
+        return F.relu(x)
+
+
+class Block(nn.Module):
+    """The ops of real nets' blocks: fused BN, a ConvNeXt permute / LayerNorm / Linear / layer scale, a
+    Res2Net channel split and concat, a ResNeSt reshape from x.shape with a global gate."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, groups=2)
+        self.bn = FusedBN(c)
+        self.dw = nn.Conv2d(c, c, 5, padding=2, groups=c)
+        self.norm, self.fc = nn.LayerNorm(c), nn.Linear(c, c)
+        self.gamma = nn.Parameter(torch.rand(c) + 0.5)
+        self.split_convs = nn.ModuleList(nn.Conv2d(c // 4, c // 4, 3, padding=1) for _ in range(3))
+        self.gate = nn.Conv2d(c // 2, c, 1)
+
+    def forward(self, x):
+        h = self.bn(self.conv(x))
+        y = self.dw(h).permute(0, 2, 3, 1)
+        y = self.fc(F.gelu(self.norm(y)))
+        h = h + y.permute(0, 3, 1, 2) * self.gamma.reshape(1, -1, 1, 1)
+        parts = torch.split(h, h.shape[1] // 4, 1)
+        out, sp = [], None
+        for i, conv in enumerate(self.split_convs):
+            sp = parts[i] if sp is None else sp + parts[i]
+            sp = conv(sp).relu()
+            out.append(sp)
+        h = torch.cat(out + [parts[3]], dim=1)
+        b, c, hh, ww = h.shape
+        r = h.reshape(b, 2, c // 2, hh, ww)
+        g = r.sum(dim=1).mean((2, 3), keepdim=True)
+        return h * torch.sigmoid(self.gate(g)).view(b, -1, 1, 1) + x
+
+
+class RealOps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(2, 8, 3, stride=2, padding=1)
+        self.blocks = nn.Sequential(Block(), Block())
+        self.head = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+def test_graph_cone_runs_the_ops_of_real_nets_exactly():
+    from erf.engine import cone_plan_status
+
+    torch.manual_seed(0)
+    net = RealOps().double().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    ok, why = cone_plan_status(net, 40, dtype="float64", cone=True, check=True)
+    assert ok and "checked against an uncropped pass" in why, why
+    for unit in [(10, 10), (0, 3)]:
+        kw = dict(samples=2, batch_size=2, dtype="float64", unit=unit, cone=True)
+        cone = measure(net, 40, **kw)
+        plain = measure(net, 40, **dict(kw, cone=False, crop=False))
+        assert cone.settings["cone"] is True
+        np.testing.assert_allclose(cone.map, plain.map, rtol=1e-12, atol=1e-13 * np.abs(plain.map).max())
+
+
+class PositionEmbedded(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.pos = nn.Parameter(torch.randn(1, 2, 16, 16))
+        self.head = nn.Conv2d(2, 1, 1)
+
+    def forward(self, x):
+        return self.head(self.conv(x) + self.pos)
+
+
+class Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.attn = nn.Linear(4, 4)
+        self.head = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        b, c, hh, ww = h.shape
+        t = self.attn(h.flatten(2).transpose(1, 2))
+        return self.head(t.transpose(1, 2).reshape(b, c, hh, ww))
+
+
+@pytest.mark.parametrize("net,reason", [
+    (PositionEmbedded(), "varies along a map axis"),
+    (Tokens(), "flattening them into tokens"),
+])
+def test_graph_cone_names_what_it_cannot_run(net, reason):
+    from erf.engine import cone_plan_status
+
+    ok, why = cone_plan_status(net, 16, cone=True, crop=False)
+    assert not ok and reason in why, why

@@ -95,6 +95,8 @@ def _chain(ctx: Context, window: Window | None) -> list[nn.Module] | str:
     try:
         with torch.no_grad():
             out = TargetRunner(ctx.model, ctx.target)(x)
+    except Exception as exc:  # noqa: BLE001 - a model that does not run at the crop's size: the usual way
+        return f"the model does not run at the crop's size ({type(exc).__name__})"
     finally:
         for hd in handles:
             hd.remove()
@@ -134,6 +136,8 @@ def plan_cone(ctx: Context, window: Window | None) -> tuple[ConeRunner | GraphCo
     if t.functional is not None or t.spatial_dims != tuple(range(2, 2 + nd)) or t.tokens:
         return "the target's positions are not the map axes of a module's output"
     mods = _chain(ctx, window)
+    if isinstance(mods, str) and mods.startswith("the model does not run"):
+        return mods
     if isinstance(mods, str):  # a graph (residual adds, concats, functional ops): torch.fx
         graph = plan_graph(ctx.model, t.module, t.call_index, tuple(int(u) for u in ctx.unit), tuple(ctx.size),
                            ctx.chans, ctx.dtype, ctx.device, window)
@@ -247,8 +251,8 @@ def cone_plan_status(model: nn.Module, input_size: Any, layer: str | None = None
         input_size: the input's spatial size.
         layer: the measured layer (None: the model output).
         check: also run the one-sample checks against the uncropped pass, as ``measure`` with
-            ``cone='auto'`` does (one full-size forward and backward); without it, an accepted plan
-            is reported as planned, not checked.
+            ``cone='auto'`` does (one full-size forward and backward; also with ``cone=True``, which
+            ``measure`` does not check); without it, an accepted plan is reported as planned, not checked.
         **options: other ``MeasureOptions`` fields (unit, channel, dtype, cone, crop, ...).
 
     Returns:
@@ -263,25 +267,26 @@ def cone_plan_status(model: nn.Module, input_size: Any, layer: str | None = None
         return False, "cone=False"
     with frozen(model, opts.eval_mode):
         ctx = prepare(model, input_size, opts, resolve_device(opts.device), opts.make_preset(), Ranks(opts.tol), [])
-        t = ctx.target
+        t, window = ctx.target, None
+        reference = functools.cache(lambda: full_gradient(ctx))
         if check:
-            reference = functools.cache(lambda: full_gradient(ctx))
-            window, cunit, _ = choose_crop(ctx, reference)
-            index = t.index_of(ctx.unit) if window is None else dict(zip(t.spatial_dims, cunit))
-            probe = Probe(TargetRunner(ctx.model, t), ctx.preset, opts.channel, ctx.amp, index)
-            try:
-                runner, _, notes = choose_cone(ctx, window, probe, reference)
-            except ErfError as exc:
-                return False, str(exc)
-            return runner is not None, notes[0] if notes else "not cone-executed"
-        window = None
-        if opts.crop is not False and t.crop_safe and not has_train_bn(ctx.model) and None not in t.spatial_dims:
+            window = choose_crop(ctx, reference)[0]
+        elif opts.crop is not False and t.crop_safe and not has_train_bn(ctx.model) and None not in t.spatial_dims:
             window = (plan_crop(t, ctx.unit, ctx.size) or (None,))[0]
         plan = plan_cone(ctx, window)
         if isinstance(plan, str):
             return False, f"not cone-executed: {plan}"
-        share = plan[0].share
+        runner, index = plan
+        share = runner.share
         if opts.cone == "auto" and share > MAX_SHARE:
             return False, f"not cone-executed: the unit depends on {share:.0%} of the positions the usual pass " \
                           "computes (the TRF covers most of the input)"
+        if check:
+            probe = Probe(TargetRunner(ctx.model, t), ctx.preset, opts.channel, ctx.amp, t.index_of(ctx.unit))
+            diff, _ = checked_once(ctx, "cone", (window, runner.describe()),
+                                   lambda: cone_check(ctx, window, runner, index, probe, reference))
+            if diff is not None:
+                return False, f"not cone-executed: the cone pass differs from the uncropped pass ({diff})"
+            return True, f"cone-executed ({share:.0%} of the positions of the usual pass; checked against an " \
+                         "uncropped pass)"
         return True, f"cone-executed ({share:.0%} of the positions of the usual pass; planned, not checked)"

@@ -170,8 +170,8 @@ class GraphConeRunner:
         vals: dict[fx.Node, Any] = {}
         for n in self.order:
             i = self.info[n]
-            if i.kind == "shape" or i.kind in ("map", "tuple", "input") and i.box is None:
-                continue  # only reshape / view read shapes (they set their own); a map nothing needs
+            if i.kind in ("map", "tuple", "input") and i.box is None:
+                continue  # a map nothing needs
             if n.op == "placeholder":
                 vals[n] = x[(slice(None), slice(None), *(slice(lo - o, hi - o + 1)
                                                          for (lo, hi), o in zip(i.box, self.offset)))]
@@ -243,13 +243,23 @@ class _Planner:
         if n.op == "output":
             raise Refused("the target is the graph's output tuple")
         maps = [a for a in n.all_input_nodes if self.info[a].kind in ("map", "input", "tuple")]
-        if "shape" in kinds and not maps and not kinds & {"complete"}:
-            return _Node("shape")  # arithmetic on shape reads
+        sized = [a for a in n.all_input_nodes if self.info[a].kind == "shape" and self.info[a].extra["spatial"]]
+        if "shape" in kinds and not maps and not kinds & {"complete"}:  # arithmetic on shape reads
+            if n.op == "call_function" and n.target is operator.getitem and "layout" in self.info[n.args[0]].extra:
+                lay, rank = self.info[n.args[0]].extra["layout"], self.info[n.args[0]].extra["rank"]
+                return _Node("shape", extra={"spatial": not isinstance(n.args[1], int) or n.args[1] % rank in lay})
+            return _Node("shape", extra={"spatial": bool(sized)})
+        if sized and not (n.op == "call_method" and n.target in ("reshape", "view")):
+            raise Refused(f"a map's size feeds {_name(n)!r} (the cone's maps are smaller)")
         if not maps:  # complete values only: run as they are
             return _Node("complete", shape=shape, how="whole")
         if n.op == "call_function" and n.target is getattr and n.args[1] in _SHAPE_ATTRS or \
                 n.op == "call_method" and n.target in _SHAPE_METHODS:
-            return _Node("shape")
+            src = self._src(n)
+            rank, d = len(src.shape), _arg(n, 1, "dim")
+            spatial = n.target == "size" and (d is None or int(d) % rank in src.layout) or \
+                n.target is getattr and n.args[1] == "shape"
+            return _Node("shape", extra={"spatial": spatial, "layout": src.layout, "rank": rank, "src": n.args[0]})
         if n.op == "call_module":
             return self._module(n, shape)
         if n.op == "call_function":
@@ -259,15 +269,20 @@ class _Planner:
     def _map_of(self, a: Any) -> _Node | None:
         return self.info[a] if isinstance(a, fx.Node) and self.info[a].kind in ("map", "input") else None
 
-    def _pointwise(self, n: fx.Node, shape: Any, spatial_free: tuple[int, ...] = (), **extra: Any) -> _Node:
-        """A node that acts position by position: operands broadcast (aligned right) to ``shape``."""
+    def _pointwise(self, n: fx.Node, shape: Any, spatial_free: tuple[int, ...] = (), broadcast: bool = True,
+                   **extra: Any) -> _Node:
+        """A node that acts position by position: operands broadcast (aligned right) to ``shape``.
+
+        ``spatial_free``: dims the op mixes (they must not be map axes); ``broadcast=False``: the other
+        tensor operands are per-channel parameters (batch norm, layer norm, linear), not broadcast.
+        """
         if not isinstance(shape, tuple):
             raise Refused(f"{_name(n)!r} does not return one tensor")
         layout = None
         for a in n.all_input_nodes:
             ai = self.info[a]
-            if ai.kind == "shape":
-                raise Refused(f"a shape read feeds {_name(n)!r}")
+            if ai.kind == "shape" and ai.extra["spatial"]:
+                raise Refused(f"a map's size feeds {_name(n)!r} (the cone's maps are smaller)")
             if ai.kind == "tuple":
                 raise Refused(f"a tuple of maps feeds {_name(n)!r}")
             if ai.kind in ("map", "input"):
@@ -277,7 +292,7 @@ class _Planner:
                 if tuple(shape[d] for d in lay) != tuple(ai.shape[d] for d in ai.layout):
                     raise Refused(f"the operands of {_name(n)!r} differ in size")
                 layout = lay
-        for a in n.all_input_nodes:
+        for a in n.all_input_nodes if broadcast else ():
             ai = self.info[a]
             if ai.kind in ("const", "complete") and isinstance(ai.shape, tuple):
                 sh = (1,) * (len(shape) - len(ai.shape)) + ai.shape
@@ -340,13 +355,13 @@ class _Planner:
         if f is F.batch_norm:
             if _arg(n, 5, "training", False):
                 raise Refused("F.batch_norm with batch statistics (train mode)")
-            return self._pointwise(n, shape, (1,))
+            return self._pointwise(n, shape, (1,), broadcast=False)
         if f is F.layer_norm:
             src = self._src(n)
             k = len(_arg(n, 1, "normalized_shape"))
-            return self._pointwise(n, shape, tuple(range(len(src.shape) - k, len(src.shape))))
+            return self._pointwise(n, shape, tuple(range(len(src.shape) - k, len(src.shape))), broadcast=False)
         if f is F.linear:
-            return self._pointwise(n, shape, (len(self._src(n).shape) - 1,))
+            return self._pointwise(n, shape, (len(self._src(n).shape) - 1,), broadcast=False)
         if f in (F.softmax, torch.softmax, F.log_softmax):
             return self._pointwise(n, shape, _dims(_arg(n, 1, "dim"), len(self._src(n).shape)))
         if f in (F.conv1d, F.conv2d, F.conv3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
@@ -485,6 +500,9 @@ class _Planner:
             for a in ops:
                 need[a] = i.take if need[a] is None else tuple(
                     (min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(need[a], i.take))
+        if any(info[n].kind == "shape" and "src" in info[n].extra and info[info[n].extra["src"]].box is None
+               for n in self.order):
+            raise Refused("the size of a map nothing else needs is read")
 
 
 def _tuple_arg(v: Any, nd: int) -> tuple[int, ...]:
