@@ -41,10 +41,12 @@ from erf.engine.options import MeasureOptions
 from erf.engine.probe import unit_activation
 from erf.engine.ranks import Ranks
 from erf.engine.result import ERFResult, make_result, settings_of
-from erf.engine.target import Target, TargetRunner, check_unit, resolve_target
+from erf.engine.target import Target, TargetRunner, call_note, check_unit, require_spatial, resolve_target
+from erf.engine.tokens import check_traced, check_value
 from erf.errors import ErfError, ModelError, TraceError
 
-__all__ = ["profile", "measure_targets", "Profile", "SharedRunner", "SharedProbe", "depth_order", "erf_sizes"]
+__all__ = ["profile", "measure_targets", "Profile", "SharedRunner", "SharedProbe", "depth_order", "erf_sizes",
+           "target_from_report"]
 
 TargetSpec = tuple  # (layer name or None, unit tuple or None)
 
@@ -309,14 +311,51 @@ def depth_order(model: nn.Module, size: tuple[int, ...], layers: Sequence[str | 
     Raises:
         ModelError: a layer the trace does not know (with the closest names).
     """
+    return _order(_full_report(model, size, in_channels), layers)
+
+
+def _full_report(model: nn.Module, size: tuple[int, ...], in_channels: int | None) -> Any:
+    """Every layer's TRF from one trace (its ``target`` the output), or None when the model cannot be traced."""
     try:
-        rep = receptive_field(model, size, in_channels=in_channels)
+        return receptive_field(model, size, in_channels=in_channels)
     except TraceError:
+        return None
+
+
+def _order(rep: Any, layers: Sequence[str | None]) -> tuple[list[int], str | None]:
+    if rep is None:
         return list(range(len(layers))), ("the model could not be traced: the layers are taken in the order given, "
                                           "the last one as the deepest")
     pos = {id(row): i for i, row in enumerate(rep.layers)}
     depth = [pos[id(rep.target)] if name is None else pos[id(rep.layer(name))] for name in layers]
     return sorted(range(len(layers)), key=lambda i: (depth[i], i)), None
+
+
+def target_from_report(rep: Any, output: Any, layer: str | None, prefix_tokens: int | None) -> Target:
+    """The ``Target`` of ``layer`` from a report traced once for every layer (what ``resolve_target`` builds from
+    its own trace; a profile of K layers then traces twice, not K + 1 times).
+
+    Args:
+        rep: ``erf.analytic.receptive_field``'s report of the whole model (its ``target`` is set here).
+        output: the report's output row (its ``target`` as traced).
+        layer: the layer's name (None: the output).
+        prefix_tokens: the user's prefix-token count, or None.
+
+    Returns:
+        The target.
+
+    Raises:
+        ErfError: an unknown layer, a layer without a spatial map, a prefix count that does not fit.
+    """
+    prefix_tokens = check_value(prefix_tokens)
+    rep.target = output if layer is None else rep.layer(layer)
+    require_spatial(rep)
+    t = rep.target
+    return Target(layer=t.name, module=t.module, call_index=int(t.call_index or 0),
+                  functional=t.name if t.module is None else None,
+                  output=tuple(int(v) for v in t.output), spatial_dims=tuple(t.spatial_dims),
+                  geometry=t, crop_safe=bool(rep.crop_safe), crop_note=str(rep.crop_note or ""),
+                  notes=check_traced(t, prefix_tokens, t.name) + call_note(rep, layer))
 
 
 def _check(opts: MeasureOptions, what: str) -> None:
@@ -372,7 +411,9 @@ def _shared(model: nn.Module, input_size: Any, targets: Sequence[TargetSpec],
     with frozen(model, opts.eval_mode), determinism.deterministic_mode(opts.deterministic, dev):
         f32 = float32_view(model)
         size = spatial_size(model, input_size)
-        order, order_note = depth_order(f32, size, [s[0] for s in specs], opts.in_channels or infer_in_channels(model))
+        rep = _full_report(f32, size, opts.in_channels or infer_in_channels(model))  # the one trace of every layer
+        final = None if rep is None else rep.target
+        order, order_note = _order(rep, [s[0] for s in specs])
         deep = order[-1]
         ctx = prepare(model, input_size, MeasureOptions.build(opts, layer=specs[deep][0], unit=specs[deep][1]),
                       dev, preset, ranks, notes)  # BatchNorm calibrated up to the deepest layer
@@ -383,9 +424,10 @@ def _shared(model: nn.Module, input_size: Any, targets: Sequence[TargetSpec],
         resolved: list[tuple[Target, tuple[int, ...]]] = []
         for layer, unit in specs:
             if layer not in found:
-                found[layer] = resolve_target(f32, ctx.size, layer, ctx.chans,
-                                              probe=lambda t: tuple(TargetRunner(ctx.model, t)(zeros).shape),
-                                              prefix_tokens=opts.prefix_tokens)
+                found[layer] = target_from_report(rep, final, layer, opts.prefix_tokens) if rep is not None else \
+                    resolve_target(f32, ctx.size, layer, ctx.chans,
+                                   probe=lambda t: tuple(TargetRunner(ctx.model, t)(zeros).shape),
+                                   prefix_tokens=opts.prefix_tokens)
             t = found[layer]
             u = preset.center(t.output, t.tokens) if unit is None else check_unit(unit, t.output)
             resolved.append((t, u))
