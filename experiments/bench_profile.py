@@ -117,15 +117,18 @@ def main() -> None:
                      f"{wall[name]:.2f} [{wmed[name]:.2f}] | {wr:.2f}x |")
     lines += ["", "Per stage (from the profile; the one-by-one maps use other input samples, so they agree only "
               "within the sampling error):", "",
-              "| stage | TRF | ERF size 2σ x (profile) | ERF size 2σ x (alone) | ERF/TRF x (profile) |", "|---|---|---|---|---|"]
+              "| stage | TRF | ERF size 2σ x (profile) | ERF size 2σ x (alone) | ERF/TRF x (profile) |",
+              "|---|---|---|---|---|"]
     for r in prof.results:
         a = sep.get(r.layer)
         lines.append(f"| {r.layer} | {'x'.join(map(str, r.trf))} | {2 * r.sigma[1]:.1f} | "
                      f"{'n/a' if a is None else f'{2 * a.sigma[1]:.1f}'} | {r.ratio[1]:.3f} |")
     same = np.abs(deep.map).max() > 0 and alone.samples == k * n
-    lines += ["", f"Ratio (a)/(b) = **{ratio:.2f}x** in CPU time (best rounds). (a) and (b) run the same number of forward/backward passes "
-              "through layer4 (the profile's passes carry every stage's samples and stop at layer4); the profile "
-              "pays its setup once (two traces in all -- one of every layer, one in the deepest layer's preparation --, one working copy, one BatchNorm calibration up to layer4), where (b) traces once. Each stage "
+    lines += ["", f"Ratio (a)/(b) = **{ratio:.2f}x** in CPU time (best rounds). (a) and (b) run the same number "
+              "of forward/backward passes through layer4 (the profile's passes carry every stage's samples and stop "
+              "at layer4); the profile pays its setup once (two traces in all -- one of every layer, one in the "
+              "deepest layer's preparation --, one working copy, one BatchNorm calibration up to layer4), where (b) "
+              "traces once. Each stage "
               f"gets {n} samples, so a stage's map is as noisy as (c), not (b): the profile costs about one "
               f"measurement of the deepest stage with {k} x {n} samples. (d) is cheaper per sample for shallow "
               "stages (crop and cone), but pays trace and calibration once per stage.",
