@@ -7,7 +7,8 @@ per architecture in a process: ``forget_checks``), ``cone`` (each op only where 
 ``inputs`` (probe inputs), ``probe`` (one batch's maps), ``diagnose`` (where NaNs start),
 ``accumulate`` (float64 sums and groups), ``ranks`` (sharing over torchrun processes),
 ``resume`` (state files), ``loop`` (the sampling loop), ``result`` (``ERFResult``) and
-``core`` (``measure``, the orchestrator).
+``core`` (``measure``, the orchestrator); ``profile`` and ``grid`` wrap the steps to measure several
+targets (layers, or units of one layer) from shared passes.
 """
 
 from erf.engine.cone import cone_plan_status
