@@ -299,6 +299,18 @@ def learned_each(info: dict | None) -> list[bool]:
     return verdicts
 
 
+def _noise_changes(first: Record, last: Record, names: list[str]) -> dict | None:
+    """The same changes measured on the config's noise probes (where the main ones use the task's images)."""
+    if first.alt is None or last.alt is None:
+        return None
+    out = {}
+    for name in dict.fromkeys(names):
+        c = compare(last.alt, first.alt, name)
+        if c["ratio"] is not None:
+            out[name] = {"init": first.alt.metrics.get(name), "final": last.alt.metrics.get(name), **c}
+    return out
+
+
 def _training(spec, records) -> dict:
     metric = spec["metric"]
     rows = []
@@ -317,6 +329,8 @@ def _training(spec, records) -> dict:
                      "values": [r.metrics.get(metric) for r in rs], "intervals": [r.interval(metric) for r in rs],
                      "changes": changes, "train": last.train, "learned": learned(last.train),
                      "learned_count": [sum(learned_each(last.train)), len(learned_each(last.train))],
+                     "probe": first.probe,
+                     "noise_changes": _noise_changes(first, last, [metric, *ROBUST]),
                      "networks": first.network_count})
     return {"metric": metric, "rows": rows}
 

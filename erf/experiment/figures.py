@@ -163,7 +163,8 @@ def _grid(spec, records, _fa, title, sub):
                     cells[i, j] = match[0]
     ncols = max(j for _, j in cells) + 1
     nrows = len(rows)
-    fig = new_figure((2.6 * ncols + 1.2, 2.5 * nrows + 0.9), DPI)
+    # room for each panel's two-line title above it and a four-line figure title: nothing overlaps
+    fig = new_figure((2.6 * ncols + 1.2, 3.1 * nrows + 1.3), DPI)
     axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
     win = _window(list(cells.values()))
     scale = spec["scale"]
@@ -470,13 +471,16 @@ def _loss_curves(ax, row: dict, color: str) -> None:
     n = len(infos)
     of = f", mean of {n} (band: range)" if n > 1 else ""
     losses = [np.asarray(i.get("train_loss") or [], float) for i in infos]
+    if not all(x.size for x in losses):  # older summaries kept network 0's curve only
+        losses = [np.asarray(info.get("train_loss") or [], float)]
+        of = ", network 0" if n > 1 else ""
     size = min((x.size for x in losses), default=0)
     if size:
         w = max(1, size // 50)
         smooth = np.stack([np.convolve(x[:size], np.ones(w) / w, mode="valid") for x in losses])
         steps = np.arange(smooth.shape[1]) + w
         ax.plot(steps, smooth.mean(0), color=color, label=f"{row['label']}: train loss{of}")
-        if n > 1:
+        if len(smooth) > 1:
             ax.fill_between(steps, smooth.min(0), smooth.max(0), color=color, alpha=0.15, linewidth=0)
     evs = [[e for e in i.get("eval") or [] if e.get("loss") is not None] for i in infos]
     evs = [e for e in evs if e]

@@ -197,7 +197,7 @@ def _training_findings(fa) -> list[str]:
                    else f"Not every one of the {row['networks']} networks learned")
             out.append(f"{head}.{note} {who} the task here (learning = held-out accuracy up by at least a tenth of "
                        "the way to 1), so this change is not read as a training effect and no conclusion about "
-                       "training is drawn.")
+                       "training is drawn." + _probe_text(row, m))
             continue
         if row["networks"] < 2:
             out.append(f"{head} — one network: no interval over networks, no verdict.{note}")
@@ -208,14 +208,15 @@ def _training_findings(fa) -> list[str]:
             sig = (" — an increase (the interval excludes 1)" if ci[0] > 1 else
                    " — a decrease (the interval excludes 1)" if ci[1] < 1 else
                    " — no change distinguishable over these networks")
-        others = [f"{name} {(v['ratio'] - 1) * 100:+.0f}%{fmt_ci(_pct(v['ratio_interval']))}"
+        others = [f"{name} {(v['ratio'] - 1) * 100:+.0f}%{_pct_ci(v['ratio_interval'])}"
                   for name, v in row["changes"].items()
                   if name != m and metric_axis(name) != "y" and not name.startswith("kurtosis")]
         out.append(f"{head} (ratio {fmt(c['ratio'])}, 95% CI{fmt_ci(ci) or ' –'}, paired over {row['networks']} "
                    f"networks: each measured before and after its own training"
                    f"{count_text(c.get('count')).replace('larger', 'up').replace('smaller', 'down')}){sig}"
                    f"{_count_caveat(c.get('count'), sig)}."
-                   + (f" Other metrics (paired 95% CI in %): {', '.join(others)}." if others else "") + note)
+                   + (f" Other metrics (paired 95% CI in %): {', '.join(others)}." if others else "") + note
+                   + _probe_text(row, m))
     return out
 
 
@@ -228,7 +229,7 @@ def _robust_training_text(row: dict, m: str) -> str:
         if c is None or n == m:
             continue
         parts.append(f"{n.replace('_', ' ')} {fmt(c['init'])} → {fmt(c['final'])} px "
-                     f"({(c['ratio'] - 1) * 100:+.0f}%{fmt_ci(_pct(c['ratio_interval']))}"
+                     f"({(c['ratio'] - 1) * 100:+.0f}%{_pct_ci(c['ratio_interval'])}"
                      f"{count_text(c.get('count')).replace('larger', 'up').replace('smaller', 'down')})")
     if not parts:
         return ""
@@ -303,8 +304,28 @@ def _saturation_findings(records: list[Record]) -> list[str]:
     return [head + "."]
 
 
-def _pct(ci):
-    return None if ci is None else tuple((v - 1) * 100 for v in ci)
+def _probe_text(row: dict, m: str) -> str:
+    """Where the probes are the task's images: the same change on the config's noise, and whether they differ."""
+    nc = row.get("noise_changes")
+    if row.get("probe") != "task" or not nc or m not in nc:
+        return ""
+    main, noise = row["changes"][m], nc[m]
+    parts = [f"{n} {(v['ratio'] - 1) * 100:+.0f}%{_pct_ci(v['ratio_interval'])}"
+             f"{count_text(v.get('count')).replace('larger', 'up').replace('smaller', 'down')}"
+             for n, v in nc.items()]
+    gap = (noise["ratio"] - main["ratio"]) * 100
+    differ = abs(gap) >= 5 or (noise["ratio"] - 1) * (main["ratio"] - 1) < 0
+    return (" Probes: the numbers above (and the verdict) use the task's held-out images, at init and after "
+            "training (fresh BatchNorm calibrated on them at init); on the config's noise probes instead, whose "
+            "scale the trained BatchNorm never saw: " + "; ".join(parts) + "."
+            + (f" The probe moves the change by {gap:+.0f} percentage points: the noise-probe change mixes learning "
+               "with the probe's mismatch to the training data." if differ else
+               " The two probes agree within 5 percentage points."))
+
+
+def _pct_ci(ci) -> str:
+    """' [-15%, -2%]' from a ratio interval, '' without one."""
+    return "" if ci is None else f" [{(ci[0] - 1) * 100:+.0f}%, {(ci[1] - 1) * 100:+.0f}%]"
 
 
 def _train_note(info) -> str:

@@ -126,5 +126,9 @@ def setup_line(cfg: Config, records: list[Record], env: dict) -> str:
     if any(r.point.settings["model"]["normalize_networks"] for r in records):
         draw_txt += ", each network normalised to unit total"
     signal = {"abs": "|grad|", "signed": "grad", "square": "grad²", "positive": "max(grad,0)"}[m["signal"]]
-    return (f"{inp['kind']} inputs {size}px, {draw_txt}, ERF = mean {signal}, "
+    probe = f"{inp['kind']} inputs {size}px"
+    if any(getattr(r, "probe", "") == "task" for r in records):
+        probe = (f"probes: the training task's held-out images, {size}px (also {inp['kind']} noise at init and at "
+                 "the end, for comparison)")
+    return (f"{probe}, {draw_txt}, ERF = mean {signal}, "
             f"{env['device']}{' (quick mode)' if cfg.quick else ''}")

@@ -27,6 +27,9 @@ from erf.io import to_json
 from erf.models import load_model, rebuild_init
 from erf.training import load_images, make_task, train
 
+# A training point's states measured again on the config's noise probes carry this suffix (run-folder keys).
+NOISE_SUFFIX = " noise"
+
 # The [measure] keys erf.measure does not take: the report's interval settings (used by records).
 CONFIG_ONLY = ("level", "n_boot")
 
@@ -122,19 +125,27 @@ def measure_point(cfg: Config, point: Point, device: str, run: RunFolder,
     if not distributed.is_main() or not measured:
         return []
     records = []
+    alt = {}
     for state in dict.fromkeys(m[0] for m in measured):
         of_state = [m for m in measured if m[0] == state]
         infos = [m[3] for m in of_state if m[3] is not None]
         record = make_record(cfg, point, [m[2] for m in of_state], state, of_state[0][1])
         if infos:
-            record.train = to_json({**infos[0], "networks": [{k: v for k, v in i.items() if k != "train_loss"}
-                                                             for i in infos]})
-        records.append(record)
+            record.train = to_json({**infos[0], "networks": list(infos)})  # each network's loss curve too
+        if state.endswith(NOISE_SUFFIX):
+            alt[state[:-len(NOISE_SUFFIX)]] = record
+        else:
+            records.append(record)
+    for r in records:
+        if r.state in alt:
+            r.alt = alt[r.state]
+            r.probe = "task"
+            r.alt.probe = "noise"
     return records
 
 
 def measure_state(cfg: Config, point: Point, model: nn.Module | None, device: str, state: str, step: int | None,
-                  run: RunFolder, saved: bool = False, network: int = 0) -> ERFResult | None:
+                  run: RunFolder, saved: bool = False, network: int = 0, probes: Any = None) -> ERFResult | None:
     """Measure (or read back the saved measurement of) one network of a point in one training state.
 
     Args:
@@ -147,6 +158,7 @@ def measure_state(cfg: Config, point: Point, model: nn.Module | None, device: st
         run: the run folder.
         saved: read the measurement back from the run folder instead of measuring.
         network: the network's index (its seed: ``network_seed``).
+        probes: the engine's ``inputs`` instead of the config's (a training task's held-out images).
 
     Returns:
         Rank 0 saves the result in the run folder and returns it; other ranks return None.
@@ -164,7 +176,7 @@ def measure_state(cfg: Config, point: Point, model: nn.Module | None, device: st
     kw = measure_keywords(m)
     if m["init"] == "model" and m["weight_draws"]:
         kw["init"] = rebuild_init(s["model"]["name"], s["model"]["args"])
-    res = measure(model, size, **kw, inputs=_inputs(s, model, seed), device=device, dtype=exp["dtype"],
+    res = measure(model, size, **kw, inputs=_inputs(s, model, seed) if probes is None else probes, device=device, dtype=exp["dtype"],
                   seed=seed, deterministic=exp["deterministic"], state_file=run.engine_state(key),
                   save_every=exp["save_every"])
     if not distributed.is_main():
@@ -173,6 +185,34 @@ def measure_state(cfg: Config, point: Point, model: nn.Module | None, device: st
     for path in run.path.glob(f"engine/{key}.state*"):  # every rank's save of this measurement
         path.unlink(missing_ok=True)
     return res
+
+
+#: Held-out task images used as probes of a training point (the task's evaluation stream).
+TASK_PROBES = 512
+
+
+def task_probes(settings: dict, task: Any, seed: int) -> ImageSampler | None:
+    """The probes of a training point whose config asks for noise: the task's held-out images, else None.
+
+    A trained network's BatchNorm holds statistics of its training images; noise at another scale
+    (N(0, 1) against images of std 0.14-0.21) measures the network off its data, and a change through
+    training then mixes learning with that mismatch. So a training point is probed with the task's
+    held-out images (its evaluation stream, ``TASK_PROBES`` of them drawn with the network's seed) at
+    every state, and fresh BatchNorm at init is calibrated on those same images (``bn = "auto"``). The
+    config's noise is measured too, at init and at the end, and the report gives both.
+
+    Args:
+        settings: the point's settings.
+        task: its training task (``erf.training.make_task``).
+        seed: the network's seed (the order the probes are drawn in).
+
+    Returns:
+        The sampler, or None where the config's inputs are images already (or not noise).
+    """
+    if settings["inputs"]["kind"] not in ("gaussian", "uniform"):
+        return None
+    images = task.probe_images(TASK_PROBES)
+    return ImageSampler(images, "random", seed)
 
 
 def _inputs(settings: dict, model: nn.Module, seed: int) -> str | ImageSampler:
@@ -245,10 +285,17 @@ def train_and_measure(cfg: Config, point: Point, model: nn.Module, device: str, 
     def state_of(step):
         return "init" if step == 0 else "trained" if step == tr["steps"] else f"step {step}"
 
+    probes = task_probes(point.settings, task, seed)
+    noise_by_step: dict[int, ERFResult | None] = {}
+
     def on_checkpoint(step, net):
         state = state_of(step)
         by_step[step] = measure_state(cfg, point, net, device, state, step, run,
-                                      saved=Record.key(point, state, network) in done, **kw)
+                                      saved=Record.key(point, state, network) in done, probes=probes, **kw)
+        if probes is not None and step in (0, tr["steps"]):  # the config's noise too, at init and at the end
+            noisy = state + NOISE_SUFFIX
+            noise_by_step[step] = measure_state(cfg, point, net, device, noisy, step, run,
+                                                saved=Record.key(point, noisy, network) in done, **kw)
 
     # one process: training saves its state at each measured step, and a resumed run goes on from there
     state_file = run.train_state(point.id + (f"_n{network}" if network else "")) \
@@ -262,6 +309,12 @@ def train_and_measure(cfg: Config, point: Point, model: nn.Module, device: str, 
                                                                   run, saved=True, **kw)
         if res is not None:
             out.append((state_of(step), step, res, None))
+    for step in (0, tr["steps"]) if probes is not None else ():
+        noisy = state_of(step) + NOISE_SUFFIX
+        res = noise_by_step[step] if step in noise_by_step else measure_state(cfg, point, None, device, noisy, step,
+                                                                              run, saved=True, **kw)
+        if res is not None:
+            out.insert(0, (noisy, step, res, None))  # the last entry stays the trained state (it gets the info)
     if not distributed.is_main() or not out:
         return out
     info = {"network": network, "seed": seed, "task": task.description, "steps": result.steps,

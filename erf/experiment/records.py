@@ -86,6 +86,8 @@ class Record:
     unit_metrics: list[dict[str, float]] = field(default_factory=list)
     bootstrap_intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     saturation: dict[str, float] | None = None
+    probe: str = "config"
+    alt: "Record | None" = None
 
     @staticmethod
     def key(point: Point, state: str, network: int = 0) -> str:

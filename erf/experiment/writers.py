@@ -112,7 +112,10 @@ def record_dict(r: Record) -> dict:
          "summary": r.summary, "notes": r.notes, "networks": r.network_count,
          "network_metrics": r.network_metrics, "diagnostics": r.diagnostics,
          "trf_center": None if r.trf_center is None else list(r.trf_center),
-         "uniform_reference": r.reference, "saturation": r.saturation,
+         "uniform_reference": r.reference, "saturation": r.saturation, "probe": r.probe,
+         "noise_probe": None if r.alt is None else {
+             "metrics": r.alt.metrics, "intervals": {k: (None if v is None else list(v)) for k, v in r.alt.intervals.items()},
+             "network_metrics": r.alt.network_metrics, "diagnostics": r.alt.diagnostics},
          "interval_method": "studentized leave-one-out jackknife over networks (log scale for sizes; t, n - 1 df)",
          "bootstrap_intervals": {k: (None if v is None else list(v)) for k, v in r.bootstrap_intervals.items()},
          "unit_metrics": r.unit_metrics if r.unit_metrics is not r.network_metrics else None,

@@ -195,6 +195,17 @@ class Task:
         parts = [self.batch(min(256, n - i), gen, dev) for i in range(0, n, 256)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
+    def probe_images(self, n: int) -> torch.Tensor:
+        """``n`` held-out images to probe a network with (the ``eval_set`` stream, without labels), on the CPU.
+
+        Args:
+            n: how many.
+
+        Returns:
+            ``(n, C, *size)`` float32 images, at the scale the networks are trained on.
+        """
+        return self.eval_set(n)[0].float()
+
     # ----- loss and accuracy on a model output
 
     def _prepare(self, output: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
