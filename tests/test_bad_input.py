@@ -3,11 +3,14 @@ print one line that names the problem, show no traceback, and leave nothing behi
 no output file, no partial file). Every case runs in its own temporary folder, which is also the
 working directory, so ``results/<name>`` of ``erf run`` would land there too."""
 
+import json
 import os
 import pickle
 import signal
 import stat
+import struct
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,6 +43,13 @@ FACTORIES = {
                         "        sys.exit(3)\ndef make():\n    return M(1, 1, 3)\n"),
     "kbi_forward.py": ("import torch.nn as nn\nclass M(nn.Conv2d):\n    def forward(self, x):\n"
                        "        raise KeyboardInterrupt\ndef make():\n    return M(1, 1, 3)\n"),
+    # model code raising what is no Exception, and parameters without values (issue 19)
+    "baseexc.py": ("import torch.nn as nn\nclass Stop(BaseException):\n    pass\nclass M(nn.Conv2d):\n"
+                   "    def forward(self, x):\n        raise Stop('halt')\ndef make():\n    return M(1, 1, 3)\n"),
+    "genexit.py": ("import torch.nn as nn\nclass M(nn.Conv2d):\n    def forward(self, x):\n"
+                   "        raise GeneratorExit\ndef make():\n    return M(1, 1, 3)\n"),
+    "meta.py": ("import torch, torch.nn as nn\ndef make():\n    with torch.device('meta'):\n"
+                "        return nn.Conv2d(1, 2, 3, padding=1)\n"),
     # float32 overflows to inf in 'blowup'; the next conv turns inf - inf into NaN
     "blowup.py": ("import torch.nn as nn\nclass Scale(nn.Module):\n    def forward(self, x):\n"
                   "        return x * 1e39\ndef make():\n    m = nn.Sequential()\n"
@@ -66,6 +76,9 @@ def _files(tmp_path):
     torch.save({"foo": torch.zeros(3)}, tmp_path / "otherkeys.pt")
     (tmp_path / "afolder").mkdir(exist_ok=True)
     (tmp_path / "afile").write_text("not a folder\n")
+    for i, shape in enumerate(([0, 2**70], [0, 2**62, 2**62])):  # zero elements, shapes no tensor can have
+        header = json.dumps({"layers.0.conv.weight": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}}).encode()
+        (tmp_path / f"huge{i}.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     for link, target in (("oklink.png", tmp_path / "ok.pt"), ("nulllink", "/dev/null")):
         if not (tmp_path / link).is_symlink():
             (tmp_path / link).symlink_to(target)
@@ -113,6 +126,10 @@ RF_CASES = [
     (["rf", "{d}/unaligned.py:make", "--input", "8"], "not aligned"),
     (["rf", "resnet18", "--treat-as", "fft"], "--treat-as"),
     (["rf", "resnet18", "--treat-as", "fft=sometimes"], "--treat-as"),
+    (["rf", "resnet18", "--treat-as", "=pointwise"], "--treat-as takes OP="),
+    (["rf", "plain_net", *NET, "--layer", "x" * 100_000], "...(100003 characters)"),
+    (["rf", "{d}/baseexc.py:make", "--input", "8"], "model code raised Stop: halt"),
+    (["rf", "plain_net", *NET, "--model-arg", "depth=1000000"], "depth must be <= 10000"),
     (["rf", "plain_net", *NET, "--checkpoint", "{d}/nothere.pt"], "not found"),
     (["rf", "plain_net", *NET, "--checkpoint", "{d}/corrupt.pt"], "corrupt"),
     (["rf", "plain_net", *NET, "--checkpoint", "{d}/empty.pt"], "empty.pt"),
@@ -139,6 +156,16 @@ OUT = ["--save", "{d}/erf.npz", "--plot", "{d}/erf.png"]
 M = ["measure", "plain_net", *NET, "--samples", "2", "--batch", "2", *OUT]
 
 MEASURE_CASES = [
+    # issue 19: model code, system files, impossible shapes, unlimited sizes, folder-like outputs
+    (["measure", "{d}/baseexc.py:make", "--input", "8", "--samples", "2", *OUT], "model code raised Stop: halt"),
+    (["measure", "{d}/genexit.py:make", "--input", "8", "--samples", "2", *OUT], "model code raised GeneratorExit"),
+    (["measure", "{d}/meta.py:make", "--input", "8", "--samples", "2", *OUT], "on the meta device"),
+    ([*M, "--checkpoint", "/proc/self/mem"], "is under /proc, a system folder"),
+    ([*M, "--checkpoint", "{d}/huge0.safetensors"], "shape too large for any tensor"),
+    ([*M, "--checkpoint", "{d}/huge1.safetensors"], "shape too large for any tensor"),
+    (["measure", "plain_net", "--model-arg", "depth=1000000000", "--input", "8", *OUT], "depth must be <= 10000"),
+    (["measure", "plain_net", *NET, "--samples", "2", "--save", "{d}/newdir/"], "ends with '/', a folder"),
+    (["measure", "plain_net", *NET, "--samples", "2", "--inputs", "/proc/**/*.png"], "under /proc, a system folder"),
     # unknown model, bad model arguments
     (["measure", "resnet51", *OUT], "unknown model"),
     (["measure", "plain_net", "--model-arg", "depth=-3", *OUT], "depth must be a positive integer"),
@@ -375,6 +402,9 @@ RUN_CASES = [
     (GOOD, [*C, "--out", "/proc/erf_results"], "is under /proc"),
     (GOOD, [*C, "--out", "r" * 300], "more than this filesystem allows"),
     (GOOD, [*C, "--out", "bad.toml/sub"], "is a file, not a folder"),
+    (GOOD, [*C, "--out", ""], "--out: empty folder name"),
+    (cfg(measure={"layer": '"a\\u0000b"'}), C, "no layer named 'a\\x00b'"),  # a NUL escaped, never printed raw
+    (cfg(model={"name": '"genexit.py:make"', "args": None}, inputs={"size": "8"}), C, "model code raised GeneratorExit"),
     # --check runs every check the run runs before measuring (issue 19)
     (cfg(measure={"mean": "[nan]"}), [*C, "--check"], "measure.mean: mean must be a list of numbers"),
     (cfg(measure={"std": "[0.0]"}), [*C, "--check"], "measure.std: std must be positive"),
@@ -505,3 +535,63 @@ def test_real_ctrl_c_still_interrupts(capsys, tmp_path):
         signal.signal(signal.SIGINT, previous)
     assert code == 130
     assert capsys.readouterr().err.strip() == "erf: interrupted"
+
+
+PRINTS = ("import torch.nn as nn\nprint('importing')\nclass M(nn.Conv2d):\n    def forward(self, x):\n"
+          "        print('forward')\n        return super().forward(x)\ndef make():\n    print('building')\n"
+          "    return M(1, 2, 3, padding=1)\n")
+
+
+@pytest.mark.parametrize("cmd", [["rf"], ["measure", "--samples", "2", "-q"]])
+def test_json_stdout_holds_the_json_alone_when_model_code_prints(capsys, tmp_path, cmd):
+    (tmp_path / "prints.py").write_text(PRINTS)
+    argv = [cmd[0], str(tmp_path / "prints.py:make"), "--input", "8", "--json", *cmd[1:]]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert isinstance(json.loads(out), dict)  # the whole stdout parses
+    assert "building" in err and "forward" in err  # the model's prints are kept, on stderr
+
+
+INPLACE = ("import torch.nn as nn\nclass Double(nn.Module):\n    def forward(self, x):\n        return x.mul_(2)\n"
+           "def relu(inplace=True):\n    return nn.Sequential(nn.ReLU(inplace=inplace), nn.Conv2d(1, 2, 3, padding=1))\n"
+           "def double():\n    return nn.Sequential(Double(), nn.Conv2d(1, 2, 3, padding=1))\n")
+
+
+def test_models_working_in_place_on_their_input_are_measured(tmp_path):
+    import sys
+
+    from erf import measure
+    from erf.models import load_model
+
+    (tmp_path / "inplace_net.py").write_text(INPLACE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        torch.manual_seed(0)
+        a = load_model(f"{tmp_path}/inplace_net.py:relu")
+        b = load_model(f"{tmp_path}/inplace_net.py:relu", {"inplace": False})
+        b.load_state_dict(a.state_dict())
+        ra, rb = (measure(m, 8, samples=8, batch_size=2, group_size=8) for m in (a, b))
+        assert np.array_equal(ra.map, rb.map) and ra.map.sum() > 0
+        d = load_model(f"{tmp_path}/inplace_net.py:double")
+        rd = measure(d, 8, samples=2, batch_size=2, crop=False, cone=False, signal="signed")
+        w = d[1].weight.detach().sum(0)[0].double().numpy()  # d out / d in of a 3x3 conv (a correlation)
+        assert np.allclose(rd.map[3:6, 3:6], 2 * w, atol=1e-6)  # x.mul_(2) doubles the gradient
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_saved_files_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert main(["measure", "plain_net", *NET, "--samples", "2", "-q", "--save", str(tmp_path / "e.npz"),
+                     "--plot", str(tmp_path / "e.png")]) == 0
+    finally:
+        os.umask(old)
+    for name in ("e.npz", "e.png"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+
+
+def test_a_utf8_bom_in_a_config_is_read(tmp_path, capsys):
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert main(["run", str(tmp_path / "bom.toml"), "--check"]) == 0
+    assert "ok" in capsys.readouterr().out

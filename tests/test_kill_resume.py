@@ -50,7 +50,10 @@ HELPER = textwrap.dedent(r'''
     import json, os, random, signal, sys, time
     from pathlib import Path
     import torch
-    import erf.experiment, erf.engine, erf.training, erf.models, erf.cli.run, erf.cli.measure  # imported once
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot, scipy.stats, torch.fx, PIL.Image  # imported once, before the forks
+    import erf.experiment, erf.engine, erf.training, erf.models, erf.cli.run, erf.cli.measure
     from erf.cli import main
 
     root, n, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
