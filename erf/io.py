@@ -288,12 +288,16 @@ def set_aside(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
 
     Args:
         path: the file.
-        folder: where it goes (created when missing).
+        folder: where it goes (created when missing; ``folder.1``, ``folder.2`` ... when a file has its name).
 
     Returns:
         Its new path (``name``, else ``name.1``, ``name.2`` ...).
     """
     path, folder = Path(path), Path(folder)
+    base, k = folder, 0
+    while folder.is_symlink() or (folder.exists() and not folder.is_dir()):  # a file of that name: another folder
+        k += 1
+        folder = base.with_name(f"{base.name}.{k}")
     folder.mkdir(parents=True, exist_ok=True)
     dest, i = folder / path.name, 0
     while dest.exists() or checksum_path(dest).exists():

@@ -379,3 +379,16 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     write_checksum(path)
     moved = set_aside(path, tmp_path / "damaged")
     assert moved.read_text() == "olD" and checksum_path(moved).is_file() and not path.exists()
+
+
+def test_a_file_named_damaged_beside_a_damaged_save(interrupted, tmp_path, capsys):
+    """Issue 19: a file called 'damaged' in the run folder made setting a damaged save aside fail."""
+    cfg, out, ref = _copy(interrupted, tmp_path)
+    partial = tmp_path / ".tiny.partial"
+    (partial / "damaged").write_text("a file, not a folder\n")
+    _damage(partial / "saved" / "p000.npz", "flipped", partial / "saved" / "p001.npz")
+    bad = (partial / "saved" / "p000.npz").read_bytes()
+    assert runfolder.RunFolder(out, {}).done() == {"p001"}
+    assert (partial / "damaged.1" / "p000.npz").read_bytes() == bad
+    assert (partial / "damaged").read_text() == "a file, not a folder\n"
+    assert "damaged" in capsys.readouterr().err

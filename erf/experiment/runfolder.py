@@ -298,8 +298,9 @@ class RunFolder:
         if problem:
             raise ConfigError(f"--out: {problem}; the new results are complete in {self.out}: move those files out, "
                               "then go on with the same command and --resume")
-        if (self.path / "damaged").is_dir():  # damaged saves set aside: kept with the results, never deleted
-            os.replace(self.path / "damaged", self.out / "damaged")
+        for entry in sorted(self.path.glob("damaged*")):  # damaged saves set aside: kept with the results
+            if entry.is_dir() and not entry.is_symlink():
+                os.replace(entry, self.out / entry.name)
         write_manifest(self.out, *self._owner)
         fsync_tree(self.out)
         atomic_write(self.path / FINISHED, lambda f: Path(f).write_text("results complete in out/\n"))
