@@ -325,6 +325,13 @@ def test_networks_are_the_unit_of_replication(tmp_path):
     report = (out / "report.md").read_text()
     assert report.startswith("# nets (2 channels)")          # the title from the settings run (quick width)
     assert "x 3 networks" in report and "over 3 independent networks per arm" in report
+    assert "of 9 cross-arm pairs of networks" in report and "Mann-Whitney p =" in report   # k of n, exact p
+    assert "mass radius 0.5" in report and "uniform map over each TRF box" in report       # robust size, saturation
+    assert a["saturation"]["uniform"]["sigma_x"] > 0 and "saturated" in a["saturation"]
+    assert row["count"]["n"] == 9 and 0 < row["count"]["p"] <= 1 and row["bootstrap_interval"] is not None
+    nm = [n["erf_size_x"] for n in a["network_metrics"]]
+    lo_t, hi_t = np.exp(np.mean(np.log(nm)) + np.array([-1, 1]) * 4.303 * np.std(np.log(nm), ddof=1) / 3 ** 0.5)
+    assert hi - lo > 0.3 * (hi_t - lo_t)               # a t-width interval over 3 networks, not the input spread
 
 
 @pytest.mark.slow

@@ -458,3 +458,14 @@ def test_openerf_centre_token_and_replknet_scale_dependence():
     assert small["hcar_0.2"] == large["hcar_0.2"]  # the raw map's ratio is scale free
     assert large["hcar_log1p_max_0.2"] > 3 * small["hcar_log1p_max_0.2"]  # RepLKNet's is not
     assert "scale" in S.PRESETS["replknet"].description and "square" in S.PRESETS["luo"].description
+
+
+def test_saturation_against_the_uniform_map_of_the_trf_box():
+    box = [[8, 24], [8, 24]]
+    full = S.saturation(S.uniform_map((33, 33), box), box)
+    assert full["saturated"] and full["vs_uniform"]["sigma_x"] == pytest.approx(1.0)
+    assert full["uniform"]["erf_size_x"] == pytest.approx(2 * ((17 ** 2 - 1) / 12) ** 0.5)   # 9.80 px for 17 px
+    yy, xx = np.indices((33, 33))
+    narrow = np.exp(-((yy - 16) ** 2 + (xx - 16) ** 2) / (2 * 1.5 ** 2))
+    s = S.saturation(narrow, box)
+    assert not s["saturated"] and s["saturated_by"] == [] and 0 < s["vs_uniform"]["mass_radius_0.5"] < 0.5
