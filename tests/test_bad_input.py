@@ -405,6 +405,7 @@ RUN_CASES = [
     (GOOD, [*C, "--out", ""], "--out: empty folder name"),
     (cfg(measure={"layer": '"a\\u0000b"'}), C, "no layer named 'a\\x00b'"),  # a NUL escaped, never printed raw
     (cfg(model={"name": '"genexit.py:make"', "args": None}, inputs={"size": "8"}), C, "model code raised GeneratorExit"),
+    (cfg(model={"name": '"meta.py:make"', "args": None}, inputs={"size": "8"}), C, "on the meta device"),
     # --check runs every check the run runs before measuring (issue 19)
     (cfg(measure={"mean": "[nan]"}), [*C, "--check"], "measure.mean: mean must be a list of numbers"),
     (cfg(measure={"std": "[0.0]"}), [*C, "--check"], "measure.std: std must be positive"),

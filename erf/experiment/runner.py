@@ -169,7 +169,14 @@ def measure_all(cfg: Config, device: str, run: RunFolder, progress: bool | None 
     with run_progress(sum(works), cfg.name, "samples+steps" if training else "samples", show) as bar:
         for point, work in zip(cfg.points, works):
             with bar.part(work):
-                records += measure_point(cfg, point, device, run, done)
+                try:
+                    records += measure_point(cfg, point, device, run, done)
+                except NotImplementedError as exc:  # torch's refusal to copy a meta tensor: a model without values
+                    if "meta" not in str(exc):
+                        raise
+                    raise ConfigError(f"{cfg.path}: model: point {point.id}: the model has parameters on the meta "
+                                      "device (shapes without values); build it with real tensors (or call "
+                                      ".to_empty(device='cpu') and initialise them)") from None
     return records
 
 
