@@ -288,3 +288,12 @@ def test_graph_cone_names_what_it_cannot_run(net, reason):
 
     ok, why = cone_plan_status(net, 16, cone=True, crop=False)
     assert not ok and reason in why, why
+
+
+def test_no_cone_with_batchnorm_in_train_mode():
+    from erf.engine import cone_plan_status
+
+    net = mixed_net().train()
+    ok, why = cone_plan_status(net, 24, eval_mode=False, crop=False, cone=True)
+    assert not ok and "BatchNorm in train mode" in why
+    assert cone_plan_status(net, 24, crop=False, cone=True)[0]  # eval mode (the default): the same net runs

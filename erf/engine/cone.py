@@ -135,6 +135,8 @@ def plan_cone(ctx: Context, window: Window | None) -> tuple[ConeRunner | GraphCo
     nd = len(ctx.size)
     if t.functional is not None or t.spatial_dims != tuple(range(2, 2 + nd)) or t.tokens:
         return "the target's positions are not the map axes of a module's output"
+    if has_train_bn(ctx.model):  # (and planning forwards would move its running statistics)
+        return "BatchNorm in train mode mixes the samples of a batch"
     mods = _chain(ctx, window)
     if isinstance(mods, str) and mods.startswith("the model does not run"):
         return mods
