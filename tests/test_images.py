@@ -213,6 +213,7 @@ def test_mean_and_std_flags(tmp_path, capsys):
     assert exc.value.code == 2 and "--mean takes numbers separated by commas" in capsys.readouterr().err
 
 
+@pytest.mark.interop  # the config's --quick networks come from timm and torchvision
 def test_erf_run_inputs_points_every_point_at_the_images(tmp_path, capsys):
     folder = generate_images(6, 32, seed=1, folder=tmp_path / "imgs")
     root = Path(__file__).resolve().parents[1]
