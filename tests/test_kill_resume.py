@@ -169,6 +169,7 @@ def _interrupted(tmp_path, monkeypatch, cfg: Path, out: Path, after: int = 1) ->
 
 def test_a_save_carries_its_checksum_and_temporary_files_are_not_saves(tmp_path, monkeypatch, capsys):
     cfg, out = _config(tmp_path), tmp_path / "r" / "k"
+    forget_checks()  # each run below starts as a fresh process would (its notes say so)
     partial = _interrupted(tmp_path, monkeypatch, cfg, out, after=1)
     saved = partial / "saved" / "p000.npz"
     assert verify(saved) is None and not list(partial.rglob("*.sha256"))  # the checksum is inside the file

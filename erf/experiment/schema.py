@@ -143,7 +143,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "experiment": {
         "name": Key(None, _str(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (limits.MAX_NAME - 1),
                                 f"a folder name (letters, digits, _ . -; at most {limits.MAX_NAME} characters)"), "str",
-                    "results go to results/<name>/", required=True),
+                    "results go to results/<name>/ (--quick: results/<name>-quick/)", required=True),
         "title": Key("", _str(), "str", "title of the report (default: the name); {model.args.width}-style "
                      "placeholders are filled from the settings actually run"),
         "description": Key("", _str(), "str", "what the experiment shows; printed at the top of report.md"),

@@ -58,11 +58,6 @@ def check_weights_file(path: str | os.PathLike, what: str = "checkpoint") -> str
     path = os.fspath(path)
     if not str(path).strip():
         raise ModelError(f"the {what} name is empty: give a weights file (.pt, .pth or .safetensors), or leave it out")
-    real = os.path.realpath(path)
-    for tree in ("/proc", "/sys", "/dev"):  # pseudo-files: endless, blocking, or EIO when read
-        if real == tree or real.startswith(tree + "/"):
-            raise ModelError(f"{what} {path} is under {tree}, a system folder, not a {what} file; give a "
-                             f"{'weights file (.pt, .pth or .safetensors)' if what == 'checkpoint' else 'file'}")
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -74,6 +69,11 @@ def check_weights_file(path: str | os.PathLike, what: str = "checkpoint") -> str
             raise ModelError(f"{what} file not found: {path} is a folder; name a file inside it")
         if test(info.st_mode):
             raise ModelError(f"{what} {path} is {kind}, not a regular file; give a "
+                             f"{'weights file (.pt, .pth or .safetensors)' if what == 'checkpoint' else 'file'}")
+    real = os.path.realpath(path)
+    for tree in ("/proc", "/sys", "/dev"):  # regular-looking pseudo-files: endless, blocking, or EIO when read
+        if real == tree or real.startswith(tree + "/"):
+            raise ModelError(f"{what} {path} is under {tree}, a system folder, not a {what} file; give a "
                              f"{'weights file (.pt, .pth or .safetensors)' if what == 'checkpoint' else 'file'}")
     if not os.access(path, os.R_OK):
         raise ModelError(f"cannot read {what} {path}: permission denied")
