@@ -89,14 +89,15 @@ def main() -> None:
     ratio = best["profile"] / best["deepest_same_inputs"]  # CPU time
     lines = [
         "# Profile benchmark (cpu)", "",
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
         f"{platform.machine()}; ResNet-50 (registry `resnet50`, width={args.width:g}, fresh weights, BatchNorm "
         f"calibrated by bn='auto') at {size}x{size} px, {n} input samples per stage, batch {args.batch}, float32; "
         f"best of {args.rounds} interleaved rounds (median in brackets); load average "
         f"{load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f} at the start, {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} "
         "at the end, on a 2-core machine shared with other jobs.", "",
-        "**Small size on purpose** (width 0.25, 128 px, few samples): the machine is shared. At full size "
-        "(`--width 1 --input 224 --samples 32`) the passes dominate even more and the ratio moves towards 1.", "",
+        "**Small size on purpose** (width 0.25, 128 px, few samples): the machine is shared. The profile's "
+        "extra cost is fixed (one more trace), so at full size (`--width 1 --input 224 --samples 32`, not run "
+        "here) the ratio should move towards 1.", "",
         f"Stages: {', '.join('`' + s + '`' for s in STAGES)}.", "",
         "Times are the CPU seconds of the process (all threads), best of the rounds [median]; the wall seconds "
         "are given too, but on this loaded machine they mostly measure the other jobs.", "",
