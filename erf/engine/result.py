@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -101,8 +102,14 @@ class ERFResult:
         Name -> (lo, hi) or None: the ``stats.interval_metrics`` names (every default scalar metric
         of ``metrics`` but the Gaussian-fit ones), positions relative to ``trf_center``.
         """
-        return self._lazy("intervals", lambda: stats.metric_intervals(
-            *self.groups, stats.interval_metrics(self.map.ndim, self.trf), trf=self.trf, center=self.trf_center))
+        def compute():
+            start = time.perf_counter()
+            out = stats.metric_intervals(*self.groups, stats.interval_metrics(self.map.ndim, self.trf), trf=self.trf,
+                                         center=self.trf_center)
+            self._cache["interval_seconds"] = time.perf_counter() - start  # after the measurement: said in summary()
+            return out
+
+        return self._lazy("intervals", compute)
 
     @property
     def uniform_reference(self) -> dict | None:
@@ -291,7 +298,9 @@ class ERFResult:
                          f"share {_fmt(dg.get('max_group_share'))}, effective samples {_fmt(dg.get('ess'), 1)}"
                          + (f", zero-gradient pixels {_fmt(dg.get('zero_grad_fraction'))}"
                             if dg.get("zero_grad_fraction") is not None else ""))
+        extra = self._cache.get("interval_seconds")
         lines.append(f"{self.samples} samples in {self.seconds:.2f} s on {self.device}"
+                     + (f" (+ {extra:.2f} s for the bootstrap intervals)" if extra is not None else "")
                      + (", cropped to the TRF" if self.cropped else "")
                      + (", TRF clipped at the image border" if self.clipped else ""))
         lines += [f"note: {n}" for n in self.notes]
