@@ -154,3 +154,22 @@ def test_functional_layers_and_the_output_equal_measure_alone():
         np.testing.assert_allclose(prof[alone.layer].map, alone.map, rtol=0, atol=1e-12 * alone.map.max())
     with pytest.raises(ErfError, match="same layer and unit"):
         profile(net, 16, ["tanh", None], samples=1)
+
+
+def test_dense_output_classes_and_positions_of_a_unet_equal_measure_alone():
+    """Item 3: output pixels of chosen classes at chosen positions of a U-Net, with their position-dependent TRF."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    net = erf.load_model(f"{root / 'configs' / 'dense_unet.py'}:small_unet", {"width": 4})
+    targets = [(None, (16, 16), 0), (None, (16, 16), 1), (None, (0, 0), 0), (None, (17, 17), 0)]
+    res = measure_targets(net, 32, targets, samples=3, dtype="float64")
+    for k, (_, unit, cls) in enumerate(targets):
+        alone = erf.measure(net, 32, unit=unit, channel=cls, samples=3, dtype="float64",
+                            inputs=[own_samples(k, len(targets), 3, shape=(1, 32, 32))])
+        assert res[k].settings["channel"] == cls and res[k].trf_box_unclipped == alone.trf_box_unclipped
+        np.testing.assert_allclose(res[k].map, alone.map, rtol=0, atol=1e-12 * alone.map.max())
+    assert res[0].trf_box_unclipped == res[3].trf_box_unclipped  # one box for a 4 px period of positions
+    assert not np.allclose(res[0].map, res[1].map)  # another class, another map
+    with pytest.raises(ErfError, match="channel must be an integer"):
+        measure_targets(net, 32, [(None, (1, 1), "cat")], samples=1)

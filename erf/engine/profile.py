@@ -48,7 +48,7 @@ from erf.errors import ErfError, ModelError, TraceError
 __all__ = ["profile", "measure_targets", "Profile", "SharedRunner", "SharedProbe", "depth_order", "erf_sizes",
            "target_from_report"]
 
-TargetSpec = tuple  # (layer name or None, unit tuple or None)
+TargetSpec = tuple  # (layer name or None, unit tuple or None[, output channel or None])
 
 
 class _Done(Exception):
@@ -150,15 +150,17 @@ class SharedProbe:
     """Per-sample float64 maps of a batch whose sample ``g`` belongs to target ``g % K`` (one forward/backward)."""
 
     def __init__(self, runner: SharedRunner, indices: Sequence[dict[int, int]], preset: stats.Preset,
-                 channel: int | None, amp: dict[str, Any]):
+                 channels: Sequence[int | None], amp: dict[str, Any]):
         """
         Args:
             runner: the shared forward.
             indices: per target, tensor dim -> index of its unit (``Target.index_of``).
-            preset: the map definition; ``channel``: one output channel, or None for all.
+            preset: the map definition.
+            channels: per target, one output channel (a class of a dense output), or None for the sum over all.
             amp: ``{"ctx": autocast context factory}``.
         """
-        self.runner, self.indices, self.preset, self.channel, self.amp = runner, list(indices), preset, channel, amp
+        self.runner, self.indices, self.preset, self.amp = runner, list(indices), preset, amp
+        self.channels = list(channels)
 
     def maps(self, x: torch.Tensor, first: int) -> torch.Tensor:
         """Maps ``(B, *spatial)`` of the batch ``x`` whose first row is input sample ``first`` of its draw.
@@ -182,7 +184,7 @@ class SharedProbe:
                 r0 = (k - first) % k_all
                 if r0 >= x.shape[0]:
                     continue
-                act = unit_activation(outs[k][r0::k_all], self.indices[k], self.channel)
+                act = unit_activation(outs[k][r0::k_all], self.indices[k], self.channels[k])
                 term = stats.reduce_target(act, self.preset).sum()
                 obj = term if obj is None else obj + term
         if obj is None or not obj.requires_grad:
@@ -378,7 +380,8 @@ def measure_targets(model: nn.Module, input_size: Any, targets: Sequence[TargetS
         model: the network (never modified).
         input_size: the input's spatial size (an int for every axis, or one per axis).
         targets: ``(layer, unit)`` pairs: a layer name as ``erf rf`` lists it (None: the model output) and a
-            unit (None: the layer's centre unit). At least one; no pair twice.
+            unit (None: the layer's centre unit); or ``(layer, unit, channel)``: one output channel of that unit
+            (a class of a dense output; None or no third item: ``options.channel``). At least one; none twice.
         options: a ``MeasureOptions`` (default: all defaults); its ``layer`` and ``unit`` must be unset.
         **kwargs: any ``MeasureOptions`` field, overriding ``options``.
 
@@ -397,11 +400,20 @@ def _shared(model: nn.Module, input_size: Any, targets: Sequence[TargetSpec],
     """``measure_targets``, and the targets' depth order (indices, shallowest first)."""
     t0 = time.perf_counter()
     _check(opts, "a shared-pass measurement")
-    specs = [(layer, None if unit is None else tuple(int(u) for u in unit)) for layer, unit in targets]
+    specs, channels = [], []
+    for spec in targets:
+        if isinstance(spec, str) or not 2 <= len(spec) <= 3:
+            raise ErfError(f"a target is (layer, unit) or (layer, unit, channel); got {spec!r}")
+        layer, unit = spec[0], spec[1]
+        channel = spec[2] if len(spec) == 3 and spec[2] is not None else opts.channel
+        if channel is not None and (not isinstance(channel, (int, np.integer)) or isinstance(channel, bool)):
+            raise ErfError(f"a target's channel must be an integer (a class of the output); got {channel!r}")
+        specs.append((layer, None if unit is None else tuple(int(u) for u in unit)))
+        channels.append(None if channel is None else int(channel))
     if not specs:
         raise ErfError("give at least one target: a layer name (profile) or a unit (grid)")
-    if len(set(specs)) != len(specs):
-        raise ErfError("a target is listed twice: give each (layer, unit) once")
+    if len(set(zip(specs, channels))) != len(specs):
+        raise ErfError("a target is listed twice: give each (layer, unit, channel) once")
     if opts.layer is not None or opts.unit is not None:
         raise ErfError("the targets name the layers and units: drop layer= and unit= (use layers= or units=)")
     dev = resolve_device(opts.device)
@@ -431,11 +443,11 @@ def _shared(model: nn.Module, input_size: Any, targets: Sequence[TargetSpec],
             t = found[layer]
             u = preset.center(t.output, t.tokens) if unit is None else check_unit(unit, t.output)
             resolved.append((t, u))
-        if len({(t.layer, u) for t, u in resolved}) != len(resolved):
+        if len({(t.layer, u, c) for (t, u), c in zip(resolved, channels)}) != len(resolved):
             raise ErfError("two targets name the same layer and unit (an alias and its name?): give each once")
         k_all, n = len(resolved), opts.samples
         probe = SharedProbe(SharedRunner(ctx.model, [t for t, _ in resolved]),
-                            [t.index_of(u) for t, u in resolved], preset, opts.channel, ctx.amp)
+                            [t.index_of(u) for t, u in resolved], preset, channels, ctx.amp)
         gs = final_group_size(opts.draw_group_size(), opts.draws * n)
         accs = [Accumulator(ctx.size, dev, gs) for _ in resolved]
         kept = [SampleStats(_Given(), trf_mask(t.box(u, clip=True), None, ctx.size, dev), opts.normalize_samples)
@@ -466,7 +478,8 @@ def _shared(model: nn.Module, input_size: Any, targets: Sequence[TargetSpec],
                     "measured by the shared-pass engine on the full input (no crop or cone)")
         if opts.normalize_draws:
             mine.append(f"each of the {opts.draws} weight draws normalised to unit total before averaging")
-        c = dataclasses.replace(ctx, target=t, unit=u, notes=mine, sample_stats=st)
+        c = dataclasses.replace(ctx, opts=MeasureOptions.build(ctx.opts, channel=channels[k]), target=t, unit=u,
+                                notes=mine, sample_stats=st)
         settings = dict(settings_of(c), cone=False, auto_batch=False, batch_size=bs, group_size=acc.gs,
                         shared={"targets": k_all, "index": k, "input_samples_per_draw": k_all * n},
                         layer_output=list(t.output or ()), jump=None if t.jump is None else [float(j) for j in t.jump],
