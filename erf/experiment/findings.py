@@ -31,11 +31,12 @@ def findings(cfg: Config, records: list[Record], analyses: dict) -> list[str]:
         One sentence (or a few) per finding.
     """
     out = _theory_findings(analyses["theory"])
+    led: set = set()  # bar comparisons whose robust sizes were given already (one lead per comparison)
     for fa in analyses["figures"]:
         if fa["kind"] == "growth":
             out += _growth_findings(fa)
         elif fa["kind"] == "bars":
-            out += _bar_findings(fa)
+            out += _bar_findings(fa, led)
         elif fa["kind"] == "training":
             out += _training_findings(fa)
     out += _saturation_findings(records)
@@ -121,14 +122,17 @@ def _ref_text(row) -> str:
     return f" (a uniform map over the visible TRF gives {fmt(ref)}: {fmt(row['value'] / ref)} of it)"
 
 
-def _bar_findings(fa) -> list[str]:
+def _bar_findings(fa, led: set | None = None) -> list[str]:
     out = []
     m = fa["metric"]
     for row in fa["rows"]:
         if row.get("ratio") is None:
             continue
         where = f" ({row['series']})" if row["series"] else ""
-        lead = _robust_bar_text(row, where, m)
+        key = (row["category"], row["series"], row.get("baseline"))
+        lead = "" if led is not None and key in led else _robust_bar_text(row, where, m)
+        if led is not None and lead:
+            led.add(key)
         head = lead + (f"{row['category']}{where}: {m} = {fmt(row['value'])}{fmt_ci(row['interval'])}{_ref_text(row)}, "
                 f"{fmt(row['ratio'])}× {row['baseline']}")
         if row.get("exact"):
