@@ -213,7 +213,8 @@ def _grid(spec, records, _fa, title, sub):
     if scale != "row" and im is not None:
         fig.colorbar(im, ax=list(axes.ravel()), shrink=min(0.8, 2.0 / nrows) if nrows > 2 else 0.8,
                      label="fraction of the map's peak" if scale == "peak" else "ERF (mean |∂unit/∂input|)")
-    _suptitle(fig, f"{title}\n{sub}\ncolour: {how}; white box: TRF of the centre unit (dashed: cut by the image)",
+    _suptitle(fig, f"{title}\n{sub}\ncolour: {how}; white box: TRF of the centre unit (dashed: cut by the image); "
+                   "r0.5: radius holding half the mass, σx: moment σ",
                  fontsize=9)
     caption = f"ERF maps, rows: {key_name(spec['rows'])}" \
         + (f", columns: {key_name(spec['cols'])}" if spec["cols"] else "") + f"; colour: {how}; white box = TRF."
@@ -221,10 +222,14 @@ def _grid(spec, records, _fa, title, sub):
 
 
 def _axis_stats(r) -> str:
+    """'mass radius 0.5 = .. px, σx = .. px' and 'TRF .., ERF/TRF = ..': the robust size first."""
     sx = r.summary.get("sigma_x")
+    mr = r.metrics.get("mass_radius_0.5", r.summary.get("mass_radius_0.5"))
     ratio = r.summary.get("erf_trf_ratio_x")
-    trf = "" if r.trf is None else f", TRF {r.trf[-1]}"
-    return f"σx={fmt(sx)} px{trf}" + ("" if ratio is None else f", ERF/TRF={fmt(ratio, 2)}")
+    trf = "" if r.trf is None else f"TRF {r.trf[-1]}"
+    sat = " (saturated)" if r.saturation and r.saturation.get("saturated") else ""
+    tail = ", ".join(t for t in (trf, "" if ratio is None else f"ERF/TRF={fmt(ratio, 2)}") if t)
+    return f"r0.5={fmt(mr)} px, σx={fmt(sx)} px" + (f"\n{tail}{sat}" if tail or sat else "")
 
 
 def _log_ticks(ax: Axes, xs) -> None:
