@@ -32,9 +32,8 @@ from pathlib import Path
 import torch
 
 import erf
-from erf.analytic import capture
 from erf.engine import cone_plan_status
-from erf.engine.target import default_layer
+from erf.engine.target import TargetRunner, default_layer, resolve_target
 from erf.engine import init_scales
 
 TIMEOUT_S = 240
@@ -170,25 +169,27 @@ def exactness(model, rec: dict, size: int) -> str:
     with torch.no_grad():
         for p in model.parameters():  # open closed branches (zero-init gammas, tiny layer scales)
             p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    report = None
+    target = None
     sizes = [s for s in EXACT_SIZES if s < size] + [size]
     for s in sizes:
         if s == size and rec.get("params_m", 0) * 1e6 > EXACT_MAX_PARAMS and s > EXACT_SIZES[-1]:
             return f"not checked: no small input runs and {rec['params_m']} M parameters in float64"
         try:
-            report = erf.receptive_field(model, s, layer=rec["layer"])
-            report.target.index_of()
+            target = resolve_target(model, (s, s), rec["layer"])
+            if target.geometry is None:
+                raise erf.ErfError("no geometry")
+            target.geometry.index_of()
             break
         except erf.ErfError:
-            report = None
-    if report is None:
+            target = None
+    if target is None:
         return "not checked: no input size traces"
-    row = report.target
+    row = target.geometry
     unit = tuple(n // 2 for n in row.output)
     x = torch.randn(1, 3, s, s, dtype=torch.float64, generator=gen).requires_grad_(True)
-    out = capture(model, x, [row.name])[row.name]
+    out = TargetRunner(model, target)(x)  # the module's output, as erf.measure computes it
     idx = [slice(None)] * out.dim()
-    for d, i in row.index_of(unit).items():
+    for d, i in target.index_of(unit).items():
         idx[d] = i
     out[tuple(idx)].sum().backward()
     nz = x.grad.abs().sum((0, 1)) > 0
@@ -253,6 +254,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="model names (timm or torchvision)")
     ap.add_argument("--skip-torchvision", action="store_true")
+    ap.add_argument("--merge", action="store_true", help="with --only: replace those rows of OUT/table.json, keep the rest")
     args = ap.parse_args(argv)
     import timm  # lazy: optional
     import torchvision  # lazy: optional
@@ -269,6 +271,12 @@ def main(argv=None) -> int:
             "torchvision": torchvision.__version__, "timeout_s": TIMEOUT_S}
     out = Path(args.out)
     records = []
+    if args.merge and (out / "table.json").exists():
+        names = {j[1] for j in jobs}
+        old = json.loads((out / "table.json").read_text())["models"]
+        records = [r for r in old if r["name"] not in names]
+        family = {r["name"]: r["family"] for r in old}
+        jobs = [(src, name, family.get(name, fam)) for src, name, fam in jobs]
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=ctx, max_tasks_per_child=4) as pool:
         futs = {pool.submit(probe, *j): j for j in jobs}

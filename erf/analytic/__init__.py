@@ -112,13 +112,19 @@ def receptive_field(model_or_layers: nn.Module | Sequence[Any], input_size: int 
                              allow_unaligned=allow_unaligned)
         rows = [_row(n, size) for n in nodes]
         target = rows[nodes.index(final)]
+        bounds = list(dict.fromkeys(line for n in nodes for line in n.notes))
     elif isinstance(model_or_layers, Sequence) and not isinstance(model_or_layers, str):
         size = spatial_size(2, input_size)
         rows = layer_rows(model_or_layers, size)
         target = rows[-1]
     else:
         raise ErfError(f"receptive_field takes an nn.Module or a list of layers, got {type(model_or_layers).__name__}")
-    report = RFReport(size, rows, target, notes=_notes(rows) if isinstance(model_or_layers, nn.Module) else [])
+    notes = []
+    if isinstance(model_or_layers, nn.Module):
+        notes = _notes(rows) + [f"note: {b}" for b in bounds[:3]]
+        if len(bounds) > 3:
+            notes.append(f"note: {len(bounds) - 3} more such upper bounds")
+    report = RFReport(size, rows, target, notes=notes)
     if layer is not None:
         report.target = report.layer(layer)
     return report

@@ -37,6 +37,7 @@ class Node:
     aliases: list[str] = field(default_factory=list)
     scope: str = ""
     offset: tuple | None = None  # per axis: centre offset (px) between the paths that meet here, if any
+    notes: list[str] = field(default_factory=list)  # upper bounds the rule took here
 
 
 class _Recorder(TorchFunctionMode):
@@ -117,7 +118,8 @@ class _Recorder(TorchFunctionMode):
                 f"unknown op '{name}' at '{self._where()}': erf has no receptive-field rule for it; if it acts "
                 f"on each position alone pass treat_as={{'{name}': 'pointwise'}} (CLI: --treat-as {name}=pointwise), "
                 f"or 'global' if it mixes all positions")
-        call = rules.Call(name, args, kwargs, out, self.lookup, self.describe, self.allow_unaligned)
+        call = rules.Call(name, args, kwargs, out, self.lookup, self.describe, self.allow_unaligned,
+                          where=self._where())
         result = rule(call)
         outs = out if isinstance(out, (list, tuple)) else [out]
         infos = result if isinstance(result, list) else [result]
@@ -125,6 +127,7 @@ class _Recorder(TorchFunctionMode):
         reach_in = _reach_of([self.lookup(t) for t in traced])
         for t, info in zip(tensors, infos):
             node = self.record(t, _with_reach(info, reach_in), name)
+            node.notes = list(call.notes)
             if call.offsets:
                 node.offset = tuple(call.offsets.get(a) for a in range(len(info.axes)))
         return out

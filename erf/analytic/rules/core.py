@@ -44,6 +44,8 @@ class Call:
     describe: Callable[[torch.Tensor], str]  # name of the node that made a tensor
     allow_unaligned: bool | None = None  # None: centre offsets are unioned (noted), jump mismatches refused
     offsets: dict = field(default_factory=dict)  # axis -> centre offset in px between paths (set by merge)
+    notes: list = field(default_factory=list)  # upper bounds a rule took (see ``lose_positions``)
+    where: str = "<model>"  # the module the op runs in
 
     def arg(self, i: int, key: str, default: Any = None) -> Any:
         """Argument ``i`` (positional) or ``key`` (keyword) of the call, else ``default``."""
@@ -244,6 +246,26 @@ def mix_parts(m: AxisMap, parts: list[tuple[int, int]]) -> AxisMap:
     return ax.rational_index(m, period, period, taps)
 
 
+def lose_positions(call: Call, info: Info, dims_lost, what: str, out_dims=None) -> Info:
+    """A known op used where erf cannot follow positions (``what``): every position of the axes those
+    dims index sees all of them, and the dims stop indexing the image. An upper bound, noted.
+
+    Args:
+        call: the op (its ``notes`` get one line).
+        info: what its input knows; ``dims_lost``: the input dims whose positions are lost.
+        what: what the op does there, for the note.
+        out_dims: the result's dims (default: the input's with the lost ones set to None).
+
+    Returns:
+        The result's ``Info``.
+    """
+    res = globalise(info, list(dims_lost), f"'{call.name}' {what}", drop=True, gate=False, rebase=False)
+    if out_dims is not None:
+        res = res.with_(dims=tuple(out_dims))
+    call.notes.append(f"'{call.name}' at '{call.where}' {what}: taken as mixing all those positions (an upper bound)")
+    return res
+
+
 def norm_dims(dim: int | list[int] | tuple[int, ...] | None, ndim: int) -> list[int]:
     """``dim`` as non-negative dims of an ``ndim``-dim tensor (None: all of them)."""
     if dim is None:
@@ -265,8 +287,11 @@ def spatial_window(call: Call, x, info: Info, nd: int, per_axis) -> Info:
             continue
         a = single_axis(role)
         if a is None:
-            raise UnsupportedOpError(f"'{call.name}' slides over a dim that holds several flattened image axes; "
-                                     "reshape the tokens back to a grid first, or pass treat_as for this op")
+            out = call.out if isinstance(call.out, torch.Tensor) else call.out[0]
+            lost = [first + j for j in range(nd) if dims[first + j] is not None]
+            return lose_positions(call, Info(tuple(axes), tuple(dims), info.crop_note), lost,
+                                  "slides over flattened image positions",
+                                  out_dims=[None if j in lost else r for j, r in enumerate(dims)][:out.dim()])
         axes[a] = per_axis(k, axes[a])
         dims[d] = ((a, call.out.shape[d] if isinstance(call.out, torch.Tensor) else call.out[0].shape[d]),)
     return Info(tuple(axes), tuple(dims), info.crop_note)

@@ -7,7 +7,7 @@ import torch
 from erf.analytic import axis as ax
 from erf.analytic.axis import AxisMap
 from erf.analytic.layout import Info, Tokens, reshape_roles, single_axis, spatial_components
-from erf.analytic.rules.core import Call, merge, norm_dims
+from erf.analytic.rules.core import Call, lose_positions, merge, norm_dims
 from erf.errors import UnsupportedOpError
 
 
@@ -29,6 +29,7 @@ def getitem(call: Call) -> Info | list[Info]:
             expanded.append(i)
     expanded += [slice(None)] * (x.dim() + sum(1 for i in expanded if i is None) - len(expanded))
     axes, dims = list(info.axes), []
+    lost: list[int] = []  # output dims whose positions cannot be followed (slices of flattened axes)
     d = 0
     for i in expanded:
         if i is None:
@@ -45,8 +46,7 @@ def getitem(call: Call) -> Info | list[Info]:
                 a = single_axis(role)
                 if a is None:
                     if (start, stop, step) != (0, n, 1):
-                        raise UnsupportedOpError(f"slicing a dim of flattened image axes in '{call.name}' "
-                                                 "is not supported; pass treat_as for it")
+                        lost.append(len(dims))
                 else:
                     axes[a] = ax.window(axes[a], 1, step, 1, -start)
                     role = ((a, size),)
@@ -63,7 +63,10 @@ def getitem(call: Call) -> Info | list[Info]:
                     b = axes[a].box(k)
                     axes[a] = AxisMap.constant(*b) if b else AxisMap(1, 0, (None,), (None,))
         d += 1
-    return Info(tuple(axes), tuple(dims), info.crop_note)
+    res = Info(tuple(axes), tuple(dims), info.crop_note)
+    if lost:
+        return lose_positions(call, res, lost, "slices flattened image positions")
+    return res
 
 
 def _unravel(role, index: int) -> list[tuple[int, int]]:
@@ -87,8 +90,11 @@ def _slice_tokens(call, tok: Tokens, start, stop, step, axes):
     if step == 1 and stop == tok.prefix + grid_size and start <= tok.prefix:
         new_prefix = tok.prefix - start
         return (((Tokens(new_prefix, tok.grid), new_prefix + grid_size),) if new_prefix else tok.grid), axes
+    if stop <= tok.prefix:  # prefix tokens only (the class token): all they could have seen
+        sizes = dict(spatial_components(((tok, 0),)))
+        return None, [m.globalised(sizes[a]) if a in sizes else m for a, m in enumerate(axes)]
     raise UnsupportedOpError(f"slicing tokens [{start}:{stop}:{step}] in '{call.name}' is not supported "
-                             "(only dropping the prefix tokens is); pass treat_as for it")
+                             "(only dropping the prefix tokens, or keeping only them, is); pass treat_as for it")
 
 
 def _advanced_index(call, x, info, idx):
@@ -109,9 +115,9 @@ def reshape(call: Call) -> Info | list[Info]:
     x, info = call.args[0], call.info(call.args[0])
     roles = reshape_roles(info.dims, tuple(x.shape), tuple(call.out.shape))
     if roles is None:
-        raise UnsupportedOpError(
-            f"'{call.name}' from {tuple(x.shape)} to {tuple(call.out.shape)} splits an image axis across dims "
-            "(e.g. a window partition); erf cannot follow it: pass treat_as for this op or a module rule")
+        return lose_positions(call, info, [d for d, r in enumerate(info.dims) if r is not None],
+                              f"regroups image positions ({tuple(x.shape)} to {tuple(call.out.shape)}) in a way "
+                              "erf cannot follow", out_dims=(None,) * call.out.dim())
     return info.with_(dims=roles)
 
 
@@ -173,12 +179,22 @@ def cat(call: Call) -> Info | list[Info]:
     traced = [t for t in tensors if call.info(t) is not None]
     if all(call.info(t).dims[dim] is None for t in traced):
         return merge(call, traced, list(call.out.shape))
-    # joining tokens along a token dim: constant tokens in front of one traced grid
+    # joining tokens along a token dim: tokens without image positions (a class token, constant or computed)
+    # in front of one traced grid; what the front tokens saw joins every token's floor (an upper bound)
     last = tensors[-1]
-    if len(traced) != 1 or last is not traced[0]:
+    front = [t for t in tensors[:-1] if call.info(t) is not None]
+    if call.info(last) is None or call.info(last).dims[dim] is None or any(call.info(t).dims[dim] is not None
+                                                                          for t in front):
         raise UnsupportedOpError(f"'{call.name}' joins tensors along a dim that indexes the image; erf follows "
-                                 "only constant tokens put in front of the image tokens; pass treat_as for it")
+                                 "only tokens without image positions put in front of the image tokens; "
+                                 "pass treat_as for it")
     info = call.info(last)
+    if front:
+        axes = tuple(ax.union([m, *(f.axes[a].globalised(f.axis_sizes()[a]) for f in map(call.info, front))])
+                     for a, m in enumerate(info.axes))
+        info = info.with_(axes=axes)
+        call.notes.append(f"'{call.name}' at '{call.where}' puts computed tokens in front of the image tokens: "
+                          "what they saw is counted for every token (an upper bound)")
     prefix = sum(t.shape[dim] for t in tensors[:-1])
     role = info.dims[dim]
     if len(role) == 1 and isinstance(role[0][0], Tokens):
@@ -219,7 +235,9 @@ def split(call: Call) -> Info | list[Info]:
         if name == "unbind":
             dims = info.dims[:dim] + info.dims[dim + 1:]
             if role is not None:
-                raise UnsupportedOpError("unbinding a dim that indexes the image is not supported")
+                res.append(lose_positions(call, info, [dim], "unbinds image positions",
+                                          out_dims=info.dims[:dim] + info.dims[dim + 1:]))
+                continue
             res.append(info.with_(dims=dims))
             continue
         if role is None:
@@ -227,7 +245,9 @@ def split(call: Call) -> Info | list[Info]:
         else:
             a = single_axis(role)
             if a is None:
-                raise UnsupportedOpError(f"'{name}' along a dim of flattened image axes is not supported")
+                res.append(lose_positions(call, info, [dim], "splits flattened image positions"))
+                start += o.shape[dim]
+                continue
             axes = list(info.axes)
             axes[a] = ax.window(axes[a], 1, 1, 1, -start)
             dims = list(info.dims)

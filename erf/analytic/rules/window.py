@@ -8,7 +8,7 @@ import torch
 
 from erf.analytic import axis as ax
 from erf.analytic.layout import Info, single_axis
-from erf.analytic.rules.core import Call, globalise, pairs, pointwise, spatial_window, with_note
+from erf.analytic.rules.core import Call, globalise, lose_positions, pairs, pointwise, spatial_window, with_note
 from erf.errors import UnsupportedOpError
 
 
@@ -95,7 +95,8 @@ def pad(call: Call) -> Info | list[Info]:
             continue
         a = single_axis(role)
         if a is None:
-            raise UnsupportedOpError(f"'{call.name}' pads a dim of flattened image axes; pass treat_as for it")
+            return lose_positions(call, Info(tuple(axes), tuple(dims), info.crop_note), [d],
+                                  "pads flattened image positions")
         axes[a] = ax.window(axes[a], 1, 1, 1, left)
         dims[d] = ((a, call.out.shape[d]),)
     res = Info(tuple(axes), tuple(dims), info.crop_note)
