@@ -412,10 +412,12 @@ def _profiles(spec, records, _fa, title, sub):
             if f.ok and f.sigma < span / 2 and f.r2 > 0.5:
                 fine = np.linspace(x[keep].min(), x[keep].max(), 300)
                 ax.plot(fine, f.evaluate(fine), color=color, linewidth=1.2,
-                        label=f"{lab}: fit σ={f.sigma:.2f}, R²={f.r2:.2f}")
+                        label=f"{lab}: ERF σx {fmt(r.summary.get('sigma_x'), 2)} px (moments); "
+                              f"row fit σ={f.sigma:.2f}, R²={f.r2:.2f}")
             else:
                 ax.plot(x[keep], prof[keep], color=color, linewidth=0.8, linestyle="--",
-                        label=f"{lab}: not Gaussian (no fit)")
+                        label=f"{lab}: ERF σx {fmt(r.summary.get('sigma_x'), 2)} px (moments); row not Gaussian "
+                              "(no fit)")
             if r.trf_box is not None:
                 for v in r.trf_box[1]:
                     ax.axvline(v - cx, color=color, linestyle=":", linewidth=1)
@@ -424,7 +426,8 @@ def _profiles(spec, records, _fa, title, sub):
         ax.set_title(show_value(spec["cols"], pv) if pv is not None else "centre-row profiles", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    _suptitle(fig, f"{title}\n{sub}; dots: measured, lines: 1-D Gaussian fits", fontsize=9)
+    _suptitle(fig, f"{title}\n{sub}; dots: measured centre row, lines: Gaussians (baseline ≥ 0) fitted to that row; "
+                   "σx (moments) is the whole map's size", fontsize=9)
     return fig, "Centre-row profiles of the ERF (normalised to their peak) with 1-D Gaussian fits; dotted lines: TRF."
 
 
