@@ -316,3 +316,21 @@ def test_generated_images_are_limited_and_their_folder_removed_at_exit(tmp_path)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert not Path(done.stdout.strip()).exists()
+
+
+def test_training_image_folders_skip_special_files_and_refuse_bombs(tmp_path):
+    import os
+    import warnings
+
+    from erf.training import load_images
+
+    root = tmp_path / "train"
+    _save(root / "a" / "x.png", (1, 2, 3))
+    os.mkfifo(root / "a" / "f.png")  # never opened
+    os.symlink("..", root / "a" / "loop")  # not followed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tuple(load_images(str(root), 8, channels=3).shape) == (1, 3, 8, 8)
+        _png_header(root / "a" / "bomb.png", 40000, 40000)
+        with pytest.raises(ErfError, match="bomb"):
+            load_images(str(root), 8, channels=3)

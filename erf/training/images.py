@@ -9,6 +9,8 @@ then normalised per channel (``load_dataset``).
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -131,18 +133,58 @@ def _pick(n: int, count: int | None, seed: int, source: str) -> torch.Tensor:
     return torch.randperm(n, generator=make_generator(mix_seed(seed, "images")))[: int(count)]
 
 
+MAX_ENTRIES = 10_000_000  # files and folders looked at under an image folder
+MAX_PIXELS = 2**26  # pixels of one image file (larger ones are refused before they are decoded)
+
+
 def _image_files(root: str) -> list[str]:
-    files = []
+    """Regular image files under ``root`` (links to folders not followed, hidden names skipped), sorted.
+
+    Raises:
+        ErfError: ``root`` under /proc, /sys or /dev, or more than ``MAX_ENTRIES`` entries.
+    """
+    real = os.path.realpath(root)
+    for tree in ("/proc", "/sys", "/dev"):
+        if real == tree or real.startswith(tree + "/"):
+            raise ErfError(f"{root} is under {tree}, a system folder, not images; point at a folder of images")
+    files, entries = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
+        entries += len(dirnames) + len(filenames)
+        if entries > MAX_ENTRIES:
+            raise ErfError(f"more than {MAX_ENTRIES} files and folders under {root}; point at a smaller folder")
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [os.path.join(dirpath, f) for f in sorted(filenames)
-                  if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")]
+        for f in sorted(filenames):
+            full = os.path.join(dirpath, f)
+            if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith("."):
+                try:
+                    if stat.S_ISREG(os.stat(full).st_mode):  # never open a FIFO or device named a.png
+                        files.append(full)
+                except OSError:
+                    continue
     return files
+
+
+def _check_size(path: str) -> None:
+    """Refuse an image whose header claims more than ``MAX_PIXELS`` (a decompression bomb), unread."""
+    from PIL import Image  # lazy: Pillow comes with matplotlib and only image folders need it
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except Image.DecompressionBombError as exc:
+            raise ErfError(f"image {path}: {' '.join(str(exc).split())[:120]}; remove it") from None
+        except Exception:  # noqa: BLE001 - not an image Pillow knows: matplotlib's reader says why below
+            return
+    if w * h > MAX_PIXELS:
+        raise ErfError(f"image {path} has {w}x{h} pixels, more than {MAX_PIXELS}; shrink or remove it")
 
 
 def _read_image(path: str) -> torch.Tensor:
     import matplotlib.image as mpimg  # lazy: matplotlib is heavy and only image folders need it
 
+    _check_size(path)
     try:
         arr = np.asarray(mpimg.imread(path))
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
