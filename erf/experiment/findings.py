@@ -294,7 +294,7 @@ def _saturation_findings(records: list[Record]) -> list[str]:
                 f"{fmt(v.get('mass_radius_0.9'))}")
 
     head = (f"Against a uniform map over each TRF box (cut to the image; 1 = the ERF fills its TRF), the ERF is "
-            f"saturated (at least {thr:.0%} of the uniform map's σ or mass radius 0.5/0.9) at {len(sat)} of "
+            f"saturated (at least {thr:.0%} of the uniform map's σ or mass radius 0.5) at {len(sat)} of "
             f"{len(rows)} maps")
     if sat:
         head += ": " + "; ".join(one(r) for r in sat[:8]) + ("; …" if len(sat) > 8 else "") + \
