@@ -8,6 +8,11 @@ a results folder that looks complete, and a resumed run (same ``fingerprint``) g
 last save with the same numbers. A saved file that does not match its checksum is moved to
 ``damaged/`` (never deleted; it ends in the results' ``damaged/``) and that measurement is made again.
 
+A run deletes only what it wrote: the results folder it replaces must hold nothing but the files
+listed in its ``.erf-manifest.json`` (``write_manifest``, ``foreign_problem``) and none of the run's
+inputs (``check_destination``); ``run.json`` records the digests of those inputs, and a resume whose
+inputs changed is refused.
+
 ``.<name>.lock`` beside it holds the process id and host of the run writing there: a second run
 into the same place is refused while that process lives; a lock left by a dead process of this
 host is replaced. The end of a run is a marker (``finished``) then two renames; a run killed
@@ -180,10 +185,14 @@ class RunFolder:
             restart: discard an interrupted run.
             command: the command that resumes this run (named in the messages).
 
+        ``run.json`` is written first (a folder holding saves always says what made them): the
+        fingerprint and the digests of the run's input files (``input_digests``); a resume whose
+        inputs changed since is refused.
+
         Raises:
             ConfigError: an interrupted run is there and neither ``resume`` nor ``restart`` was
-                asked for, or it was made with other settings; ``resume`` with nothing to resume;
-                the folder cannot be written.
+                asked for, or it was made with other settings or other input files; ``resume`` with
+                nothing to resume; the folder cannot be written.
         """
         self._owner = (cfg.name, bool(cfg.quick))
         info = self.path / "run.json"
