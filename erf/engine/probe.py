@@ -38,6 +38,7 @@ class Probe:
         """
         self.runner, self.preset, self.channel, self.amp, self.index = runner, preset, channel, amp, index
         self.model, self.check = model, check
+        self.copy_input = False  # set once the model is seen to work in place on its input
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
         """Raw input gradient of the (batch-summed) target.
@@ -47,9 +48,15 @@ class Probe:
         """
         x = x.detach().requires_grad_(True)
         with self.amp["ctx"]():
-            # a copy in the graph, not the leaf: a model whose first op works in place on its input
-            # (nn.ReLU(inplace=True), x.mul_(2)) runs as it would in training, and the gradient is the same
-            out = self.runner(x.clone())
+            try:
+                out = self.runner(x.clone() if self.copy_input else x)
+            except RuntimeError as exc:
+                if self.copy_input or "leaf Variable" not in str(exc):
+                    raise
+                # the model works in place on its input (nn.ReLU(inplace=True) first, x.mul_(2)): feed a copy
+                # in the graph, not the leaf; it runs as in training, and the gradient is the same
+                self.copy_input = True
+                out = self.runner(x.clone())
             act = unit_activation(out, self.index, self.channel)
             obj = stats.reduce_target(act, self.preset).sum()
         if not obj.requires_grad:
