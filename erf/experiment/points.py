@@ -194,7 +194,8 @@ TASK_PROBES = 512
 def task_probes(settings: dict, task: Any, seed: int) -> ImageSampler | None:
     """The probes of a training point whose config asks for noise: the task's held-out images, else None.
 
-    A trained network's BatchNorm holds statistics of its training images; noise at another scale
+    The task is drawn at the measured input size (``train.size`` may differ). A trained network's
+    BatchNorm holds statistics of its training images; noise at another scale
     (N(0, 1) against images of std 0.14-0.21) measures the network off its data, and a change through
     training then mixes learning with that mismatch. So a training point is probed with the task's
     held-out images (its evaluation stream, ``TASK_PROBES`` of them drawn with the network's seed) at
@@ -285,7 +286,12 @@ def train_and_measure(cfg: Config, point: Point, model: nn.Module, device: str, 
     def state_of(step):
         return "init" if step == 0 else "trained" if step == tr["steps"] else f"step {step}"
 
-    probes = task_probes(point.settings, task, seed)
+    probe_size = point.settings["inputs"]["size"]
+    probe_size = probe_size if isinstance(probe_size, int) else tuple(probe_size)
+    probe_task = task if probe_size == size else make_task(  # the same task drawn at the measured size
+        tr["task"], size=probe_size, channels=infer_in_channels(model), seed=cfg.settings["experiment"]["seed"],
+        **tr["task_args"])
+    probes = task_probes(point.settings, probe_task, seed)
     noise_by_step: dict[int, ERFResult | None] = {}
 
     def on_checkpoint(step, net):
