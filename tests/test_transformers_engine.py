@@ -115,7 +115,7 @@ def test_report_turns_global_at_the_first_attention_and_the_gradient_agrees():
     assert before.rf == (4, 4) and not before.to_dict()["global"] and first.to_dict()["global"]
     local = erf.measure(model, 16, layer="blocks.0.qkv", samples=2)
     glob = erf.measure(model, 16, layer="blocks.0", samples=2)
-    assert np.count_nonzero(local.map) == 16 and glob.trf == (16, 16)
+    assert np.count_nonzero(local.map) == 16 and glob.trf_strict == (16, 16) and glob.trf == (4, 4)  # rf_local: a patch
     assert np.all(glob.map > 0)  # after attention every pixel moves the centre token
 
 
@@ -232,7 +232,9 @@ def test_registry_transformers_measure_at_token_layers():
     torch.manual_seed(0)
     vit = erf.create_model("vit", img_size=16, patch_size=4, embed_dim=8, depth=1, num_heads=2, num_classes=3)
     res = erf.measure(vit, 16, layer="blocks.0", samples=2)
-    assert res.unit == (2, 2) and res.trf == (16, 16) and vit.num_prefix_tokens == 1 and np.all(res.map > 0)
+    assert res.unit == (2, 2) and res.trf_strict == (16, 16) and res.trf == (4, 4)
+    assert vit.num_prefix_tokens == 1 and np.all(res.map > 0)
+    assert res.saturation is not None and res.reference_box == ((0, 15), (0, 15))  # uniform over the strict box
     vit2 = erf.create_model("vit", img_size=16, patch_size=4, embed_dim=8, depth=1, num_heads=2, class_token=False)
     assert receptive_field(vit2, 16).layer("blocks.0").prefix_tokens == 0
     swin = erf.create_model("swin", patch_size=2, embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=2)

@@ -55,6 +55,7 @@ class ERFResult:
     diagnostics: dict = field(default_factory=dict)
     trf_box_unclipped: tuple[tuple[int, int], ...] | None = None
     trf_strict: tuple[int, ...] | None = None  # gated nets: the strict TRF (gates, attention); trf is rf_local
+    trf_box_strict: tuple[tuple[int, int], ...] | None = None  # gated nets: the strict TRF's unclipped box
 
     def __post_init__(self):
         self._cache: dict = {}
@@ -112,15 +113,22 @@ class ERFResult:
         return self._lazy("intervals", compute)
 
     @property
+    def reference_box(self) -> tuple[tuple[int, int], ...] | None:
+        """The box of the uniform-map references: the strict TRF's (every pixel the unit can reach, gates and
+        attention included), which for most nets is the TRF box itself."""
+        return self.trf_box_strict or self.trf_box_unclipped or self.trf_box
+
+    @property
     def uniform_reference(self) -> dict | None:
         """Where the TRF is clipped by the image (or covers all of it): the ERF against a uniform map over the
         visible part of the TRF (``stats.uniform_reference``: ``region``, ``uniform``, ``vs_uniform``); else None.
         """
-        box = self.trf_box_unclipped or self.trf_box
+        box = self.reference_box
         if box is None or any(b is None for b in box):
             return None
         whole = all(b[0] <= 0 and b[1] >= n - 1 for b, n in zip(box, self.map.shape))
-        if not (self.clipped or whole):
+        cut = any(b[0] < 0 or b[1] > n - 1 for b, n in zip(box, self.map.shape))
+        if not (cut or whole):
             return None
         return self._lazy("uniform", lambda: stats.uniform_reference(self.map, box))
 
@@ -128,7 +136,7 @@ class ERFResult:
     def saturation(self) -> dict | None:
         """Every traced result: the ERF against a uniform map over its TRF box cut to the image, with the
         ``saturated`` flag (``stats.saturation``); None without a bounded box."""
-        box = self.trf_box_unclipped or self.trf_box
+        box = self.reference_box
         if box is None or any(b is None for b in box):
             return None
         return self._lazy("saturation", lambda: stats.saturation(self.map, box))
@@ -192,6 +200,7 @@ class ERFResult:
             "clipped": self.clipped, "cropped": self.cropped, "unit": list(self.unit), "layer": self.layer,
             "trf_box": None if self.trf_box is None else [list(b) for b in self.trf_box],
             "trf_box_unclipped": None if self.trf_box_unclipped is None else [list(b) for b in self.trf_box_unclipped],
+            "trf_box_strict": None if self.trf_box_strict is None else [list(b) for b in self.trf_box_strict],
             "trf_center": _list(self.trf_center), "diagnostics": self.diagnostics,
             "notes": list(self.notes), "settings": self.settings,
         })
@@ -201,7 +210,7 @@ class ERFResult:
         """Write ``.npz`` (map, se_map, group sums/counts, everything else as JSON); atomic."""
         meta = {k: getattr(self, k) for k in ("samples", "trf", "trf_box", "clipped", "cropped", "unit", "layer",
                                               "device", "seconds", "settings", "notes", "diagnostics",
-                                              "trf_box_unclipped", "trf_strict")}
+                                              "trf_box_unclipped", "trf_strict", "trf_box_strict")}
         arrays = {"map": self.map, "group_sums": self.groups[0], "group_counts": self.groups[1],
                   "meta": np.array(json.dumps(to_json(meta)))}
         if self.se_map is not None:
@@ -226,7 +235,9 @@ class ERFResult:
                    seconds=meta["seconds"], settings=meta["settings"], notes=meta["notes"],
                    diagnostics=meta.get("diagnostics") or {},
                    trf_box_unclipped=None if full is None else tuple(tuple(b) for b in full),
-                   trf_strict=None if meta.get("trf_strict") is None else tuple(meta["trf_strict"]))
+                   trf_strict=None if meta.get("trf_strict") is None else tuple(meta["trf_strict"]),
+                   trf_box_strict=None if meta.get("trf_box_strict") is None
+                   else tuple(tuple(b) for b in meta["trf_box_strict"]))
 
     def plot(self, path=None, scale: str = "linear", title: str | None = None):
         """Heatmap with TRF box and Gaussian fit (``erf.plots.plot_erf``); the file is written atomically."""
@@ -377,12 +388,15 @@ def make_result(ctx: Context, acc: Accumulator, window: tuple[slice, ...] | None
         warnings.warn(line, stacklevel=3)
         notes.append(line)
     full = None if box is None or any(b is None for b in box) else tuple(tuple(b) for b in box)
+    sbox = target.box(unit, clip=False) if local else None
+    strict = None if sbox is None or any(b is None for b in sbox) else tuple(tuple(b) for b in sbox)
     return ERFResult(map=mean, se_map=se, samples=acc.n, groups=(sums, counts),
                      trf=tuple(int(v) for v in target.geometry.rf_local) if local else target.rf,
                      trf_box=(target.local_box if local else target.box)(unit, clip=True), clipped=bool(clipped),
                      cropped=window is not None, unit=tuple(unit), layer=target.layer, device=str(ctx.device),
                      seconds=seconds, settings=settings, notes=notes, diagnostics=diagnostics,
-                     trf_box_unclipped=full, trf_strict=target.rf if local else None)
+                     trf_box_unclipped=full, trf_strict=target.rf if local else None,
+                     trf_box_strict=strict if local else None)
 
 
 def sample_masses(acc: Accumulator) -> np.ndarray:
