@@ -147,7 +147,10 @@ def test_training_weights_measurable_again(run_quick):
 
     model = load_model("small_cnn", last["model"]["args"], str(weights))
     res = measure(model, 32, layer="features", samples=last["measure"]["samples"], device="cpu", crop=True)
-    assert res.sigma[1] == pytest.approx(last["network_metrics"][0]["sigma_x"], rel=1e-6)   # network 0's weights
+    assert last["probe"] == "task" and last["noise_probe"] is not None          # probed on the task's images...
+    noise = last["noise_probe"]["network_metrics"][0]["sigma_x"]                # ...and on the config's noise
+    assert res.sigma[1] == pytest.approx(noise, rel=1e-6)                       # network 0's weights
+    assert noise != last["network_metrics"][0]["sigma_x"]
     if _has_measure_cli():
         assert main(["measure", "small_cnn", "--layer", "features", "--input", "32", "--checkpoint", str(weights),
                      "--samples", "8", "--model-arg", "num_classes=4", "--device", "cpu"]) == 0
