@@ -294,6 +294,41 @@ def test_no_cone_with_batchnorm_in_train_mode():
     from erf.engine import cone_plan_status
 
     net = mixed_net().train()
-    ok, why = cone_plan_status(net, 24, eval_mode=False, crop=False, cone=True)
+    ok, why = cone_plan_status(net, 24, eval_mode=False, single_sample=True, crop=False, cone=True)
     assert not ok and "BatchNorm in train mode" in why
     assert cone_plan_status(net, 24, crop=False, cone=True)[0]  # eval mode (the default): the same net runs
+
+
+class MoreOps(nn.Module):
+    """GhostNet's channel slice of a concat, ConvNeXt-V2's global response norm (a norm over the map axes in
+    NHWC, addcmul), PoolFormer's GroupNorm (every position reads the whole map)."""
+
+    def __init__(self, c: int = 6):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.gamma, self.beta = nn.Parameter(torch.rand(1, 1, 1, c)), nn.Parameter(torch.rand(1, 1, 1, c))
+        self.gn = nn.GroupNorm(1, c)
+        self.head = nn.Conv2d(c, 2, 3, padding=1)
+
+    def forward(self, x):
+        a = self.a(x)
+        h = torch.cat([a, self.b(a)], dim=1)[:, : a.shape[1], ...]
+        y = h.permute(0, 2, 3, 1)
+        g = y.norm(p=2, dim=(1, 2), keepdim=True)
+        y = torch.addcmul(self.beta, self.gamma, y * (g / (g.mean(dim=-1, keepdim=True) + 1e-6))) + y
+        h = self.gn(y.permute(0, 3, 1, 2))
+        return self.head(h)
+
+
+def test_graph_cone_runs_channel_slices_global_norms_and_group_norm_exactly():
+    from erf.engine import cone_plan_status
+
+    torch.manual_seed(0)
+    net = MoreOps().double().eval()
+    ok, why = cone_plan_status(net, 24, dtype="float64", cone=True, check=True)
+    assert ok and "checked against an uncropped pass" in why, why
+    kw = dict(samples=2, batch_size=2, dtype="float64", unit=(2, 20), cone=True)
+    cone = measure(net, 24, **kw)
+    plain = measure(net, 24, **dict(kw, cone=False, crop=False))
+    assert cone.settings["cone"] is True
+    np.testing.assert_allclose(cone.map, plain.map, rtol=1e-12, atol=1e-13 * np.abs(plain.map).max())

@@ -63,3 +63,31 @@ def test_cone_names_what_it_cannot_run_on_a_real_net():
     model = timm_model("edgenext_xx_small")
     ok, why = cone_plan_status(model, 64, layer="stages.1", cone=True)
     assert not ok and why.startswith("not cone-executed") and "tokens" in why, why
+
+
+@pytest.mark.parametrize("name,layer,what", [
+    ("mobilenetv3_small_100", "blocks.1", "squeeze-excitation gates, hard-swish"),
+    ("ghostnet_100", "blocks.3", "GhostNet's channel slice of a concat"),
+    ("convnextv2_atto", "stages.1", "ConvNeXt-V2's global response norm"),
+    ("poolformer_s12", "stages.1", "PoolFormer's GroupNorm and pooling token mixer"),
+    ("nfnet_l0", "stages.0", "NFNet's weight-standardised functional convs"),
+])
+def test_graph_cone_gradient_equals_the_full_gradient(name, layer, what):
+    """The graph planner alone (no analytic trace): the unit's float64 input gradient, cone against full."""
+    from erf.engine.cone_graph import plan_graph
+
+    model = timm_model(name)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    got = {}
+    hook = model.get_submodule(layer).register_forward_hook(lambda _m, _i, o: got.setdefault("out", o))
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64, requires_grad=True)
+    model(x)
+    hook.remove()
+    unit = (1, got["out"].shape[3] - 2)  # near a corner: the border pads are exercised
+    runner = plan_graph(model, layer, 0, unit, (64, 64), 3, torch.float64, torch.device("cpu"), None)
+    assert not isinstance(runner, str), f"{what}: {runner}"
+    (full,) = torch.autograd.grad(got["out"][(0, slice(None), *unit)].sum(), x)
+    (cone,) = torch.autograd.grad(runner(x)[0, :, 0, 0].sum(), x)
+    assert full.abs().max() > 0
+    torch.testing.assert_close(cone, full, rtol=0, atol=1e-12 * float(full.abs().max()))

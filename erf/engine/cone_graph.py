@@ -53,14 +53,18 @@ _ELEMENTWISE_FUNCS: dict[Any, Any] = {
     F.softplus: F.softplus, F.hardtanh: F.hardtanh, F.celu: F.celu, F.selu: F.selu, F.sigmoid: F.sigmoid,
     F.tanh: F.tanh, torch.sigmoid: torch.sigmoid, torch.tanh: torch.tanh, torch.exp: torch.exp,
     torch.sqrt: torch.sqrt, torch.rsqrt: torch.rsqrt, torch.abs: torch.abs, torch.clamp: torch.clamp,
-    torch.erf: torch.erf, F.relu_: F.relu, F.dropout: F.dropout,
+    torch.erf: torch.erf, F.relu_: F.relu, F.dropout: F.dropout, torch.addcmul: torch.addcmul,
+    torch.addcdiv: torch.addcdiv, torch.maximum: torch.maximum, torch.minimum: torch.minimum,
 }
 _ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "add", "mul", "sub", "div", "neg", "exp", "sqrt", "rsqrt", "abs",
                         "clamp", "contiguous", "float", "double", "to", "type_as", "clone", "pow", "erf", "gelu",
-                        "hardswish", "mish"}
+                        "hardswish", "mish", "addcmul", "addcdiv", "maximum", "minimum"}
 _SHAPE_METHODS = {"size", "dim"}
 _SHAPE_ATTRS = {"shape", "ndim", "dtype", "device"}
-_REDUCTIONS = {"mean", "sum", "amax", "amin", "std", "var"}
+_REDUCTIONS = {"mean", "sum", "amax", "amin", "std", "var", "norm"}
+# Ops whose every output position depends on the whole input map (computed whole, their output then cut)
+_DENSE_FUNCS = {F.group_norm, F.instance_norm}
+_DENSE_MODULES = (nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 class Refused(Exception):
@@ -333,10 +337,21 @@ class _Planner:
             if getattr(m, "inplace", False) and len(n.args[0].users) > 1:
                 node.extra["clone"] = True
             return node
+        if isinstance(m, _DENSE_MODULES):
+            return self._dense(n, shape)
         st = module_step(m, self.nd)
         if isinstance(st, str):
             raise Refused(st)
         return self._geometric(n, st, src, shape)
+
+    def _dense(self, n: fx.Node, shape: Any) -> _Node:
+        """Group and instance norms: every position reads the whole map (computed whole, then cut by its users)."""
+        src = self._src(n)
+        if src.layout != tuple(range(2, 2 + self.nd)) or tuple(shape) != tuple(src.shape):
+            raise Refused(f"{_name(n)!r} on a map whose axes are not the last {self.nd} dims of (N, C, ...)")
+        node = self._pointwise(n, shape, broadcast=False)
+        node.whole = True
+        return node
 
     def _geometric(self, n: fx.Node, st: Step, src: _Node, shape: tuple) -> _Node:
         if src.layout != tuple(range(2, 2 + self.nd)) or len(src.shape) != 2 + self.nd:
@@ -379,7 +394,9 @@ class _Planner:
             return self._getitem(n, shape)
         if f in (torch.permute, torch.transpose, torch.flatten, torch.reshape):
             return self._method(n, shape, name)
-        if f in (torch.mean, torch.sum, torch.amax, torch.amin):
+        if f in _DENSE_FUNCS:
+            return self._dense(n, shape)
+        if f in (torch.mean, torch.sum, torch.amax, torch.amin, torch.norm):
             return self._method(n, shape, name)
         raise Refused(f"the op {name!r} is not supported by the cone runner")
 
@@ -428,7 +445,19 @@ class _Planner:
         src = self.info[n.args[0]]
         if src.kind == "tuple" and isinstance(n.args[1], int):
             return _Node("map", src.layout, how="getitem", shape=shape)
-        raise Refused("indexing a map (tensor[...]) is not supported by the cone runner")
+        index = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
+        rank = len(src.shape)
+        if src.kind in ("map", "input") and all(isinstance(e, slice) or e is Ellipsis for e in index) \
+                and sum(e is Ellipsis for e in index) <= 1:
+            at = list(index)
+            if Ellipsis in at:
+                k = at.index(Ellipsis)
+                at[k:k + 1] = [slice(None)] * (rank - len(at) + 1)
+            at += [slice(None)] * (rank - len(at))
+            if all(at[d] == slice(None) for d in src.layout):  # channel slices: every position kept
+                return self._pointwise(n, shape)
+        raise Refused("indexing a map along a map axis, or with integers (tensor[...]), is not supported by the "
+                      "cone runner")
 
     def _method(self, n: fx.Node, shape: Any, name: str | None = None) -> _Node:
         name = name or n.target
@@ -456,9 +485,10 @@ class _Planner:
             return _Node("map", tuple(range(len(shape) - k, len(shape))), how="reshape", shape=shape,
                          extra={"shape": tuple(shape[1:-k])})
         if plain in _REDUCTIONS:
-            dim = _arg(n, 1, "dim")
+            at = 2 if plain == "norm" else 1  # x.norm(p, dim, keepdim)
+            dim = _arg(n, at, "dim")
             dims = tuple(range(rank)) if dim is None else _dims(dim, rank)
-            keep = bool(_arg(n, 2, "keepdim", False))
+            keep = bool(_arg(n, at + 1, "keepdim", False))
             if set(src.layout) <= set(dims):
                 return _Node("complete", shape=shape, whole=True)
             if set(src.layout) & set(dims):
@@ -483,6 +513,8 @@ class _Planner:
                 i.box = need[n]
                 if i.box is None:
                     continue
+                if i.whole:  # a dense op: computed on the whole map
+                    i.box = tuple((0, s - 1) for s in i.size)
             if i.kind in ("const", "shape") or n.op == "placeholder":
                 continue
             ops = [a for a in n.all_input_nodes if info[a].kind in ("map", "input", "tuple")]
@@ -495,6 +527,8 @@ class _Planner:
             if i.how == "step":
                 src = n.all_input_nodes[0]
                 i.take = input_box(i.step, i.box, info[src].size)
+            elif i.whole:
+                i.take = tuple((0, s - 1) for s in info[n.all_input_nodes[0]].size)
             else:
                 i.take = i.box
             for a in ops:
