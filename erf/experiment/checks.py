@@ -43,6 +43,7 @@ def check_models(cfg: Config) -> None:
     """
     fail = Fail(cfg.path)
     seen: dict[str, int] = {}
+    tasks_seen: set[str] = set()
     for p in cfg.points:
         s = p.settings
         size = s["inputs"]["size"]
@@ -50,7 +51,7 @@ def check_models(cfg: Config) -> None:
                     s["measure"]["prefix_tokens"]))
         pre = f"point {p.id} ({p.label}): " if len(cfg.points) > 1 else ""
         if key in seen:
-            _check_point(fail, pre, cfg, s, seen[key])
+            _check_point(fail, pre, cfg, s, seen[key], tasks_seen)
             continue
         try:
             with torch.device("meta"):
@@ -59,7 +60,7 @@ def check_models(cfg: Config) -> None:
             fail("model", f"{pre}{' '.join(str(exc).split())}{_imported(s['model']['name'])}")
         model.eval()
         seen[key] = infer_in_channels(model)
-        _check_point(fail, pre, cfg, s, seen[key])
+        _check_point(fail, pre, cfg, s, seen[key], tasks_seen)
         itemsize = 8 if s["experiment"]["dtype"] == "float64" else 4
         _check_memory(fail, pre, model, size, itemsize)
         try:
@@ -84,7 +85,7 @@ def check_models(cfg: Config) -> None:
     _check_checkpoints(fail, cfg)
 
 
-def _check_point(fail: Fail, pre: str, cfg: Config, s: dict, channels: int) -> None:
+def _check_point(fail: Fail, pre: str, cfg: Config, s: dict, channels: int, tasks_seen: set[str]) -> None:
     """What the run checks when it starts a point, checked here first: the measurement options as the
     engine takes them, the images' normalisation, the generated images' count, the training task."""
     kw = measure_keywords(s["measure"])
@@ -109,7 +110,9 @@ def _check_point(fail: Fail, pre: str, cfg: Config, s: dict, channels: int) -> N
         fail("inputs.count", f"{pre}kind = 'generated' writes each image as a file: at most "
              f"{limits.MAX_GENERATED_IMAGES}; got {inp['count']}")
     tr = s["train"]
-    if tr["enabled"]:
+    key = repr((tr["task"], tr["size"] or inp["size"], channels, s["experiment"]["seed"], tr["task_args"]))
+    if tr["enabled"] and key not in tasks_seen:  # a task once per sweep (an image folder is read once)
+        tasks_seen.add(key)
         size = tr["size"] or inp["size"]
         try:
             task = make_task(tr["task"], size=size if isinstance(size, int) else tuple(size), channels=channels,
