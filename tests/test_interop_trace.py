@@ -15,7 +15,7 @@ TIMM = [  # (name, input px)
     ("rexnet_100", 64), ("regnety_002", 64), ("convnextv2_atto", 64), ("poolformer_s12", 64),
     ("edgenext_xx_small", 64), ("dla34", 64), ("hrnet_w18_small", 64), ("vit_tiny_patch16_224", 224),
     ("deit_tiny_patch16_224", 224), ("swin_tiny_patch4_window7_224", 224), ("mobilevit_xxs", 64),
-    ("coatnet_pico_rw_224", 224), ("maxvit_pico_rw_256", 256), ("convmixer_768_32", 64),
+    ("coatnet_pico_rw_224", 224), ("maxvit_pico_rw_256", 256), ("convmixer_768_32", 64), ("levit_128s", 224),
 ]
 TORCHVISION = [("inception_v3", 96), ("googlenet", 64), ("resnet18", 64), ("swin_t", 224), ("densenet121", 64),
                ("regnet_y_400mf", 64), ("shufflenet_v2_x0_5", 64), ("squeezenet1_0", 64)]

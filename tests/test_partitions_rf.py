@@ -143,3 +143,22 @@ def test_attention_rf_local_is_the_token_path():
 
     r = receptive_field(ViTish(), 32)
     assert r.target.is_global and r.rf_local == (4, 4)
+
+
+def test_unfold_windows_are_exact():
+    class Im2col(nn.Module):  # TNT-style pixel embedding: F.unfold then a linear per window
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3 * 9, 4)
+
+        def forward(self, x):
+            cols = F.unfold(x, 3, padding=1, stride=2)  # (B, 27, L)
+            b, _, l = cols.shape
+            h = x.shape[-1] // 2
+            return self.lin(cols.transpose(1, 2)).transpose(1, 2).reshape(b, 4, h, h)
+
+    model = nn.Sequential(Im2col(), nn.Conv2d(4, 4, 3, padding=1)).double()
+    r = receptive_field(model, 16, in_channels=3)
+    assert r.rf == (7, 7) and r.jump == (2, 2)
+    for unit in [(0, 0), (3, 4), (7, 7)]:
+        assert r.target.box(unit, clip=True) == grad_support(model, 16, lambda m, x: m(x), unit)

@@ -38,25 +38,53 @@ def matmul(call: Call) -> Info | list[Info]:
             dims[replaced] = None  # that slot holds the other operand's positions
         parts.append((t, dims, info))
     dims = [None] * out.dim()
+    placed = []  # per operand: output dim -> its role there
     for t, tdims, _ in parts:
         off = out.dim() - len(tdims)
+        mine = {}
         for d, role in enumerate(tdims):
             if role is not None and 0 <= d + off < out.dim():
-                dims[d + off] = role
+                dims[d + off] = mine[d + off] = role
+        placed.append(mine)
+    n_axes = len(parts[0][2].axes)
+    # rows and columns that index one image axis on different grids (LeViT's subsampled queries against
+    # full-resolution keys): each entry keeps its row's positions and sees every column through a floor
+    coarse = _grid_mismatch(placed, n_axes) if len(parts) == 2 else set()
+    for d, role in placed[1].items() if coarse else ():
+        if d not in placed[0] and any(a in coarse for a, _, _ in axis_parts(role)):
+            dims[d] = None
     seen: dict[tuple, int] = {}
     for role in dims:
         for part in axis_parts(role):
             seen[part] = seen.get(part, 0) + 1
-    n_axes = len(parts[0][2].axes)
     sizes = axis_extents(dims, n_axes)
-    axes = tuple(union_maps([(None, i.axes[k]) for _, _, i in parts], sizes[k]) for k in range(n_axes))
+    axes = []
+    for k in range(n_axes):
+        if k in coarse:
+            cols = call.info(parts[1][0])
+            axes.append(parts[0][2].axes[k].with_floor(parts[1][2].axes[k].span(cols.axis_sizes()[k])))
+        else:
+            axes.append(union_maps([(None, i.axes[k]) for _, _, i in parts], sizes[k]))
     note = next((i.crop_note for _, _, i in parts if i.crop_note), None)
-    res = Info(axes, tuple(dims), note)
+    res = Info(tuple(axes), tuple(dims), note)
     twice = {p for p, c in seen.items() if c > 1}
     if twice:  # an outer product of positions (attention logits): each entry sees both places
         mixed = [d for d, role in enumerate(dims) if any(p in twice for p in axis_parts(role))]
         res = globalise(res, mixed, f"'{call.name}' pairs image positions")
     return res
+
+
+def _grid_mismatch(placed: list[dict], n_axes: int) -> set[int]:
+    """Axes that the two operands index in dims of their own, on different grids."""
+    a, b = placed
+    shared = {d for d in a if d in b and a[d] == b[d]}
+    out = set()
+    for k in range(n_axes):
+        pa = {p for d, r in a.items() if d not in shared for p in axis_parts(r) if p[0] == k}
+        pb = {p for d, r in b.items() if d not in shared for p in axis_parts(r) if p[0] == k}
+        if pa and pb and pa != pb:
+            out.add(k)
+    return out
 
 
 def attention(call: Call) -> Info | list[Info]:

@@ -13,7 +13,7 @@ from erf.analytic.rules.core import Rule, pointwise
 from erf.analytic.rules.mixing import batch_norm, global_op, group_norm, identity, layer_norm, reduce_dims
 from erf.analytic.rules.resample import conv_transpose, interpolate, pixel_shuffle, pixel_unshuffle
 from erf.analytic.rules.shape import cat, expand, flatten, getitem, permute, reshape, split, squeeze_like, stack
-from erf.analytic.rules.window import adaptive_pool, conv, pad, pool
+from erf.analytic.rules.window import adaptive_pool, conv, pad, pool, unfold
 
 POINTWISE = set("""
 abs absolute neg negative exp exp2 expm1 log log2 log10 log1p sqrt rsqrt sin cos tan sinh cosh tanh asin acos atan
@@ -55,7 +55,7 @@ for _nd in "123":
 RULES.update({
     "interpolate": interpolate, "upsample": interpolate, "upsample_nearest": interpolate,
     "upsample_bilinear": interpolate,
-    "pad": pad, "__getitem__": getitem, "narrow": None,
+    "pad": pad, "__getitem__": getitem, "narrow": None, "unfold": unfold, "im2col": unfold,
     "view": reshape, "reshape": reshape, "flatten": flatten, "unflatten": reshape, "squeeze": squeeze_like,
     "unsqueeze": squeeze_like, "view_as": None,
     "permute": permute, "transpose": permute, "swapaxes": permute, "swapdims": permute, "t": permute,

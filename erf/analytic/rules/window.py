@@ -103,3 +103,42 @@ def pad(call: Call) -> Info | list[Info]:
     if mode == "circular":
         res = with_note(res, "circular padding wraps the image around")
     return res
+
+
+def unfold(call: Call) -> Info | list[Info]:
+    """``F.unfold`` (im2col, TNT's pixel embedding): every column holds one sliding window, the columns
+    flatten the output grid; ``Tensor.unfold(dim, size, step)`` on an image dim: windows along it."""
+    x, info = call.args[0], call.info(call.args[0])
+    out = call.out
+    if out.dim() == x.dim() + 1:  # Tensor.unfold(dimension, size, step)
+        d, size, step = int(call.arg(1, "dimension")) % x.dim(), int(call.arg(2, "size")), int(call.arg(3, "step"))
+        role = info.dims[d]
+        dims = list(info.dims) + [None]
+        if role is None:
+            return info.with_(dims=tuple(dims))
+        a = single_axis(role)
+        if a is None:
+            return lose_positions(call, info.with_(dims=tuple(dims)), [d], "unfolds flattened image positions")
+        axes = list(info.axes)
+        axes[a] = ax.window(axes[a], size, step, 1, 0)
+        dims[d] = ((a, out.shape[d]),)
+        return Info(tuple(axes), tuple(dims), info.crop_note)
+    nd = x.dim() - 2
+    k = pairs(call.arg(1, "kernel_size"), nd)
+    dil = pairs(call.arg(2, "dilation", 1), nd)
+    pad = pairs(call.arg(3, "padding", 0), nd)
+    st = pairs(call.arg(4, "stride", 1), nd)
+    axes, grid = list(info.axes), []
+    for j in range(nd):
+        role = info.dims[2 + j]
+        a = single_axis(role)
+        if role is None:
+            continue
+        if a is None:
+            return lose_positions(call, info, [2 + j], "unfolds flattened image positions",
+                                  out_dims=(None,) * out.dim())
+        n_out = (x.shape[2 + j] + 2 * pad[j] - dil[j] * (k[j] - 1) - 1) // st[j] + 1
+        axes[a] = ax.window(axes[a], k[j], st[j], dil[j], pad[j])
+        grid.append((a, n_out))
+    dims = (info.dims[0], None, tuple(grid) or None)
+    return Info(tuple(axes), dims, info.crop_note)
