@@ -17,7 +17,7 @@ from erf.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
 SHIPPED = {"luo_fig1", "luo_growth", "luo_subsample_dilation", "plain_vs_residual", "training", "resnet_family",
-           "vit_vs_cnn", "pretrained_cnn_vs_vit"}
+           "vit_vs_cnn", "pretrained_cnn_vs_vit", "dense_unet"}
 COMPARISONS = ("plain_vs_residual", "training", "resnet_family", "vit_vs_cnn")
 
 GOOD = """
