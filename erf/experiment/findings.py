@@ -314,14 +314,16 @@ def _probe_text(row: dict, m: str) -> str:
     if row.get("probe") != "task" or not nc or m not in nc:
         return ""
     main, noise = row["changes"][m], nc[m]
-    parts = [f"{n} {(v['ratio'] - 1) * 100:+.0f}%{_pct_ci(v['ratio_interval'])}"
-             f"{count_text(v.get('count')).replace('larger', 'up').replace('smaller', 'down')}"
-             for n, v in nc.items()]
+    parts = []
+    for n, v in nc.items():
+        count = count_text(v.get("count")).replace("larger", "up").replace("smaller", "down").removeprefix("; ")
+        parts.append(f"{n} {(v['ratio'] - 1) * 100:+.0f}%{_pct_ci(v['ratio_interval'])}"
+                     + (f" ({count})" if count else ""))
     gap = (noise["ratio"] - main["ratio"]) * 100
     differ = abs(gap) >= 5 or (noise["ratio"] - 1) * (main["ratio"] - 1) < 0
     return (" Probes: the numbers above (and the verdict) use the task's held-out images, at init and after "
-            "training (fresh BatchNorm calibrated on them at init); on the config's noise probes instead, whose "
-            "scale the trained BatchNorm never saw: " + "; ".join(parts) + "."
+            "training (fresh BatchNorm calibrated on them at init); on the config's noise probes instead (inputs "
+            "unlike the training data, at another scale, which the trained BatchNorm never saw): " + "; ".join(parts) + "."
             + (f" The probe moves the change by {gap:+.0f} percentage points: the noise-probe change mixes learning "
                "with the probe's mismatch to the training data." if differ else
                " The two probes agree within 5 percentage points."))
