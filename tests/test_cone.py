@@ -300,7 +300,7 @@ def test_no_cone_with_batchnorm_in_train_mode():
 
 
 class MoreOps(nn.Module):
-    """GhostNet's channel slice of a concat, ConvNeXt-V2's global response norm (a norm over the map axes in
+    """GhostNet's channel slice of a concat, SKNet's stack of paths, ConvNeXt-V2's global response norm (a norm over the map axes in
     NHWC, addcmul), PoolFormer's GroupNorm (every position reads the whole map)."""
 
     def __init__(self, c: int = 6):
@@ -312,7 +312,7 @@ class MoreOps(nn.Module):
 
     def forward(self, x):
         a = self.a(x)
-        h = torch.cat([a, self.b(a)], dim=1)[:, : a.shape[1], ...]
+        h = torch.cat([a, self.b(a)], dim=1)[:, : a.shape[1], ...] + torch.stack([a, self.b(a)], dim=1).amax(dim=1)
         y = h.permute(0, 2, 3, 1)
         g = y.norm(p=2, dim=(1, 2), keepdim=True)
         y = torch.addcmul(self.beta, self.gamma, y * (g / (g.mean(dim=-1, keepdim=True) + 1e-6))) + y
@@ -320,7 +320,7 @@ class MoreOps(nn.Module):
         return self.head(h)
 
 
-def test_graph_cone_runs_channel_slices_global_norms_and_group_norm_exactly():
+def test_graph_cone_runs_channel_slices_stacks_global_norms_and_group_norm_exactly():
     from erf.engine import cone_plan_status
 
     torch.manual_seed(0)

@@ -71,6 +71,7 @@ def test_cone_names_what_it_cannot_run_on_a_real_net():
     ("convnextv2_atto", "stages.1", "ConvNeXt-V2's global response norm"),
     ("poolformer_s12", "stages.1", "PoolFormer's GroupNorm and pooling token mixer"),
     ("nfnet_l0", "stages.0", "NFNet's weight-standardised functional convs"),
+    ("skresnet18", "layer1", "SKNet's stacked paths and softmax over them"),
 ])
 def test_graph_cone_gradient_equals_the_full_gradient(name, layer, what):
     """The graph planner alone (no analytic trace): the unit's float64 input gradient, cone against full."""

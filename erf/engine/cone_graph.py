@@ -388,6 +388,8 @@ class _Planner:
             return _Node("complete", shape=shape, whole=True)
         if f is torch.cat:
             return self._cat(n, shape)
+        if f is torch.stack:
+            return self._stack(n, shape)
         if f in (torch.split, torch.chunk, torch.tensor_split):
             return self._split(n, shape, _arg(n, 2, "dim", 0))
         if f is operator.getitem:
@@ -434,6 +436,16 @@ class _Planner:
         if any(not isinstance(p, fx.Node) or self.info[p].kind not in ("map", "input") for p in parts):
             raise Refused("a concat of a map with a tensor that is not a map")
         return node
+
+    def _stack(self, n: fx.Node, shape: tuple) -> _Node:
+        parts = n.args[0] if n.args else n.kwargs["tensors"]
+        if any(not isinstance(p, fx.Node) or self.info[p].kind not in ("map", "input") for p in parts):
+            raise Refused("a stack of a map with a tensor that is not a map")
+        src = self.info[parts[0]]
+        if any(self.info[p].layout != src.layout or self.info[p].shape != src.shape for p in parts):
+            raise Refused("a stack of maps of different layouts or sizes")
+        d = int(_arg(n, 1, "dim", 0)) % len(shape)
+        return _Node("map", tuple(a + (a >= d) for a in src.layout), shape=shape)
 
     def _split(self, n: fx.Node, shapes: Any, dim: Any) -> _Node:
         src = self._src(n)
