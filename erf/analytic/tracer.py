@@ -298,14 +298,19 @@ def _on_meta(model: nn.Module):
 
 
 def infer_in_channels(model: nn.Module) -> int:
-    """Input channels of the model: those of its first conv layer, else 3.
+    """Input channels of the model: its config's, else those of its first conv layer, else 3.
 
     Args:
         model: any module; only its ``Conv*d`` / ``ConvTranspose*d`` layers are looked at.
 
     Returns:
-        ``in_channels`` of the first conv in ``model.modules()`` order, or 3 when it has none.
+        The channels of the model's own input size (timm's ``pretrained_cfg['input_size']``) where it
+        gives one, else ``in_channels`` of the first conv in ``model.modules()`` order, else 3.
     """
+    cfg = getattr(model, "pretrained_cfg", None)
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if isinstance(size, (tuple, list)) and len(size) >= 2 and isinstance(size[0], int) and size[0] > 0:
+        return int(size[0])
     for m in model.modules():
         if isinstance(m, (nn.modules.conv._ConvNd,)):
             return int(m.in_channels)

@@ -6,7 +6,7 @@ import torch
 
 from erf.analytic import axis as ax
 from erf.analytic.layout import Info, axis_extents, axis_parts, spatial_components
-from erf.analytic.rules.core import Call, globalise, pointwise, union_maps, with_note
+from erf.analytic.rules.core import Call, globalise, lose_positions, pointwise, union_maps, with_note
 
 
 def linear(call: Call) -> Info | list[Info]:
@@ -49,7 +49,7 @@ def matmul(call: Call) -> Info | list[Info]:
     n_axes = len(parts[0][2].axes)
     # rows and columns that index one image axis on different grids (LeViT's subsampled queries against
     # full-resolution keys): each entry keeps its row's positions and sees every column through a floor
-    coarse = _grid_mismatch(placed, n_axes) if len(parts) == 2 else set()
+    coarse, tangled = _grid_mismatch(placed, n_axes) if len(parts) == 2 else (set(), set())
     for d, role in placed[1].items() if coarse else ():
         if d not in placed[0] and any(a in coarse for a, _, _ in axis_parts(role)):
             dims[d] = None
@@ -60,7 +60,7 @@ def matmul(call: Call) -> Info | list[Info]:
     sizes = axis_extents(dims, n_axes)
     axes = []
     for k in range(n_axes):
-        if k in coarse:
+        if k in coarse or k in tangled:
             cols = call.info(parts[1][0])
             axes.append(parts[0][2].axes[k].with_floor(parts[1][2].axes[k].span(cols.axis_sizes()[k])))
         else:
@@ -71,20 +71,26 @@ def matmul(call: Call) -> Info | list[Info]:
     if twice:  # an outer product of positions (attention logits): each entry sees both places
         mixed = [d for d, role in enumerate(dims) if any(p in twice for p in axis_parts(role))]
         res = globalise(res, mixed, f"'{call.name}' pairs image positions")
+    if tangled:  # one side indexes windows, the other another grid (GCViT's global query): follow neither
+        lost = [d for d, role in enumerate(res.dims) if any(p[0] in tangled for p in axis_parts(role))]
+        res = lose_positions(call, res, lost, "pairs positions of a window with those of another grid")
     return res
 
 
-def _grid_mismatch(placed: list[dict], n_axes: int) -> set[int]:
-    """Axes that the two operands index in dims of their own, on different grids."""
+def _grid_mismatch(placed: list[dict], n_axes: int) -> tuple[set[int], set[int]]:
+    """Axes that the two operands index in dims of their own on different grids: (whole axes at two
+    resolutions, as LeViT's subsampled queries; axes where a window partition meets another grid)."""
     a, b = placed
     shared = {d for d in a if d in b and a[d] == b[d]}
-    out = set()
+    whole, tangled = set(), set()
     for k in range(n_axes):
         pa = {p for d, r in a.items() if d not in shared for p in axis_parts(r) if p[0] == k}
         pb = {p for d, r in b.items() if d not in shared for p in axis_parts(r) if p[0] == k}
         if pa and pb and pa != pb:
-            out.add(k)
-    return out
+            plain = all(len(ps) == 1 and next(iter(ps))[1] == 1 for ps in (pa, pb)) and not any(
+                p[0] == k for d, r in {**a, **b}.items() if d in shared for p in axis_parts(r))
+            (whole if plain else tangled).add(k)
+    return whole, tangled
 
 
 def attention(call: Call) -> Info | list[Info]:

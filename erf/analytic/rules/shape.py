@@ -255,3 +255,27 @@ def split(call: Call) -> Info | list[Info]:
             res.append(Info(tuple(axes), tuple(dims), info.crop_note))
         start += o.shape[dim]
     return res
+
+
+def repeat_interleave(call: Call) -> Info | list[Info]:
+    """repeat_interleave along a dim: a broadcast where the dim does not index the image (GCViT's global
+    query repeated over the windows of the batch), a nearest upsampling along a plain image axis."""
+    x, info = call.args[0], call.info(call.args[0])
+    reps, dim = call.arg(1, "repeats"), call.arg(2, "dim")
+    if info is None:
+        return merge(call, [t for t in (x, reps) if isinstance(t, torch.Tensor)], call.out.shape)
+    if dim is None:
+        return lose_positions(call, info, [d for d, r in enumerate(info.dims) if r is not None],
+                              "repeats a flattened tensor", out_dims=(None,))
+    dim = int(dim) % x.dim()
+    role = info.dims[dim]
+    if role is None:
+        return info
+    a = single_axis(role)
+    if a is None or not isinstance(reps, int):
+        return lose_positions(call, info, [dim], "repeats image positions unevenly")
+    axes = list(info.axes)
+    axes[a] = ax.rational_index(axes[a], 1, reps, lambda o: [o // reps])
+    dims = list(info.dims)
+    dims[dim] = ((a, call.out.shape[dim]),)
+    return Info(tuple(axes), tuple(dims), info.crop_note)

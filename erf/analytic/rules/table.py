@@ -12,7 +12,8 @@ from erf.analytic.rules.attention import attention, linear, matmul
 from erf.analytic.rules.core import Rule, pointwise
 from erf.analytic.rules.mixing import batch_norm, global_op, group_norm, identity, layer_norm, reduce_dims
 from erf.analytic.rules.resample import conv_transpose, interpolate, pixel_shuffle, pixel_unshuffle
-from erf.analytic.rules.shape import cat, expand, flatten, getitem, permute, reshape, split, squeeze_like, stack
+from erf.analytic.rules.shape import (cat, expand, flatten, getitem, permute, repeat_interleave, reshape, split,
+                                      squeeze_like, stack)
 from erf.analytic.rules.window import adaptive_pool, conv, pad, pool, unfold
 
 POINTWISE = set("""
@@ -67,7 +68,7 @@ RULES.update({
     "cat": cat, "concat": cat, "concatenate": cat, "stack": stack,
     "split": split, "chunk": split, "tensor_split": split, "unbind": split, "split_with_sizes": split,
     "pixel_shuffle": pixel_shuffle, "pixel_unshuffle": pixel_unshuffle,
-    "expand": expand, "broadcast_to": expand, "expand_as": expand, "repeat_interleave": None,
+    "expand": expand, "broadcast_to": expand, "expand_as": expand, "repeat_interleave": repeat_interleave,
 })
 for _n in ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp", "prod", "median",
            "nansum", "nanmean", "std_mean", "var_mean", "softmax", "log_softmax", "softmin", "cumsum",
