@@ -172,6 +172,7 @@ def pooling_net() -> nn.Module:
         nn.AvgPool2d(3, stride=1, padding=1, divisor_override=5))
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # PyTorch's note: the asymmetric case
 @pytest.mark.parametrize("unit", [None, (0, 0), (4, 0), (2, 1)])
 def test_cone_runs_same_padding_and_ceil_mode_pools_exactly(unit):
     net = pooling_net().double()
