@@ -148,6 +148,12 @@ def check_alignment(call: Call, axis: int, first: tuple[Any, AxisMap], other: tu
     if not why:
         return
     jumps_differ = a.jump != b.jump
+    resampled = jumps_differ and (a.jump.denominator != 1) != (b.jump.denominator != 1)
+    if resampled and call.allow_unaligned is None:  # a map resized to another's size (GhostNet-v3's DFC gate)
+        call.notes.append(f"'{call.name}' at '{call.where}' joins a path resized by a ratio of sizes (jump "
+                          f"{float(a.jump):g} vs {float(b.jump):g}): what it sees is counted for every position "
+                          "(an upper bound)")
+        return
     if call.allow_unaligned is True or (call.allow_unaligned is None and not jumps_differ):
         if not jumps_differ:
             off = ax.centre_offset(a, b)
@@ -171,6 +177,10 @@ def union_maps(maps: list[tuple[Any, AxisMap]], n: int) -> AxisMap:
     only = [m for _, m in maps]
     if len({m.jump for m in only if m.shift != 0}) <= 1:
         return ax.union(only)
+    whole = [m for m in only if m.shift != 0 and m.jump.denominator == 1]
+    if whole and len({m.jump for m in whole}) == 1:  # resized paths (a fractional jump) join the floor
+        rest = [m.globalised(n) for m in only if m.shift != 0 and m.jump.denominator != 1]
+        return ax.union(whole + rest + [m for m in only if m.shift == 0])
     first = next(m for m in only if m.shift != 0)
     lo, hi = [], []
     for i in range(n * first.period):
