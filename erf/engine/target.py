@@ -281,6 +281,11 @@ class TargetRunner:
             if out is None:
                 raise ModelError(f"layer {t.layer or t.module!r} was not reached by the forward pass "
                                  f"(call {t.call_index} of module {t.module!r})")
+        if isinstance(out, (tuple, list)) and t.geometry is not None:
+            # a module returning several tensors (CrossViT's branches, PiT's tokens and class token): its
+            # traced row is the first one with the row's shape
+            shape = tuple(getattr(t.geometry, "shape", ()) or ())
+            out = next((o for o in out if isinstance(o, torch.Tensor) and tuple(o.shape[1:]) == shape[1:]), out)
         if not isinstance(out, torch.Tensor):
             raise ModelError(f"layer {t.layer or 'output'!r} returns {type(out).__name__}, not a tensor; "
                              "pick a layer that returns one tensor with --layer")

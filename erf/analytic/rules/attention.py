@@ -37,16 +37,31 @@ def matmul(call: Call) -> Info | list[Info]:
         if a.dim() >= 2 and b.dim() >= 2:
             dims[replaced] = None  # that slot holds the other operand's positions
         parts.append((t, dims, info))
-    dims = [None] * out.dim()
     placed = []  # per operand: output dim -> its role there
     for t, tdims, _ in parts:
         off = out.dim() - len(tdims)
-        mine = {}
-        for d, role in enumerate(tdims):
-            if role is not None and 0 <= d + off < out.dim():
-                dims[d + off] = mine[d + off] = role
-        placed.append(mine)
-    n_axes = len(parts[0][2].axes)
+        placed.append({d + off: role for d, role in enumerate(tdims) if role is not None and 0 <= d + off < out.dim()})
+    return combine(call, [(t, i) for t, _, i in parts], placed, out.dim())
+
+
+def combine(call: Call, parts: list, placed: list[dict], ndim: int) -> Info:
+    """The result of a product of operands (``a @ b``, einsum) whose dims are already placed.
+
+    Args:
+        call: the op.
+        parts: (tensor, info after its contracted dims were mixed) per traced operand.
+        placed: per operand, output dim -> the role it brings there.
+        ndim: the result's number of dims.
+
+    Returns:
+        The result's ``Info``: positions two operands index in dims of their own are paired (attention
+        logits: a window map, or a gate); rows and columns on different grids are handled as in ``matmul``.
+    """
+    dims = [None] * ndim
+    for mine in placed:
+        for d, role in mine.items():
+            dims[d] = role
+    n_axes = len(parts[0][1].axes)
     # rows and columns that index one image axis on different grids (LeViT's subsampled queries against
     # full-resolution keys): each entry keeps its row's positions and sees every column through a floor
     coarse, tangled = _grid_mismatch(placed, n_axes) if len(parts) == 2 else (set(), set())
@@ -62,10 +77,10 @@ def matmul(call: Call) -> Info | list[Info]:
     for k in range(n_axes):
         if k in coarse or k in tangled:
             cols = call.info(parts[1][0])
-            axes.append(parts[0][2].axes[k].with_floor(parts[1][2].axes[k].span(cols.axis_sizes()[k])))
+            axes.append(parts[0][1].axes[k].with_floor(parts[1][1].axes[k].span(cols.axis_sizes()[k])))
         else:
-            axes.append(union_maps([(None, i.axes[k]) for _, _, i in parts], sizes[k]))
-    note = next((i.crop_note for _, _, i in parts if i.crop_note), None)
+            axes.append(union_maps([(None, i.axes[k]) for _, i in parts], sizes[k]))
+    note = next((i.crop_note for _, i in parts if i.crop_note), None)
     res = Info(tuple(axes), tuple(dims), note)
     twice = {p for p, c in seen.items() if c > 1}
     if twice:  # an outer product of positions (attention logits): each entry sees both places
@@ -75,6 +90,52 @@ def matmul(call: Call) -> Info | list[Info]:
         lost = [d for d, role in enumerate(res.dims) if any(p[0] in tangled for p in axis_parts(role))]
         res = lose_positions(call, res, lost, "pairs positions of a window with those of another grid")
     return res
+
+
+def einsum(call: Call) -> Info | list[Info]:
+    """torch.einsum: indices missing from the output are contracted (mixed), the others placed by letter."""
+    eq = str(call.args[0]).replace(" ", "")
+    ops = call.args[1:]
+    if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+        ops = tuple(ops[0])
+    lhs, arrow, rhs = eq.partition("->")
+    subs = lhs.split(",")
+    if not arrow:
+        rhs = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+    traced = [(t, sub) for t, sub in zip(ops, subs) if call.info(t) is not None]
+    if "." in eq or any(len(sub) != t.dim() for t, sub in traced):
+        t, sub = traced[0]
+        info = call.info(t)
+        return lose_positions(call, info, [d for d, r in enumerate(info.dims) if r is not None],
+                              "is an einsum with '...'", out_dims=(None,) * call.out.dim())
+    parts, placed = [], []
+    for t, sub in traced:
+        info = call.info(t)
+        contracted = [d for d, ch in enumerate(sub) if ch not in rhs]
+        kept = {p for d, r in enumerate(info.dims) if d not in contracted for p in axis_parts(r)}
+        gate = any(p in kept for d in contracted for p in axis_parts(info.dims[d]))
+        if contracted:
+            info = globalise(info, contracted, f"'{call.name}' contracts image positions", drop=True, gate=gate,
+                             rebase=False)
+        placed.append({rhs.index(ch): info.dims[d] for d, ch in enumerate(sub)
+                       if ch in rhs and info.dims[d] is not None})
+        parts.append((t, info))
+    return combine(call, parts, placed, call.out.dim())
+
+
+def recurrent(call: Call) -> Info | list[Info]:
+    """lstm / gru / rnn over a sequence (Sequencer's rows and columns): every step sees the whole sequence
+    (an upper bound for one direction); the final states see all of it."""
+    x, info = call.args[0], call.info(call.args[0])
+    if info is None:
+        return pointwise(call)
+    batch_first = bool(call.args[-1]) if isinstance(call.args[-1], bool) else False
+    seq = 1 if batch_first and x.dim() == 3 else 0
+    out = globalise(info, [seq], f"'{call.name}' runs over image positions")
+    state = globalise(info, list(range(x.dim())), f"'{call.name}' runs over image positions", drop=True, gate=False)
+    outs = call.out if isinstance(call.out, (tuple, list)) else [call.out]
+    res = [out] + [state.with_(dims=(None,) * o.dim()) for o in outs[1:] if isinstance(o, torch.Tensor)]
+    return res if isinstance(call.out, (tuple, list)) else res[0]
 
 
 def _grid_mismatch(placed: list[dict], n_axes: int) -> tuple[set[int], set[int]]:

@@ -7,7 +7,7 @@ from math import floor
 
 from erf.analytic import axis as ax
 from erf.analytic.layout import Info
-from erf.analytic.rules.core import Call, pairs, spatial_window, with_note
+from erf.analytic.rules.core import Call, lose_positions, pairs, spatial_window, with_note
 from erf.analytic.rules.window import adaptive_pool
 from erf.errors import UnsupportedOpError
 
@@ -97,3 +97,24 @@ def pixel_unshuffle(call: Call) -> Info | list[Info]:
     x, info = call.args[0], call.info(call.args[0])
     r = int(call.arg(1, "downscale_factor"))
     return spatial_window(call, x, info, 2, lambda j, m: ax.window(m, r, r, 1, 0))
+
+
+def fold(call: Call) -> Info | list[Info]:
+    """F.fold (col2im, VOLO's outlook attention): windows summed back onto the grid, a transposed window."""
+    x, info = call.args[0], call.info(call.args[0])
+    out = call.out
+    nd = out.dim() - 2
+    k = pairs(call.arg(2, "kernel_size"), nd)
+    dil = pairs(call.arg(3, "dilation", 1), nd)
+    pad = pairs(call.arg(4, "padding", 0), nd)
+    st = pairs(call.arg(5, "stride", 1), nd)
+    role = info.dims[-1]
+    grid = [a for a, _ in role] if role else []
+    if len(grid) != nd or not all(isinstance(a, int) for a in grid) or any(r is not None for r in info.dims[1:-1]):
+        return lose_positions(call, info, [d for d, r in enumerate(info.dims) if r is not None],
+                              "folds windows erf cannot place", out_dims=(None,) * out.dim())
+    axes = list(info.axes)
+    for j, a in enumerate(grid):
+        axes[a] = ax.transposed_window(axes[a], k[j], st[j], dil[j], pad[j])
+    dims = (info.dims[0], None) + tuple(((a, out.shape[2 + j]),) for j, a in enumerate(grid))
+    return Info(tuple(axes), dims, info.crop_note)

@@ -8,10 +8,10 @@ declare for an op erf does not know).
 
 from __future__ import annotations
 
-from erf.analytic.rules.attention import attention, linear, matmul
+from erf.analytic.rules.attention import attention, einsum, linear, matmul, recurrent
 from erf.analytic.rules.core import Rule, pointwise
 from erf.analytic.rules.mixing import batch_norm, global_op, group_norm, identity, layer_norm, reduce_dims
-from erf.analytic.rules.resample import conv_transpose, interpolate, pixel_shuffle, pixel_unshuffle
+from erf.analytic.rules.resample import conv_transpose, fold, interpolate, pixel_shuffle, pixel_unshuffle
 from erf.analytic.rules.shape import (cat, expand, flatten, getitem, permute, repeat_interleave, reshape, split,
                                       squeeze_like, stack)
 from erf.analytic.rules.window import adaptive_pool, conv, pad, pool, unfold
@@ -65,6 +65,8 @@ RULES.update({
     "batch_norm": batch_norm,
     "linear": linear, "bilinear": linear, "matmul": matmul, "bmm": matmul, "mm": matmul, "__matmul__": matmul,
     "scaled_dot_product_attention": attention, "multi_head_attention_forward": attention,
+    "einsum": einsum, "fold": fold, "col2im": fold,
+    "lstm": recurrent, "gru": recurrent, "rnn_tanh": recurrent, "rnn_relu": recurrent,
     "cat": cat, "concat": cat, "concatenate": cat, "stack": stack,
     "split": split, "chunk": split, "tensor_split": split, "unbind": split, "split_with_sizes": split,
     "pixel_shuffle": pixel_shuffle, "pixel_unshuffle": pixel_unshuffle,
