@@ -11,8 +11,9 @@ clipped TRF box, and reach its edges.
     python experiments/zoo.py                      # everything: results/zoo/table.{json,md}
     python experiments/zoo.py --only resnet18 vit_tiny_patch16_224 --out /tmp/zoo
 
-Needs timm and torchvision (the interop venv). Each model runs in a worker process with a
-time limit; a failure is recorded with its one-line cause, never fatal.
+Needs timm and torchvision (the interop venv). Each model runs in a process of its own with a
+time limit (a crash or a hang costs that model only); a failure is recorded with its one-line
+cause, never fatal.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import multiprocessing as mp
+import select
+import subprocess
+import threading
 import re
 import signal
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -101,10 +104,18 @@ def one_line(exc: BaseException) -> str:
 
 
 def probe(source: str, name: str, family: str) -> dict:
-    """Every column for one model; a failing step records its cause and the rest go on where they can."""
+    """Every column for one model (the worker's time limit disarmed after it, whatever happens)."""
     torch.set_num_threads(1)
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(TIMEOUT_S)
+    try:
+        return _probe(source, name, family)
+    finally:
+        signal.alarm(0)
+
+
+def _probe(source: str, name: str, family: str) -> dict:
+    """Every column for one model; a failing step records its cause and the rest go on where they can."""
     rec: dict = {"source": source, "family": family, "name": name}
     try:
         model = build(source, name)
@@ -123,6 +134,13 @@ def probe(source: str, name: str, family: str) -> dict:
             report = erf.receptive_field(model, size, layer=rec["layer"])
         rec["trace_s"] = round(time.perf_counter() - t, 3)
         rec["input"] = size
+        if rec["layer"] is None and report.target.is_global and len(report.target.shape) <= 2:
+            # no stage list to pick from (no feature_info): the last traced map that is not global yet
+            row = next((r for r in reversed(report.layers) if len(r.shape) > 2 and not r.is_global
+                        and r.name != "input"), None)
+            if row is not None:
+                rec["layer"] = row.name
+                report.target = row
         row = report.target
         rec.update(rf=list(row.rf), rf_local=list(row.rf_local), jump=[float(j) for j in row.jump],
                    is_global=row.is_global, local_global=row.is_global_local,
@@ -158,7 +176,6 @@ def probe(source: str, name: str, family: str) -> dict:
         rec["exact"] = f"not checked: {exc}"
     except Exception as exc:
         rec["exact"] = f"not checked: {one_line(exc)}"
-    signal.alarm(0)
     return rec
 
 
@@ -255,7 +272,14 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="model names (timm or torchvision)")
     ap.add_argument("--skip-torchvision", action="store_true")
     ap.add_argument("--merge", action="store_true", help="with --only: replace those rows of OUT/table.json, keep the rest")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:  # a worker: one job per line on stdin, one record per line on stdout
+        for line in sys.stdin:
+            rec = probe(*json.loads(line))
+            sys.stdout.write("ZOO " + json.dumps(rec) + "\n")
+            sys.stdout.flush()
+        return 0
     import timm  # lazy: optional
     import torchvision  # lazy: optional
 
@@ -264,7 +288,14 @@ def main(argv=None) -> int:
         tv = set(torchvision_models())
         jobs = [("torchvision" if n in tv else "timm", n, n) for n in args.only]
     else:
-        jobs = [("timm", n, f) for f, n in timm_families().items()]
+        cache = Path(args.out) / "selection.json"  # the family -> smallest model choice (slow: meta builds)
+        if cache.exists():
+            fams = json.loads(cache.read_text())
+        else:
+            fams = timm_families()
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(fams, indent=1))
+        jobs = [("timm", n, f) for f, n in fams.items()]
         if not args.skip_torchvision:
             jobs += [("torchvision", n, re.match(r"[a-z]+", n).group(0)) for n in torchvision_models()]
     meta = {"machine": "a 2-core CPU (no GPU)", "torch": torch.__version__, "timm": timm.__version__,
@@ -277,20 +308,53 @@ def main(argv=None) -> int:
         records = [r for r in old if r["name"] not in names]
         family = {r["name"]: r["family"] for r in old}
         jobs = [(src, name, family.get(name, fam)) for src, name, fam in jobs]
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(args.workers, mp_context=ctx, max_tasks_per_child=4) as pool:
-        futs = {pool.submit(probe, *j): j for j in jobs}
-        for k, f in enumerate(as_completed(futs), 1):
-            src, name, fam = futs[f]
-            try:
-                rec = f.result()
-            except Exception as exc:  # the worker died (memory, a crash in C++)
-                rec = {"source": src, "family": fam, "name": name, "error": f"worker: {one_line(exc)}"}
+    def run_chunk(chunk: list) -> list[dict]:
+        """Models one after another in one worker process (imports paid once); a crash or a hang costs
+        that model only: the worker is replaced and goes on with the next."""
+        done, proc = [], None
+        for src, name, fam in chunk:
+            if proc is None or proc.poll() is not None:
+                proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+            proc.stdin.write(json.dumps([src, name, fam]) + "\n")
+            proc.stdin.flush()
+            rec, deadline = None, time.monotonic() + TIMEOUT_S + 60
+            while rec is None and time.monotonic() < deadline:
+                ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    break
+                line = proc.stdout.readline()
+                if not line:  # the worker died
+                    break
+                if line.startswith("ZOO "):
+                    rec = json.loads(line[4:])
+            if rec is None:
+                proc.kill()
+                proc = None
+                rec = {"source": src, "family": fam, "name": name,
+                       "error": f"worker: died or over {TIMEOUT_S + 60} s"}
+            done.append(rec)
+            progress(rec)
+        if proc is not None:
+            proc.stdin.close()
+            proc.wait(timeout=60)
+        return done
+
+    lock = threading.Lock()
+    count = [0]
+
+    def progress(rec):
+        with lock:
             records.append(rec)
-            print(f"[{k}/{len(jobs)}] {name}: trace {rec.get('trace_s')} s, measure {rec.get('measure_s')} s, "
-                  f"{rec.get('exact', '')} {rec.get('error', '')}", flush=True)
-            if k % 10 == 0:
-                write(out, records, meta)
+            count[0] += 1
+            print(f"[{count[0]}/{len(jobs)}] {rec['name']}: trace {rec.get('trace_s')} s, measure "
+                  f"{rec.get('measure_s')} s, {rec.get('exact', '')} {rec.get('error', '')}", flush=True)
+            if count[0] % 10 == 0:
+                write(out, list(records), meta)
+
+    chunks = [jobs[i::args.workers] for i in range(args.workers)]
+    with ThreadPoolExecutor(args.workers) as pool:
+        list(pool.map(run_chunk, chunks))
     write(out, records, meta)
     return 0
 

@@ -172,6 +172,14 @@ def attention(call: Call) -> Info | list[Info]:
     axes = []
     for a in range(n_axes):
         maps = ([qi.axes[a]] if qi is not None else []) + [p.axes[a] for p in parts]
+        if qi is not None and any(m.shift and m.jump != qi.axes[a].jump for m in maps[1:]):
+            # pooled queries against full-resolution keys (Hiera, SAM2): each query keeps its own positions,
+            # what the keys and values saw joins its floor
+            m = qi.axes[a]
+            for p in parts:
+                m = m.with_floor(p.axes[a].span(p.axis_sizes()[a]))
+            axes.append(m)
+            continue
         axes.append(union_maps([(None, m) for m in maps], base.axis_sizes()[a]))
     note = next((i.crop_note for i in [qi, *parts] if i is not None and i.crop_note), None)
     res = Info(tuple(axes), base.dims if qi is not None else (None,) * q.dim(), note)

@@ -26,7 +26,7 @@ import torch
 
 from erf.analytic import axis as ax
 from erf.analytic.axis import AxisMap
-from erf.analytic.layout import Info, axis_extents, axis_parts, rebase_parts, single_axis, spatial_components
+from erf.analytic.layout import Info, Part, axis_extents, axis_parts, rebase_parts, single_axis, spatial_components
 from erf.errors import AlignmentError, UnsupportedOpError
 
 Rule = Callable[["Call"], Any]  # returns an Info, or a list of them for several outputs
@@ -296,6 +296,14 @@ def spatial_window(call: Call, x, info: Info, nd: int, per_axis) -> Info:
         if role is None:
             continue
         a = single_axis(role)
+        n_out = call.out.shape[d] if isinstance(call.out, torch.Tensor) else call.out[0].shape[d]
+        inner = _window_inner(role, dims, d, n_out)
+        if inner is not None:  # inside the windows of a partition (Hiera's pooled queries): on the whole axis
+            a, w = inner
+            axes[a] = per_axis(k, axes[a])  # exact where no window straddles a border; else an upper bound
+            dims = [_restride(r, a, w, n_out) for r in dims]
+            dims[d] = ((Part(a, 1), n_out),)
+            continue
         if a is None:
             out = call.out if isinstance(call.out, torch.Tensor) else call.out[0]
             lost = [first + j for j in range(nd) if dims[first + j] is not None]
@@ -305,6 +313,25 @@ def spatial_window(call: Call, x, info: Info, nd: int, per_axis) -> Info:
         axes[a] = per_axis(k, axes[a])
         dims[d] = ((a, call.out.shape[d] if isinstance(call.out, torch.Tensor) else call.out[0].shape[d]),)
     return Info(tuple(axes), tuple(dims), info.crop_note)
+
+
+def _window_inner(role, dims, d: int, n_out: int) -> tuple[int, int] | None:
+    """(axis, window) when dim ``d`` holds the inner factor of a window partition of one axis (stride 1,
+    size ``window``) whose outer factor sits in another dim, and ``n_out`` divides the window; else None."""
+    if not role or len(role) != 1 or not isinstance(role[0][0], Part) or role[0][0].stride != 1:
+        return None
+    a, w = role[0][0].axis, role[0][1]
+    outer = [p for e, r in enumerate(dims) if e != d for p in axis_parts(r) if p[0] == a]
+    if len(outer) != 1 or outer[0][1] != w or n_out < 1 or w % n_out:
+        return None
+    return a, w
+
+
+def _restride(role, a: int, w: int, n_out: int):
+    if not role:
+        return role
+    return tuple((Part(a, n_out), s) if isinstance(k, Part) and k.axis == a and k.stride == w else (k, s)
+                 for k, s in role)
 
 
 def pointwise(call: Call) -> Info | list[Info]:
