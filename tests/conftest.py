@@ -11,7 +11,9 @@ other skip of an interop test is a failure, so nothing in that stage passes by s
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 
 import pytest
 
@@ -100,3 +102,17 @@ def offline(monkeypatch, tmp_path):
         monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True, raising=False)
         monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"), raising=False)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _default_sigint():
+    """Python's own Ctrl-C handler in every test: a shell starts background jobs with SIGINT ignored, and
+    the CLI tells a real Ctrl-C from code raising KeyboardInterrupt only over the default handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
