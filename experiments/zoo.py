@@ -227,7 +227,7 @@ def summarise(records: list[dict]) -> dict:
     def count(src):
         rs = [r for r in records if r["source"] == src]
         traced = [r for r in rs if "trace_s" in r]
-        measured = [r for r in rs if "measure_s" in r]
+        measured = [r for r in rs if "measure_s" in r and not str(r.get("error", "")).startswith("measure")]
         return {"models": len(rs), "traced": len(traced), "measured": len(measured),
                 "exact": sum(1 for r in rs if r.get("exact") == "exact"),
                 "inside": sum(1 for r in rs if str(r.get("exact", "")).startswith("inside")),
@@ -247,8 +247,13 @@ def write(out: Path, records: list[dict], meta: dict) -> None:
              f"Made by `python experiments/zoo.py` on {meta['machine']}, torch {meta['torch']}, timm {meta['timm']}, "
              f"torchvision {meta['torchvision']}; random weights; one CPU thread per model. `rf` is the strict TRF of "
              "the default layer (gates and attention included, unclipped); `rf_local` the spatial path without "
-             "them. `exact`: float64 gradient support of the centre unit equals its clipped TRF box; `inside`: "
-             "within it (an upper bound there); `OUTSIDE` would be a bug.", ""]
+             "them. `trace s`: `erf.receptive_field` at the input shown (224 px, or the model's own size where it "
+             "needs one). `measure s`: `erf.measure` of the default layer (the last spatial stage), 2 samples, "
+             "`bn='as_is'`. `exact`: with every parameter perturbed (no closed branch) and in float64 at a small "
+             "input (64-128 px where the model runs there), the gradient support of the centre unit equals its "
+             "clipped TRF box; `inside`: within it (an upper bound there); `OUTSIDE` would be a bug. Large "
+             "fixed-size ViTs are not checked in float64 (the same attention rules are checked on the smaller ones).",
+             ""]
     for src, s in summary.items():
         lines.append(f"- {src}: {s['models']} models, {s['traced']} traced, {s['measured']} measured, "
                      f"{s['exact']} exact, {s['inside']} inside, {s['outside']} outside, {s['cone']} cone-executed; "
@@ -273,7 +278,12 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-torchvision", action="store_true")
     ap.add_argument("--merge", action="store_true", help="with --only: replace those rows of OUT/table.json, keep the rest")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rewrite", action="store_true", help="rewrite OUT/table.md and the summary from OUT/table.json")
     args = ap.parse_args(argv)
+    if args.rewrite:
+        data = json.loads((Path(args.out) / "table.json").read_text())
+        write(Path(args.out), data["models"], data["meta"])
+        return 0
     if args.worker:  # a worker: one job per line on stdin, one record per line on stdout
         for line in sys.stdin:
             rec = probe(*json.loads(line))
