@@ -74,13 +74,14 @@ class LayerRF:
 
     @property
     def padding(self) -> tuple:
-        """Effective padding P: unit 0 starts at input pixel ``-P``."""
-        return tuple(None if m.box(0) is None else -m.box(0)[0] for m in self.axes)
+        """Effective padding P: unit 0 starts at input pixel ``-P`` (its spatial path's box, gates aside)."""
+        return tuple(None if m.local.box(0) is None else -m.local.box(0)[0] for m in self.axes)
 
     @property
     def center(self) -> tuple:
-        """Centre of unit 0 (all axes) in input pixels, 0-based (the blogs' 'start' is this + 0.5)."""
-        return tuple(None if m.box(0) is None else _num(Fraction(sum(m.box(0)), 2)) for m in self.axes)
+        """Centre of unit 0 (all axes) in input pixels, 0-based (the blogs' 'start' is this + 0.5); of its
+        spatial path's box where gates or attention widen the strict one."""
+        return tuple(None if m.local.box(0) is None else _num(Fraction(sum(m.local.box(0)), 2)) for m in self.axes)
 
     @property
     def shift_invariant(self) -> bool:
