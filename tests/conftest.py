@@ -104,6 +104,19 @@ def offline(monkeypatch, tmp_path):
     return tmp_path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _default_sigint_session():
+    """The same for module- and session-scoped fixtures (they run before function-scoped ones)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(autouse=True)
 def _default_sigint():
     """Python's own Ctrl-C handler in every test: a shell starts background jobs with SIGINT ignored, and
