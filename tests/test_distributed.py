@@ -106,7 +106,8 @@ def test_every_rank_stops_when_rank_0_refuses_to_drop_an_interrupted_run(tmp_pat
     cfg = tmp_path / "c.toml"
     cfg.write_text('[experiment]\nname = "c"\n[model]\nname = "plain_net"\nargs = { width = 2, depth = 2 }\n'
                    '[inputs]\nsize = 12\n[measure]\nsamples = 2\n')
-    (tmp_path / ".out.partial").mkdir()  # an interrupted run of this config
+    (tmp_path / ".out.partial").mkdir()  # an interrupted run of this config (an empty one is discarded)
+    (tmp_path / ".out.partial" / "run.json").write_text("{}")
     done = _erf("run", cfg, "--out", tmp_path / "out", procs=2, check=False)
     assert done.returncode != 0 and "exitcode  : 2" in done.stderr  # both workers ended, with exit code 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("erf: error")]
