@@ -10,6 +10,7 @@ other skip of an interop test is a failure, so nothing in that stage passes by s
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import signal
 import sys
@@ -104,9 +105,10 @@ def offline(monkeypatch, tmp_path):
     return tmp_path
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _default_sigint_session():
-    """The same for module- and session-scoped fixtures (they run before function-scoped ones)."""
+@contextlib.contextmanager
+def default_sigint():
+    """Python's own Ctrl-C handler while inside: a shell starts background jobs with SIGINT ignored, and the
+    CLI tells a real Ctrl-C from code raising KeyboardInterrupt only over the default handler."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -115,17 +117,17 @@ def _default_sigint_session():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _default_sigint_session():
+    """For module- and session-scoped fixtures (they run before function-scoped ones)."""
+    with default_sigint():
+        yield
 
 
 @pytest.fixture(autouse=True)
 def _default_sigint():
-    """Python's own Ctrl-C handler in every test: a shell starts background jobs with SIGINT ignored, and
-    the CLI tells a real Ctrl-C from code raising KeyboardInterrupt only over the default handler."""
-    if threading.current_thread() is not threading.main_thread():
+    """In every test (a test may have changed the handler)."""
+    with default_sigint():
         yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
