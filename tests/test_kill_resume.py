@@ -288,3 +288,16 @@ def test_a_damaged_training_save_is_set_aside_with_a_note(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "training save" in err and "damaged" in err
     assert (tmp_path / "engine" / "damaged" / "p000.train").read_bytes() == bytes(data)
+
+
+def test_a_lock_temporary_left_by_a_kill_is_removed_by_the_next_run(tmp_path):
+    from erf.cli import main
+
+    cfg = tmp_path / "k.toml"
+    cfg.write_text('[experiment]\nname = "k"\n[model]\nname = "plain_net"\nargs = { width = 2, depth = 2 }\n'
+                   '[inputs]\nsize = 12\n[measure]\nsamples = 2\n')
+    (tmp_path / "r").mkdir()
+    leftover = tmp_path / "r" / ".k.lock.abc123"  # a kill between writing the lock's temporary file and linking it
+    leftover.write_text('{"pid": 1}\n')
+    assert main(["run", str(cfg), "--out", str(tmp_path / "r" / "k"), "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["k"]

@@ -123,6 +123,11 @@ class RunFolder:
             for _ in range(3):
                 if _create_exclusive(self.lock_path, text):
                     self._lock_text = text
+                    # a run killed while making its lock leaves the temporary file of it; holding the lock now,
+                    # remove such leftovers (another process's try at it then fails to link and is refused)
+                    for tmp in self.lock_path.parent.glob(f"{self.lock_path.name}.*"):
+                        with contextlib.suppress(OSError):
+                            tmp.unlink()
                     return
                 holder = _read_lock(self.lock_path)
                 if holder is not None and _alive(holder):
