@@ -41,12 +41,12 @@ def option_flags() -> dict[str, str]:
     return {f.name: f.metadata["flag"] for f in dataclasses.fields(MeasureOptions) if f.metadata["flag"]}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``measure`` parser: the model flags, one flag per ``MeasureOptions`` field, the outputs."""
-    p = sub.add_parser("measure", help="measure the effective receptive field (ERF) of one unit",
-                       description="Average |d unit / d input| over random inputs (Luo et al. 2016) and compare "
-                                   "the ERF with the theoretical receptive field.")
-    add_model_args(p)  # also --in-channels and --prefix-tokens (shared with erf rf)
+def add_measure_flags(p: argparse.ArgumentParser) -> None:
+    """Add one flag per ``MeasureOptions`` field that has CLI metadata (``erf measure``, ``erf profile``).
+
+    Args:
+        p: the subcommand's parser.
+    """
     for f in dataclasses.fields(MeasureOptions):
         cli = f.metadata.get("cli")
         if cli is None:
@@ -55,6 +55,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         if kw.get("action") != "store_true":
             kw["default"] = f.default
         p.add_argument(f.metadata["flag"], **kw)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``measure`` parser: the model flags, one flag per ``MeasureOptions`` field, the outputs."""
+    p = sub.add_parser("measure", help="measure the effective receptive field (ERF) of one unit",
+                       description="Average |d unit / d input| over random inputs (Luo et al. 2016) and compare "
+                                   "the ERF with the theoretical receptive field.")
+    add_model_args(p)  # also --in-channels and --prefix-tokens (shared with erf rf)
+    add_measure_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="write a heatmap of the ERF")
     p.add_argument("--log-scale", action="store_true", help="log colour scale for --plot")

@@ -8,15 +8,13 @@ targets. Building this parser imports the engine (and torch), as ``erf measure``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 
 from erf import limits, models
 from erf.analytic import spatial_ndim
 from erf.cli.common import add_model_args, check_output_file, input_size, parse_ints, positive_int
-from erf.cli.measure import options_from_args
-from erf.engine import MeasureOptions
+from erf.cli.measure import add_measure_flags, options_from_args
 from erf.engine.grid import measure_grid
 from erf.engine.profile import profile
 from erf.errors import ErfError
@@ -31,14 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "unit of --layer), so one forward and one backward per batch give every "
                                    "target's map. Each target gets --samples input samples.")
     add_model_args(p)
-    for f in dataclasses.fields(MeasureOptions):
-        cli = f.metadata.get("cli")
-        if cli is None:
-            continue
-        kw = {"help": f.metadata["help"], **cli}
-        if kw.get("action") != "store_true":
-            kw["default"] = f.default
-        p.add_argument(f.metadata["flag"], **kw)
+    add_measure_flags(p)
     p.add_argument("--layers", metavar="A,B,...", help="the layers of a profile (names as 'erf rf MODEL' lists)")
     p.add_argument("--units", metavar="grid|I,J;I,J", help="units of --layer: 'grid' (every unit, or --points per "
                                                             "axis) or a list separated by ';'")
