@@ -199,8 +199,18 @@ def test_rerun_replaces_results_and_refuses_foreign_folder(tmp_path, capsys):
     cfg.write_text(SMALL)
     out = tmp_path / "small"
     assert main(["run", str(cfg), "--out", str(out), "--seed", "1"]) == 0
+    first = json.loads((out / "summary.json").read_text())
+    assert "## Changes from the previous version" not in (out / "report.md").read_text()  # nothing replaced
     assert main(["run", str(cfg), "--out", str(out), "--seed", "2"]) == 0
     assert json.loads((out / "summary.json").read_text())["seed"] == 2
+    # the report measures what moved against the run it replaced: every map, previous -> now
+    report = (out / "report.md").read_text()
+    assert "## Changes from the previous version" in report
+    now = json.loads((out / "summary.json").read_text())
+    for old, new in zip(first["points"], now["points"]):
+        a, b = old["metrics"]["sigma_x"], new["metrics"]["sigma_x"]
+        row = next(line for line in report.splitlines() if line.startswith(f"| {new['label']} | sigma_x |"))
+        assert row.endswith(f"| {(b - a) / a:+.0%} |"), row
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small", "small.toml"]
     foreign = tmp_path / "mine"
     foreign.mkdir()

@@ -19,7 +19,7 @@ def write_outputs(cfg: Config, records: list[Record], out_dir: Path, env: dict, 
         cfg: the experiment.
         records: the measured records.
         out_dir: the results folder (it exists).
-        env: ``runner.environment`` of the run.
+        env: ``runner.environment`` of the run (with ``previous``: ``previous.load_previous`` of the folder replaced).
         seconds: the run's wall time.
     """
     env = {**env, "code_version": env.get("code_version") or code_version()}  # once, for both files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from erf.experiment.formatting import fill_settings, fmt_ci, fmt, metric_axis, setup_line, title_of
+from erf.experiment.previous import changes_table
 from erf.experiment.records import Record
 from erf.experiment.writers import code_version
 from erf.experiment.sweeps import Config, format_value
@@ -18,7 +19,7 @@ def markdown(cfg: Config, records: list[Record], analyses: dict, notes: list[str
         analyses: ``analysis.analyse`` of the records.
         notes: ``analysis.findings``.
         figures: the figures drawn (``{file, caption}`` each).
-        env: ``runner.environment`` of the run.
+        env: ``runner.environment`` of the run (with ``previous``: ``previous.load_previous`` of the folder replaced).
         seconds: the run's wall time.
 
     Returns:
@@ -52,8 +53,10 @@ def markdown(cfg: Config, records: list[Record], analyses: dict, notes: list[str
     lines += ["- Definitions: σ = moment standard deviation of the ERF map per axis; ERF size = 2σ; "
               "ERF/TRF = 2σ / TRF; the TRF is the exact theoretical receptive field of the centre unit.", ""]
     lines += ["## What the numbers show", ""] + [f"- {n}" for n in notes] + [""]
-    if cfg.settings["report"]["changes"].strip() and not cfg.quick:  # the committed full run's changes only
-        lines += ["## Changes from the previous version", "", cfg.settings["report"]["changes"].strip(), ""]
+    moved = [] if cfg.quick else changes_table(env.get("previous"), records, cfg.settings["report"]["metrics"])
+    why = cfg.settings["report"]["changes"].strip()
+    if (why or moved) and not cfg.quick:  # the committed full run's changes only
+        lines += ["## Changes from the previous version", ""] + ([why, ""] if why else []) + moved
     if figures:
         lines += ["## Figures", ""]
         for f in figures:

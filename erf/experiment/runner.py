@@ -32,6 +32,7 @@ from erf.errors import ConfigError, ErfError
 from erf.experiment.checks import check_models
 from erf.experiment.outputs import write_outputs
 from erf.experiment.points import measure_point
+from erf.experiment.previous import load_previous
 from erf.experiment.records import Record
 from erf.experiment.runfolder import RunFolder, check_destination, destination, fingerprint, resume_command
 from erf.experiment.sweeps import Config, Point
@@ -76,6 +77,7 @@ def run_experiment(cfg: Config, out: str | os.PathLike | None = None, progress: 
     device = _device(cfg)
     run = RunFolder(dest, fingerprint(cfg, device))
     command = resume_command(cfg, dest)
+    previous = None if cfg.quick else load_previous(dest)  # read before the run replaces it: the report's changes
     refused, finished = None, False
     if distributed.is_main():
         try:
@@ -97,7 +99,8 @@ def run_experiment(cfg: Config, out: str | os.PathLike | None = None, progress: 
         t0 = time.perf_counter()
         records = measure_all(cfg, device, run, False if quiet else progress)
         if distributed.is_main():
-            write_outputs(cfg, records, run.out, environment(device), time.perf_counter() - t0)
+            write_outputs(cfg, records, run.out, {**environment(device), "previous": previous},
+                          time.perf_counter() - t0)
             run.finish()
     except BaseException as exc:
         if distributed.is_main():

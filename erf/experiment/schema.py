@@ -171,8 +171,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "pretrained": Key(False, _bool, "bool", "timm:NAME / torchvision:NAME: load the library's trained weights, "
                           "fetched into its own cache (CLI --pretrained); offline, use checkpoint instead"),
         "networks": Key(1, _int(1, limits.MAX_WEIGHT_DRAWS), "int",
-                        "independently seeded networks per sweep point (each built, trained and measured; intervals "
-                        "resample networks, then inputs within them)"),
+                        "independently seeded networks per sweep point (each built, trained and measured; the "
+                        "intervals are a studentized jackknife over networks, and verdicts need several)"),
         "normalize_networks": Key(False, _bool, "bool",
                                   "divide each network's map by its total before averaging over networks"),
     },
