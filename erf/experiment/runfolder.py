@@ -9,13 +9,13 @@ last save with the same numbers. A saved file that does not match its checksum i
 ``damaged/`` (never deleted; it ends in the results' ``damaged/``) and that measurement is made again.
 
 A run deletes only what it wrote: the results folder it replaces must hold nothing but the files
-listed in its ``.erf-manifest.json`` (``write_manifest``, ``foreign_problem``) and none of the run's
+listed in its ``.erf-manifest.json`` (``erf.experiment.manifest``) and none of the run's
 inputs (``check_destination``); ``run.json`` records the digests of those inputs, and a resume whose
 inputs changed is refused.
 
-``.<name>.lock`` beside it holds the process id and host of the run writing there: a second run
-into the same place is refused while that process lives; a lock left by a dead process of this
-host is replaced. The end of a run is a marker (``finished``) then two renames; a run killed
+``.<name>.lock`` beside it holds the process id and host of the run writing there
+(``erf.experiment.runlock``): a second run into the same place is refused while that process
+lives; a lock left by a dead process of this host is replaced. The end of a run is a marker (``finished``) then two renames; a run killed
 between them is completed by the next start (``RunFolder.recover``), so a finished run leaves no
 ``.partial`` and no old copy behind.
 """
@@ -29,15 +29,16 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import stat
 import sys
 import tempfile
 from pathlib import Path
 
-from erf import __version__, distributed, limits
+from erf import distributed, limits
 from erf.engine import ERFResult
 from erf.errors import ConfigError, ErfError
+from erf.experiment.manifest import MANIFEST, foreign_problem, manifest_owner, write_manifest
+from erf.experiment.runlock import release_lock, take_lock
 from erf.experiment.sweeps import Config
 from erf.io import atomic_write, file_sha256, fsync_dir, fsync_tree, set_aside, to_json, verify
 
@@ -115,38 +116,12 @@ class RunFolder:
                 folder cannot be written (read-only, full, not a folder).
         """
         self.new_parent = not self.dest.parent.exists()
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid()),
-              "command": " ".join(sys.argv)}
-        text = json.dumps(me) + "\n"
-        try:
-            self.dest.parent.mkdir(parents=True, exist_ok=True)
-            for _ in range(3):
-                if _create_exclusive(self.lock_path, text):
-                    self._lock_text = text
-                    # a run killed while making its lock leaves the temporary file of it; holding the lock now,
-                    # remove such leftovers (another process's try at it then fails to link and is refused)
-                    for tmp in self.lock_path.parent.glob(f"{self.lock_path.name}.*"):
-                        with contextlib.suppress(OSError):
-                            tmp.unlink()
-                    return
-                holder = _read_lock(self.lock_path)
-                if holder is not None and _alive(holder):
-                    raise ConfigError(f"{self.dest} is being written by another erf run (process {holder.get('pid')} "
-                                      f"on {holder.get('host')}: {holder.get('command', '?')}); wait for it to end or "
-                                      f"stop it, or choose another --out (if no such run is going on, remove "
-                                      f"{self.lock_path})")
-                _remove_stale(self.lock_path, holder)
-        except OSError as exc:
-            raise ConfigError(f"cannot write in {self.dest.parent}: {exc.strerror or exc}; choose another --out "
-                              "(a writable folder with free space)") from None
-        raise ConfigError(f"cannot take the lock {self.lock_path}: other processes keep replacing it; retry")
+        self._lock_text = take_lock(self.lock_path, self.dest)
 
     def unlock(self) -> None:
         """Release the lock (this process's own only); remove the results root if this run made it and it is empty."""
         if self._lock_text is not None:
-            with contextlib.suppress(OSError):
-                if self.lock_path.read_text() == self._lock_text:
-                    self.lock_path.unlink()
+            release_lock(self.lock_path, self._lock_text)
             self._lock_text = None
         if self.new_parent:
             with contextlib.suppress(OSError):  # only if still empty
@@ -412,128 +387,10 @@ def check_destination(cfg: Config, dest: Path) -> None:
     problem = foreign_problem(dest)
     if problem:
         raise ConfigError(f"{cfg.path}: --out: {problem}")
-    if cfg.quick and _owner(dest).get("quick") is False:
+    if cfg.quick and manifest_owner(dest).get("quick") is False:
         raise ConfigError(f"{cfg.path}: --out: {dest} holds the results of a full run, which a --quick run does "
                           f"not replace; leave out --out (quick results go to results/{cfg.name}-quick) or choose "
                           "another folder")
-
-
-MANIFEST = ".erf-manifest.json"  # in every results folder: the files the run wrote there (the only ones it deletes)
-_LEGACY_FILES = ("summary.json", "sweep.csv", "maps.npz", "report.md")  # what an older erf wrote (no manifest)
-_LEGACY_DIRS = ("maps", "weights", "damaged")
-_MAX_WALK = 100_000  # entries looked at in a destination before it is called too large to be erf's
-
-
-def write_manifest(folder: Path, cfg_name: str, quick: bool) -> Path:
-    """List every file under ``folder`` (size, SHA-256) in ``folder/.erf-manifest.json``: what the run owns.
-
-    Args:
-        folder: a complete results folder (``out/``).
-        cfg_name: the experiment's name.
-        quick: whether the run was ``--quick``.
-
-    Returns:
-        The manifest's path.
-    """
-    files, dirs = {}, []
-    for root, subdirs, names in os.walk(folder):
-        rel_root = Path(root).relative_to(folder)
-        dirs += [(rel_root / d).as_posix() for d in subdirs]
-        for name in names:
-            rel = (rel_root / name).as_posix()
-            if rel != MANIFEST:
-                files[rel] = {"size": os.path.getsize(Path(root) / name), "sha256": file_sha256(Path(root) / name)}
-    data = {"written_by": f"erf {__version__}", "experiment": cfg_name, "quick": quick, "dirs": sorted(dirs),
-            "files": dict(sorted(files.items()))}
-    text = json.dumps(data, indent=1) + "\n"
-    return atomic_write(folder / MANIFEST, lambda f: Path(f).write_text(text))
-
-
-def _owner(dest: Path) -> dict:
-    """What the manifest (or an older erf's ``summary.json``) of ``dest`` says; {} when neither is there."""
-    for name in (MANIFEST, "summary.json"):
-        try:
-            data = json.loads((dest / name).read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            continue
-        if isinstance(data, dict) and (name == MANIFEST or isinstance(data.get("versions"), dict)
-                                       and "erf" in data["versions"]):
-            return {**data, "manifest": name == MANIFEST}
-    return {}
-
-
-def foreign_problem(dest: Path) -> str | None:
-    """Why ``dest`` may not be replaced by a run (what it holds that no erf run wrote), or None.
-
-    Args:
-        dest: a results folder (or a missing or empty one).
-
-    Returns:
-        One phrase naming up to three foreign entries, or None.
-    """
-    if not dest.is_dir():
-        return None
-    try:
-        if not any(dest.iterdir()):
-            return None
-    except OSError as exc:
-        return f"{dest} cannot be read ({exc.strerror})"
-    owner = _owner(dest)
-    if not owner:
-        return (f"{dest} exists and is not an erf results folder (no {MANIFEST}, no erf summary.json); a run "
-                "replaces its folder whole: choose another --out")
-    files = owner.get("files") if owner["manifest"] else None
-    dirs = set(owner.get("dirs") or []) if owner["manifest"] else set()
-    if owner["manifest"] and not isinstance(files, dict):
-        return f"{dest}/{MANIFEST} is damaged; move the folder away or choose another --out"
-    foreign, seen = [], 0
-    for root, subdirs, names in os.walk(dest):
-        rel_root = Path(root).relative_to(dest)
-        seen += len(subdirs) + len(names)
-        if seen > _MAX_WALK:
-            foreign.append(f"more than {_MAX_WALK} entries")
-            break
-        for d in list(subdirs):
-            rel = (rel_root / d).as_posix()
-            full = Path(root) / d
-            if full.is_symlink():
-                foreign.append(rel)
-                subdirs.remove(d)
-            elif files is None and rel not in _LEGACY_DIRS:
-                foreign.append(rel + "/")
-                subdirs.remove(d)
-            elif files is not None and rel not in dirs:
-                foreign.append(rel + "/")
-                subdirs.remove(d)
-        for name in names:
-            rel = (rel_root / name).as_posix()
-            if not _owned(Path(root) / name, rel, files):
-                foreign.append(rel)
-        if len(foreign) >= 3:
-            break
-    if not foreign:
-        return None
-    more = ", ..." if len(foreign) > 3 else ""
-    return (f"{dest} holds files no erf run wrote there ({', '.join(foreign[:3])}{more}); a run replaces its "
-            "results folder whole and deletes only files it wrote: move them out or choose another --out")
-
-
-def _owned(path: Path, rel: str, files: dict | None) -> bool:
-    """Whether the file ``rel`` was written by an erf run, unchanged since (``files``: the manifest's; None: older erf)."""
-    if not stat.S_ISREG(os.lstat(path).st_mode):
-        return False
-    if files is None:  # an older erf's folder: only the names it writes
-        top = "/" not in rel
-        return (rel in _LEGACY_FILES or (top and rel.endswith(".png"))) if top else rel.split("/")[0] in _LEGACY_DIRS
-    if rel == MANIFEST:
-        return True
-    entry = files.get(rel)
-    if not isinstance(entry, dict):
-        return False
-    try:
-        return os.path.getsize(path) == entry.get("size") and file_sha256(path) == entry.get("sha256")
-    except OSError:
-        return False
 
 
 def run_inputs(cfg: Config) -> list[tuple[str, str]]:
@@ -634,75 +491,3 @@ def _inside(path: str, folder: Path) -> bool:
         if p == f or p.startswith(f.rstrip(os.sep) + os.sep):
             return True
     return False
-
-
-def _create_exclusive(path: Path, text: str) -> bool:
-    """Create ``path`` holding ``text`` in one step (a hard link of a written file); False when it exists."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError:  # a filesystem without hard links: exclusive create, then write
-            try:
-                fd2 = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd2, "w") as f:
-                f.write(text)
-        fsync_dir(path.parent)
-        return True
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
-def _read_lock(path: Path) -> dict | None:
-    """The lock's holder, or None when it is gone or unreadable."""
-    try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return holder if isinstance(holder, dict) else None
-
-
-def _alive(holder: dict) -> bool:
-    """Whether the lock's holder may still run: another host always may; here, its pid lives (same start time)."""
-    if holder.get("host") != socket.gethostname():
-        return True
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        pass
-    except OSError:
-        return False
-    started = holder.get("started")
-    return started is None or _start_time(pid) in (None, started)  # a reused pid has another start time
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux ``/proc``), else None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat[stat.rindex(")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _remove_stale(path: Path, holder: dict | None) -> None:
-    """Remove a lock left by a dead process (only if it is still the one that was read)."""
-    with contextlib.suppress(FileNotFoundError):
-        if _read_lock(path) == holder:
-            path.unlink()
-            print(f"erf: note: removed the stale lock {path} of process {(holder or {}).get('pid', '?')}, "
-                  "which is no longer running", file=sys.stderr)
