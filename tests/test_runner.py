@@ -415,3 +415,28 @@ def test_setup_line_per_variant_and_abs_theory():
     slope = np.polyfit(np.log([p.params["model.args.depth"] for p in linear]), np.log(sig), 1)[0]
     assert 0.53 < slope < 0.56                                             # the exact finite-depth exponent, not 0.5
     assert abs_theory([p for p in g.points if p.variants["weights"] == "random weights, ReLU"][0].settings) is None
+
+
+def test_an_experiment_reports_the_strict_trf_of_attention(tmp_path):
+    """A ViT token's TRF is the whole image (the engine's rf_local, its patch, is only the spatial path):
+    the record's TRF, ratio, uniform-map reference and saturation are over the whole image."""
+    cfg = tmp_path / "vit.toml"
+    cfg.write_text("""
+[experiment]
+name = "vit"
+[model]
+name = "vit"
+args = { img_size = 16, patch_size = 4, embed_dim = 16, depth = 1, num_heads = 2, num_classes = 2 }
+[inputs]
+size = 16
+[measure]
+samples = 4
+layer = "blocks.0"
+""")
+    out = run_experiment(load_config(cfg), out=tmp_path / "o")
+    p = json.loads((out / "summary.json").read_text())["points"][0]
+    assert p["trf"] == [16, 16] and p["trf_box"] == [[0, 15], [0, 15]]
+    assert p["metrics"]["erf_trf_ratio_x"] == pytest.approx(p["metrics"]["erf_size_x"] / 16)
+    assert any("rf_local) is 4x4" in n for n in p["notes"]), p["notes"]
+    sat = p["saturation"]
+    assert sat["region"] == [[0, 15], [0, 15]] and sat["vs_uniform"]["sigma_x"] <= 1.0

@@ -173,13 +173,16 @@ def count_text(count: dict | None, baseline: str = "") -> str:
     """'; 5 of 5 networks smaller, exact two-sided sign test p = 0.062' (or the cross-arm pairs), '' without one."""
     if not count or not count["n"]:
         return ""
-    word = {"up": "larger", "down": "smaller", "none": "split evenly"}[count["direction"]]
+    even = count["direction"] == "none"
+    word = {"up": "larger", "down": "smaller", "none": "larger"}[count["direction"]]
+    lead = "; no direction: " if even else "; "
+    rest = ", the others smaller" if even else ""
     p = f"{count['p']:.2g}" if count["p"] < 0.01 else f"{count['p']:.3f}"
     if count["test"] == "sign":
         ties = f", {count['ties']} tied" if count["ties"] else ""
-        return f"; {count['k']} of {count['n']} networks {word}{ties}, exact two-sided sign test p = {p}"
+        return f"{lead}{count['k']} of {count['n']} networks {word}{rest}{ties}, exact two-sided sign test p = {p}"
     vs = f" than {baseline}'s" if baseline else ""
-    return (f"; {count['k']} of {count['n']} cross-arm pairs of networks {word}{vs}, exact two-sided "
+    return (f"{lead}{count['k']} of {count['n']} cross-arm pairs of networks {word}{vs}{rest}, exact two-sided "
             f"Mann-Whitney p = {p}")
 
 

@@ -8,7 +8,7 @@ Records are what the writers, the analyses, the figures and the report read.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -168,7 +168,7 @@ def make_record(cfg: Config, point: Point, results: ERFResult | list[ERFResult],
     Returns:
         The ``Record``.
     """
-    results = results if isinstance(results, list) else [results]
+    results = [strict_trf(r) for r in (results if isinstance(results, list) else [results])]
     res = results[0]
     s = point.settings
     m = s["measure"]
@@ -219,6 +219,33 @@ def make_record(cfg: Config, point: Point, results: ERFResult | list[ERFResult],
                   theory_abs_sigma=abs_theory(s), trf_center=None if center is None else tuple(map(float, center)),
                   jackknife=jack, unit_metrics=unit_metrics, bootstrap_intervals=bootstrap_intervals,
                   saturation=saturation)
+
+
+def strict_trf(res: ERFResult) -> ERFResult:
+    """The result with its strict TRF as ``trf`` (what experiments report, compare and draw).
+
+    For gated nets and attention the engine reports ``rf_local``, the spatial path alone, with
+    the strict TRF beside it; an experiment's TRF is every pixel the unit can reach (a ViT token's
+    is the whole image from the first attention on), and the references and saturation are taken
+    over that box. The unit's centre is unchanged; a note gives the spatial path.
+
+    Args:
+        res: one measurement.
+
+    Returns:
+        ``res`` itself where the two agree, else a copy with ``trf``, ``trf_box`` (cut to the map)
+        and ``clipped`` of the strict TRF.
+    """
+    if res.trf_strict is None or res.trf_box_strict is None or tuple(res.trf_strict) == tuple(res.trf or ()):
+        return res
+    shape = res.map.shape
+    box = tuple((max(0, lo), min(n - 1, hi)) for (lo, hi), n in zip(res.trf_box_strict, shape))
+    cut = any(lo < 0 or hi > n - 1 for (lo, hi), n in zip(res.trf_box_strict, shape))
+    local = "x".join(map(str, res.trf)) if res.trf else "?"
+    notes = [n for n in res.notes if " is rf_local, " not in n] + [
+        f"TRF {'x'.join(map(str, res.trf_strict))} (strict: every pixel the unit reaches through attention or "
+        f"gates); the spatial path alone (rf_local) is {local}"]
+    return replace(res, trf=tuple(res.trf_strict), trf_box=box, clipped=cut, notes=notes)
 
 
 #: The sizes the reports lead with: robust to a diffuse floor or heavy tails, unlike 2 sigma.
