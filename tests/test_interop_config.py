@@ -58,3 +58,15 @@ def test_quick_runs_the_real_architectures(tmp_path, capsys):
     assert len(rows) == 1 + len(LABELS)
     notes = json.dumps([p.get("notes") for p in summary["points"]])
     assert "residual branches closed" not in notes  # ConvNeXt-T's layer scale opened; torchvision's ResNets open
+
+
+def test_a_config_without_a_layer_checks_and_runs_the_default_stage(tmp_path, capsys):
+    """As ``erf measure timm:NAME`` does: no ``measure.layer`` measures the last spatial stage, in --check too."""
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[experiment]\nname = "t"\n[model]\nname = "timm:resnet18"\n[inputs]\nsize = 64\n'
+                   '[measure]\nsamples = 2\n')
+    assert main(["run", str(cfg), "--check"]) == 0, capsys.readouterr().err
+    out = tmp_path / "o"
+    assert main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    point = json.loads((out / "summary.json").read_text())["points"][0]
+    assert point["trf"] is not None and any("'layer4'" in n for n in point["notes"]), point["notes"]

@@ -19,9 +19,9 @@ from erf.engine.grid import GridMap, measure_grid
 from erf.engine.profile import Profile, measure_targets, profile
 from erf.engine.result import ERFResult
 from erf.engine.resume import checksum
-from erf.engine.target import require_spatial
+from erf.engine.target import default_layer, require_spatial
 from erf.engine.tokens import PrefixTokensError, check_traced, check_value, token_grid
 
-__all__ = ["measure", "MeasureOptions", "ERFResult", "checksum", "require_spatial", "PrefixTokensError",
-           "check_traced", "check_value", "token_grid", "forget_checks",
+__all__ = ["measure", "MeasureOptions", "ERFResult", "checksum", "require_spatial", "default_layer",
+           "PrefixTokensError", "check_traced", "check_value", "token_grid", "forget_checks",
            "cone_plan_status", "profile", "Profile", "measure_targets", "measure_grid", "GridMap"]

@@ -18,7 +18,7 @@ import torch
 
 from erf import limits, stats
 from erf.analytic import RFReport, infer_in_channels, receptive_field, spatial_ndim
-from erf.engine import MeasureOptions, PrefixTokensError, check_traced, require_spatial
+from erf.engine import MeasureOptions, PrefixTokensError, check_traced, default_layer, require_spatial
 from erf.engine.images import preprocessing_for
 from erf.errors import ErfError, UnsupportedOpError
 from erf.experiment.points import measure_keywords
@@ -63,9 +63,9 @@ def check_models(cfg: Config) -> None:
         _check_point(fail, pre, cfg, s, seen[key], tasks_seen)
         itemsize = 8 if s["experiment"]["dtype"] == "float64" else 4
         _check_memory(fail, pre, model, size, itemsize)
+        layer = s["measure"]["layer"] or (default_layer(model) or (None,))[0]  # as the engine picks it
         try:
-            rep = receptive_field(model, tuple(size) if isinstance(size, list) else size,
-                                  layer=s["measure"]["layer"] or None)
+            rep = receptive_field(model, tuple(size) if isinstance(size, list) else size, layer=layer)
             if s["measure"]["unit"]:
                 rep.box(tuple(s["measure"]["unit"]))
             if s["measure"]["prefix_tokens"] != "auto":
