@@ -26,3 +26,7 @@ class AlignmentError(TraceError):
 
 class ConfigError(ErfError):
     """An experiment config that is malformed or has bad keys or values."""
+
+
+class TraceInvariantError(TraceError):
+    """Internal: a traced row's boxes reach further than the ops before it allow (a bug in erf's rules)."""

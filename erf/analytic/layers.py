@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from math import ceil, floor
 
 from erf.analytic import axis as ax
+from erf.analytic import invariant
 from erf.analytic.axis import AxisMap
 from erf.analytic.report import LayerRF
 from erf.errors import ErfError
@@ -70,10 +71,12 @@ def layer_rows(layers, input_size) -> list[LayerRF]:
     maps = [AxisMap.identity() for _ in range(nd)]
     sizes = list(input_size)
     rows = [LayerRF("input", "input", tuple(sizes), tuple(maps), tuple(input_size))]
+    bound = invariant.input_bound(input_size)
     for idx, spec in enumerate(layers):
         layer = Layer.coerce(spec)
         name = layer.name or f"layer{idx + 1}"
         k, s, d, pads, opad = layer.per_axis(nd)
+        before = (tuple(maps), tuple(sizes), bound)
         for a in range(nd):
             span = d[a] * (k[a] - 1) + 1
             if layer.kind == "transposed":
@@ -88,5 +91,8 @@ def layer_rows(layers, input_size) -> list[LayerRF]:
             if sizes[a] < 1:
                 raise ErfError(f"the input {'x'.join(map(str, input_size))} is too small: layer {name} would have "
                                f"size {sizes[a]} on axis {a}; use a larger input")
+        reads = max(invariant.layer_reads_beyond(layer.kind, k[a], s[a], d[a], pads[a], opad[a]) for a in range(nd))
+        bound = invariant.bound_after([before], reads)
+        invariant.check_row(name, layer.kind, maps, sizes, bound)
         rows.append(LayerRF(name, layer.kind, tuple(sizes), tuple(maps), tuple(input_size)))
     return rows

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from erf.analytic import rules
+from erf.analytic import invariant, rules
 from erf.analytic.axis import AxisMap
 from erf.analytic.layout import Info, plain_dim
 from erf.errors import ErfError, TraceError, UnsupportedOpError
@@ -38,6 +38,7 @@ class Node:
     scope: str = ""
     offset: tuple | None = None  # per axis: centre offset (px) between the paths that meet here, if any
     notes: list[str] = field(default_factory=list)  # upper bounds the rule took here
+    bound: tuple | None = None  # per axis: the input pixels its boxes may reach (erf.analytic.invariant)
 
 
 class _Recorder(TorchFunctionMode):
@@ -85,7 +86,7 @@ class _Recorder(TorchFunctionMode):
         dims = (None,) * (x.dim() - nd) + tuple(plain_dim(a, x.shape[x.dim() - nd + a]) for a in range(nd))
         info = Info(tuple(AxisMap.identity() for _ in range(nd)), dims,
                     reach=tuple((0, x.shape[x.dim() - nd + a] - 1) for a in range(nd)))
-        node = Node("input", "input", info, tuple(x.shape))
+        node = Node("input", "input", info, tuple(x.shape), bound=invariant.input_bound(x.shape[x.dim() - nd:]))
         self.nodes.append(node)
         self.infos[id(x)] = (x, info, node)
         if self.keep is not None and "input" in self.keep:
@@ -125,8 +126,11 @@ class _Recorder(TorchFunctionMode):
         infos = result if isinstance(result, list) else [result]
         tensors = [o for o in outs if isinstance(o, torch.Tensor)]
         reach_in = _reach_of([self.lookup(t) for t in traced])
+        bound = _bound(self, traced, invariant.reads_beyond(name, args, kwargs, out))
         for t, info in zip(tensors, infos):
+            invariant.check_row(self.describe_new(name), name, info.axes, info.axis_sizes(), bound, self._where())
             node = self.record(t, _with_reach(info, reach_in), name)
+            node.bound = bound
             node.notes = list(call.notes)
             if call.offsets:
                 node.offset = tuple(call.offsets.get(a) for a in range(len(info.axes)))
@@ -134,6 +138,23 @@ class _Recorder(TorchFunctionMode):
 
     def _where(self) -> str:
         return self.scope[-1] if self.scope else "<model>"
+
+    def describe_new(self, op: str) -> str:
+        """The name the next node made by ``op`` here gets (for messages about it before it is recorded)."""
+        scope = self.scope[-1] if self.scope else ""
+        base = f"{scope}:{op}" if scope else op
+        k = self.names.get(base, 0)
+        return base if k == 0 else f"{base}#{k + 1}"
+
+
+def _bound(rec: _Recorder, traced: list, reads: int):
+    """The bound of a node made from the ``traced`` tensors by an op that reads ``reads`` positions past their ends."""
+    inputs = []
+    for t in traced:
+        e = rec.infos.get(id(t))
+        if e is not None and e[0] is t:
+            inputs.append((e[1].axes, e[1].axis_sizes(), e[2].bound))
+    return invariant.bound_after(inputs, reads)
 
 
 def _reach_of(infos: list[Info]) -> list | None:
@@ -274,9 +295,17 @@ def _apply_module_rule(rec: _Recorder, mod, name, rule, args, out):
     result = fn(call)
     infos = result if isinstance(result, list) else [result]
     reach_in = _reach_of([rec.lookup(a) for a in ins])
+    reads = 0
+    if isinstance(rule, functools.partial) and rule.func is rules.windowed_attention:
+        # a shifted window reaches less than a whole axis past either end
+        reads = max((n for a in ins for n in rec.lookup(a).axis_sizes()), default=0)
+    bound = _bound(rec, ins, reads)
     for t, info in zip(outs, infos):
         rec.scope.append(name)
-        rec.record(t, _with_reach(info, reach_in), type(mod).__name__)
+        invariant.check_row(rec.describe_new(type(mod).__name__), type(mod).__name__, info.axes, info.axis_sizes(),
+                            bound, name)
+        node = rec.record(t, _with_reach(info, reach_in), type(mod).__name__)
+        node.bound = bound
         rec.scope.pop()
 
 
