@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from erf.analytic import axis as ax
+from erf.analytic.axis import AxisMap
 from erf.analytic.layout import Info, axis_extents, axis_parts, spatial_components
 from erf.analytic.rules.core import Call, globalise, lose_positions, pointwise, union_maps, with_note
 
@@ -75,11 +76,26 @@ def combine(call: Call, parts: list, placed: list[dict], ndim: int) -> Info:
     sizes = axis_extents(dims, n_axes)
     axes = []
     for k in range(n_axes):
-        if k in coarse or k in tangled:
+        if k in tangled:
+            # both sides' positions are lost below: each side's real positions, spanned over its own grid
+            # (the result's dims pair factors of both grids, whose product is no size of either)
+            spans = [i.axes[k].span(call.info(t).axis_sizes()[k]) for t, i in parts]
+            spans = [b for b in spans if b is not None]
+            axes.append(AxisMap.constant(min(b[0] for b in spans), max(b[1] for b in spans)) if spans
+                        else parts[0][1].axes[k])
+        elif k in coarse:
             cols = call.info(parts[1][0])
             axes.append(parts[0][1].axes[k].with_floor(parts[1][1].axes[k].span(cols.axis_sizes()[k])))
         else:
-            axes.append(union_maps([(None, i.axes[k]) for _, i in parts], sizes[k]))
+            maps = []
+            for (t, i), mine in zip(parts, placed):
+                m = i.axes[k]
+                if m.shift != 0 and not any(a == k for role in mine.values() for a, _, _ in axis_parts(role)):
+                    # no dim of this operand indexes the axis in the result (HaloNet's keys of a one-block
+                    # grid): it broadcasts, seeing what its own real positions saw
+                    m = m.globalised(call.info(t).axis_sizes()[k])
+                maps.append((None, m))
+            axes.append(union_maps(maps, sizes[k]))
     note = next((i.crop_note for _, i in parts if i.crop_note), None)
     res = Info(tuple(axes), tuple(dims), note)
     twice = {p for p, c in seen.items() if c > 1}
