@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -33,8 +34,15 @@ def test_summary_and_files(capsys, tmp_path):
     args = BASE + ["--model-arg", "activation=relu", "--unit", "2,30", "--plot", str(png), "--save", str(npz),
                    "--log-scale", "--no-crop", "--dtype", "float64"]
     assert main(args) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "sigma" in text and "TRF 7x7" in text and "clipped" in text
+    # the wait after the bar says the intervals are being computed, and the time printed last is the call's
+    err = captured.err
+    assert "bootstrap intervals over 8 groups" in err
+    call = float(re.search(r"the whole call took ([0-9.]+) s", err).group(1))
+    samples = float(re.search(r"8 samples in ([0-9.]+) s", text).group(1))
+    assert call >= samples
     assert png.stat().st_size > 0
     res = ERFResult.load(npz)
     assert res.unit == (2, 30) and res.clipped and not res.cropped and res.samples == 8

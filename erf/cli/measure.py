@@ -11,11 +11,13 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
+import time
 from typing import Any, Callable
 
 import torch
 
-from erf import distributed, limits, models
+from erf import distributed, limits, models, stats
 from erf.analytic import infer_in_channels, spatial_ndim
 from erf.cli.common import add_model_args, check_output_file, guarded, input_size, json_stdout, parse_ints
 from erf.device import resolve_device
@@ -174,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> str | None:
     """Measure and write the files; return the text to print (None on ranks other than 0)."""
+    start = time.perf_counter()  # the time printed at the end is the call's, not the samples' alone
     if args.plot and os.path.splitext(args.plot)[1].lower() not in _PLOT_SUFFIXES:
         raise ErfError(f"--plot must name a {', '.join(_PLOT_SUFFIXES)} file; got {args.plot!r}")
     for flag, path in (("--plot", args.plot), ("--save", args.save)):
@@ -207,6 +210,9 @@ def _run(args: argparse.Namespace) -> str | None:
     res = measure(model, size, options)
     if not distributed.is_main():
         return None
+    if not args.quiet and len(res.groups[1]) >= 2:  # after the bar's "done": say what the wait is
+        print(f"erf: measure: bootstrap intervals over {len(res.groups[1])} groups ({stats.N_BOOT} replicates)...",
+              file=sys.stderr, flush=True)
     text = json.dumps(res.to_dict()) if args.json else res.summary()
     written = []
     try:
@@ -223,4 +229,7 @@ def _run(args: argparse.Namespace) -> str | None:
             raise ErfError(f"cannot write {exc.filename or 'the output file'}: {exc.strerror or exc}; "
                            "choose another path") from None
         raise
+    if not args.quiet:
+        print(f"erf: measure: the whole call took {time.perf_counter() - start:.1f} s (model, trace, BatchNorm "
+              f"calibration, {res.samples} samples, intervals{', files' if written else ''})", file=sys.stderr)
     return text
