@@ -19,80 +19,28 @@ in eval mode, layer norm and linear layers over non-map dims, reductions over ch
 ``permute`` / ``transpose``, ``reshape`` / ``view`` that keep the map axes last, channel
 ``split`` / ``chunk`` / ``cat``, and reductions over every map axis (the input then needed whole).
 From the unit backwards each node gets the union of the boxes its users need; operands are
-aligned by absolute coordinates. Anything else names itself in the reason.
+aligned by absolute coordinates. Anything else names itself in the reason. The per-op rules
+(which kind each node is, how it runs) are ``erf.engine.cone_rules``; this module traces,
+runs the shape passes, gives the boxes and executes the plan.
 """
 
 from __future__ import annotations
 
 import math
-import operator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
-from erf.engine.cone_ops import POINTWISE, Step, input_box, module_step, out_size, run_step
+from erf.engine.cone_ops import input_box, run_step
+from erf.engine.cone_rules import Box, Classifier, PlanNode, Refused, node_name
 
 __all__ = ["GraphConeRunner", "plan_graph"]
-
-Box = tuple[tuple[int, int], ...]
-
-# Functions and tensor methods that act position by position on every operand (broadcasting);
-# in-place forms run out of place (operands are views of other nodes' values).
-_ELEMENTWISE_FUNCS: dict[Any, Any] = {
-    operator.add: operator.add, operator.iadd: operator.add, torch.add: torch.add,
-    operator.mul: operator.mul, operator.imul: operator.mul, torch.mul: torch.mul,
-    operator.sub: operator.sub, operator.isub: operator.sub, torch.sub: torch.sub,
-    operator.truediv: operator.truediv, operator.itruediv: operator.truediv, torch.div: torch.div,
-    operator.neg: operator.neg, torch.neg: torch.neg, operator.pow: operator.pow, torch.pow: torch.pow,
-    F.relu: F.relu, torch.relu: torch.relu, F.relu6: F.relu6, F.gelu: F.gelu, F.silu: F.silu, F.elu: F.elu,
-    F.leaky_relu: F.leaky_relu, F.hardswish: F.hardswish, F.hardsigmoid: F.hardsigmoid, F.mish: F.mish,
-    F.softplus: F.softplus, F.hardtanh: F.hardtanh, F.celu: F.celu, F.selu: F.selu, F.sigmoid: F.sigmoid,
-    F.tanh: F.tanh, torch.sigmoid: torch.sigmoid, torch.tanh: torch.tanh, torch.exp: torch.exp,
-    torch.sqrt: torch.sqrt, torch.rsqrt: torch.rsqrt, torch.abs: torch.abs, torch.clamp: torch.clamp,
-    torch.erf: torch.erf, F.relu_: F.relu, F.dropout: F.dropout, torch.addcmul: torch.addcmul,
-    torch.addcdiv: torch.addcdiv, torch.maximum: torch.maximum, torch.minimum: torch.minimum,
-}
-_ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "add", "mul", "sub", "div", "neg", "exp", "sqrt", "rsqrt", "abs",
-                        "clamp", "contiguous", "float", "double", "to", "type_as", "clone", "pow", "erf", "gelu",
-                        "hardswish", "mish", "addcmul", "addcdiv", "maximum", "minimum"}
-_SHAPE_METHODS = {"size", "dim"}
-_SHAPE_ATTRS = {"shape", "ndim", "dtype", "device"}
-_REDUCTIONS = {"mean", "sum", "amax", "amin", "std", "var", "norm"}
-# Ops whose every output position depends on the whole input map (computed whole, their output then cut)
-_DENSE_FUNCS = {F.group_norm, F.instance_norm}
-_DENSE_MODULES = (nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
-
-
-class Refused(Exception):
-    """The graph cone cannot run a node: the message is the reason."""
 
 
 class _Stop(Exception):
     """The shape run reached the target."""
-
-
-@dataclass
-class _Node:
-    kind: str  # "input", "const", "shape", "map", "tuple", "complete"
-    layout: tuple[int, ...] = ()  # map axes' tensor dims (maps, tuples' elements)
-    how: str = "call"  # "call", "step", "getitem", "reshape", "whole" (operands complete)
-    step: Step | None = None
-    shape: tuple[int, ...] = ()  # the full-size pass's shape (tuples: the first element's)
-    size: tuple[int, ...] = ()  # map size on the full input
-    usual: tuple[int, ...] = ()  # map size in the usual pass (the crop)
-    box: Box | None = None  # absolute box this node is computed on
-    take: Box | None = None  # the box its map operands are cut to
-    whole: bool = False  # its map operands are needed whole (reductions over the map axes)
-    extra: dict = field(default_factory=dict)
-
-
-def _name(n: fx.Node) -> str:
-    t = n.target
-    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
 
 
 def _fetch(gm: fx.GraphModule, target: str) -> Any:
@@ -154,14 +102,14 @@ def graph_target(gm: fx.GraphModule, module: str | None, call_index: int) -> fx.
 class GraphConeRunner:
     """``x (the input window) -> the target at the unit only``, over the planned fx graph."""
 
-    def __init__(self, gm: fx.GraphModule, order: list[fx.Node], info: dict[fx.Node, _Node], target: fx.Node,
+    def __init__(self, gm: fx.GraphModule, order: list[fx.Node], info: dict[fx.Node, PlanNode], target: fx.Node,
                  offset: tuple[int, ...]):
         self.gm, self.order, self.info, self.target, self.offset = gm, order, info, target, offset
         self.share = 1.0  # positions computed / positions the usual pass computes (``plan_graph`` sets it)
 
     def describe(self) -> list:
         """The plan (each node's op, kind, layout and boxes): part of the check's key."""
-        return [(n.op, _name(n), i.kind, i.how, i.layout, i.box, i.take, getattr(i.step, "pads", None))
+        return [(n.op, node_name(n), i.kind, i.how, i.layout, i.box, i.take, getattr(i.step, "pads", None))
                 for n, i in ((n, self.info[n]) for n in self.order)]
 
     def _cut(self, v: torch.Tensor, layout: tuple[int, ...], box: Box, take: Box) -> torch.Tensor:
@@ -216,343 +164,45 @@ class GraphConeRunner:
         return vals[self.target]
 
 
-def _arg(n: fx.Node, pos: int, key: str, default: Any = None) -> Any:
-    return n.args[pos] if len(n.args) > pos else n.kwargs.get(key, default)
-
-
-def _dims(d: Any, ndim: int) -> tuple[int, ...]:
-    ds = d if isinstance(d, (tuple, list)) else (d,)
-    return tuple(int(v) % ndim for v in ds)
-
-
-class _Planner:
-    """Classifies every node the target depends on (forward), then gives each its box (backward)."""
-
-    def __init__(self, gm: fx.GraphModule, order: list[fx.Node], shapes: dict, nd: int):
-        self.gm, self.order, self.shapes, self.nd = gm, order, shapes, nd
-        self.info: dict[fx.Node, _Node] = {}
-
-    # -- forward: kinds and layouts -------------------------------------------------------------
-    def classify(self) -> None:
-        for n in self.order:
-            self.info[n] = self._classify(n)
-
-    def _classify(self, n: fx.Node) -> _Node:
-        nd, shape = self.nd, self.shapes.get(n)
-        if n.op == "placeholder":
-            return _Node("input", tuple(range(2, 2 + nd)), shape=shape)
-        kinds = {self.info[a].kind for a in n.all_input_nodes}
-        if n.op == "get_attr" or not kinds - {"const"}:
-            return _Node("const", shape=shape)
-        if n.op == "output":
-            raise Refused("the target is the graph's output tuple")
-        maps = [a for a in n.all_input_nodes if self.info[a].kind in ("map", "input", "tuple")]
-        sized = [a for a in n.all_input_nodes if self.info[a].kind == "shape" and self.info[a].extra["spatial"]]
-        if "shape" in kinds and not maps and not kinds & {"complete"}:  # arithmetic on shape reads
-            if n.op == "call_function" and n.target is operator.getitem and "layout" in self.info[n.args[0]].extra:
-                lay, rank = self.info[n.args[0]].extra["layout"], self.info[n.args[0]].extra["rank"]
-                return _Node("shape", extra={"spatial": not isinstance(n.args[1], int) or n.args[1] % rank in lay})
-            return _Node("shape", extra={"spatial": bool(sized)})
-        if sized and not (n.op == "call_method" and n.target in ("reshape", "view")):
-            raise Refused(f"a map's size feeds {_name(n)!r} (the cone's maps are smaller)")
-        if not maps:  # complete values only: run as they are
-            return _Node("complete", shape=shape, how="whole")
-        if n.op == "call_function" and n.target is getattr and n.args[1] in _SHAPE_ATTRS or \
-                n.op == "call_method" and n.target in _SHAPE_METHODS:
-            src = self._src(n)
-            rank, d = len(src.shape), _arg(n, 1, "dim")
-            spatial = n.target == "size" and (d is None or int(d) % rank in src.layout) or \
-                n.target is getattr and n.args[1] == "shape"
-            return _Node("shape", extra={"spatial": spatial, "layout": src.layout, "rank": rank, "src": n.args[0]})
-        if n.op == "call_module":
-            return self._module(n, shape)
-        if n.op == "call_function":
-            return self._function(n, shape)
-        return self._method(n, shape)
-
-    def _map_of(self, a: Any) -> _Node | None:
-        return self.info[a] if isinstance(a, fx.Node) and self.info[a].kind in ("map", "input") else None
-
-    def _pointwise(self, n: fx.Node, shape: Any, spatial_free: tuple[int, ...] = (), broadcast: bool = True,
-                   **extra: Any) -> _Node:
-        """A node that acts position by position: operands broadcast (aligned right) to ``shape``.
-
-        ``spatial_free``: dims the op mixes (they must not be map axes); ``broadcast=False``: the other
-        tensor operands are per-channel parameters (batch norm, layer norm, linear), not broadcast.
-        """
-        if not isinstance(shape, tuple):
-            raise Refused(f"{_name(n)!r} does not return one tensor")
-        layout = None
-        for a in n.all_input_nodes:
-            ai = self.info[a]
-            if ai.kind == "shape" and ai.extra["spatial"]:
-                raise Refused(f"a map's size feeds {_name(n)!r} (the cone's maps are smaller)")
-            if ai.kind == "tuple":
-                raise Refused(f"a tuple of maps feeds {_name(n)!r}")
-            if ai.kind in ("map", "input"):
-                lay = tuple(d + len(shape) - len(ai.shape) for d in ai.layout)
-                if layout is not None and lay != layout:
-                    raise Refused(f"the operands of {_name(n)!r} have their map axes at different dims")
-                if tuple(shape[d] for d in lay) != tuple(ai.shape[d] for d in ai.layout):
-                    raise Refused(f"the operands of {_name(n)!r} differ in size")
-                layout = lay
-        for a in n.all_input_nodes if broadcast else ():
-            ai = self.info[a]
-            if ai.kind in ("const", "complete") and isinstance(ai.shape, tuple):
-                sh = (1,) * (len(shape) - len(ai.shape)) + ai.shape
-                if any(sh[d] != 1 for d in layout):
-                    raise Refused(f"a tensor that is not an input map varies along a map axis at {_name(n)!r} "
-                                  "(e.g. a position embedding)")
-        if any(d in layout for d in spatial_free):
-            raise Refused(f"{_name(n)!r} mixes positions along a map axis")
-        return _Node("map", layout, shape=shape, extra=extra)
-
-    def _src(self, n: fx.Node) -> _Node:
-        src = self._map_of(n.args[0])
-        if src is None:
-            raise Refused(f"{_name(n)!r} on something other than a map")
-        return src
-
-    def _module(self, n: fx.Node, shape: Any) -> _Node:
-        m = self.gm.get_submodule(n.target)
-        src = self._src(n)
-        if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-                          nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)) and all(s == 1 for s in shape[2:]):
-            return _Node("complete", shape=shape, whole=True)
-        if isinstance(m, (nn.Linear, nn.LayerNorm, nn.Softmax, nn.PReLU)) or isinstance(m, POINTWISE):
-            rank = len(src.shape)
-            free: tuple[int, ...] = ()
-            if isinstance(m, nn.Linear):
-                free = (rank - 1,)
-            elif isinstance(m, nn.LayerNorm):
-                free = tuple(range(rank - len(m.normalized_shape), rank))
-            elif isinstance(m, nn.Softmax):
-                free = _dims(1 if m.dim is None else m.dim, rank)
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm) or isinstance(m, nn.PReLU) and m.num_parameters > 1:
-                free = (1,)
-            st = module_step(m, self.nd) if isinstance(m, POINTWISE) else None
-            if isinstance(st, str):
-                raise Refused(st)
-            node = self._pointwise(n, shape, free)
-            if getattr(m, "inplace", False) and len(n.args[0].users) > 1:
-                node.extra["clone"] = True
-            return node
-        if isinstance(m, _DENSE_MODULES):
-            return self._dense(n, shape)
-        st = module_step(m, self.nd)
-        if isinstance(st, str):
-            raise Refused(st)
-        return self._geometric(n, st, src, shape)
-
-    def _dense(self, n: fx.Node, shape: Any) -> _Node:
-        """Group and instance norms: every position reads the whole map (computed whole, then cut by its users)."""
-        src = self._src(n)
-        if src.layout != tuple(range(2, 2 + self.nd)) or tuple(shape) != tuple(src.shape):
-            raise Refused(f"{_name(n)!r} on a map whose axes are not the last {self.nd} dims of (N, C, ...)")
-        node = self._pointwise(n, shape, broadcast=False)
-        node.whole = True
-        return node
-
-    def _geometric(self, n: fx.Node, st: Step, src: _Node, shape: tuple) -> _Node:
-        if src.layout != tuple(range(2, 2 + self.nd)) or len(src.shape) != 2 + self.nd:
-            raise Refused(f"{_name(n)!r} on a map whose axes are not the last {self.nd} dims of (N, C, ...)")
-        size = tuple(src.shape[2:])
-        if out_size(st, size) != tuple(shape[2:]):
-            raise Refused(f"{_name(n)!r}: its output size is not the one its geometry gives")
-        return _Node("map", src.layout, how="step", step=st, shape=shape)
-
-    def _function(self, n: fx.Node, shape: Any) -> _Node:
-        f, name = n.target, _name(n)
-        if f in _ELEMENTWISE_FUNCS:
-            if f is F.dropout and _arg(n, 2, "training", True):
-                raise Refused("dropout in train mode")
-            return self._pointwise(n, shape, func=_ELEMENTWISE_FUNCS[f])
-        if f is F.batch_norm:
-            if _arg(n, 5, "training", False):
-                raise Refused("F.batch_norm with batch statistics (train mode)")
-            return self._pointwise(n, shape, (1,), broadcast=False)
-        if f is F.layer_norm:
-            src = self._src(n)
-            k = len(_arg(n, 1, "normalized_shape"))
-            return self._pointwise(n, shape, tuple(range(len(src.shape) - k, len(src.shape))), broadcast=False)
-        if f is F.linear:
-            return self._pointwise(n, shape, (len(self._src(n).shape) - 1,), broadcast=False)
-        if f in (F.softmax, torch.softmax, F.log_softmax):
-            return self._pointwise(n, shape, _dims(_arg(n, 1, "dim"), len(self._src(n).shape)))
-        if f in (F.conv1d, F.conv2d, F.conv3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
-                 F.avg_pool3d):
-            return self._geometric(n, self._functional_step(n), self._src(n), shape)
-        if f in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-                 F.adaptive_max_pool2d, F.adaptive_max_pool3d) and all(s == 1 for s in shape[2:]):
-            self._src(n)
-            return _Node("complete", shape=shape, whole=True)
-        if f is torch.cat:
-            return self._cat(n, shape)
-        if f is torch.stack:
-            return self._stack(n, shape)
-        if f in (torch.split, torch.chunk, torch.tensor_split):
-            return self._split(n, shape, _arg(n, 2, "dim", 0))
-        if f is operator.getitem:
-            return self._getitem(n, shape)
-        if f in (torch.permute, torch.transpose, torch.flatten, torch.reshape):
-            return self._method(n, shape, name)
-        if f in _DENSE_FUNCS:
-            return self._dense(n, shape)
-        if f in (torch.mean, torch.sum, torch.amax, torch.amin, torch.norm):
-            return self._method(n, shape, name)
-        raise Refused(f"the op {name!r} is not supported by the cone runner")
-
-    def _functional_step(self, n: fx.Node) -> Step:
-        f, nd = n.target, self.nd
-        if n.target in (F.conv1d, F.conv2d, F.conv3d):
-            w = n.args[1] if len(n.args) > 1 else n.kwargs["weight"]
-            if not isinstance(w, fx.Node) or self.info[w].kind != "const":
-                raise Refused("a conv whose weight depends on the input")
-            kernel = tuple(self.shapes[w][2:])
-            stride, dil = _tuple_arg(_arg(n, 3, "stride", 1), nd), _tuple_arg(_arg(n, 5, "dilation", 1), nd)
-            padding = _arg(n, 4, "padding", 0)
-            pads = (tuple((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dil))
-                    if padding == "same" else ((0, 0),) * nd if padding == "valid"
-                    else tuple((p, p) for p in _tuple_arg(padding, nd)))
-            return Step(None, "conv", kernel, stride, pads, dil, groups=int(_arg(n, 6, "groups", 1)))
-        kernel = _tuple_arg(_arg(n, 1, "kernel_size"), nd)
-        stride = _tuple_arg(_arg(n, 2, "stride", None) or kernel, nd)
-        pads = tuple((p, p) for p in _tuple_arg(_arg(n, 3, "padding", 0), nd))
-        if f in (F.max_pool1d, F.max_pool2d, F.max_pool3d):
-            if _arg(n, 6, "return_indices", False):
-                raise Refused("max pool with return_indices")
-            return Step(None, "max", kernel, stride, pads, _tuple_arg(_arg(n, 4, "dilation", 1), nd),
-                        ceil=bool(_arg(n, 5, "ceil_mode", False)))
-        return Step(None, "avg", kernel, stride, pads, (1,) * nd, ceil=bool(_arg(n, 4, "ceil_mode", False)),
-                    count_pad=bool(_arg(n, 5, "count_include_pad", True)),
-                    divisor=_arg(n, 6, "divisor_override", None) if nd > 1 else None)
-
-    def _cat(self, n: fx.Node, shape: tuple) -> _Node:
-        parts = n.args[0] if n.args else n.kwargs["tensors"]
-        dim = _arg(n, 1, "dim", 0)
-        node = self._pointwise(n, shape)
-        if dim % len(shape) in node.layout:
-            raise Refused("a concat along a map axis is not supported by the cone runner")
-        if any(not isinstance(p, fx.Node) or self.info[p].kind not in ("map", "input") for p in parts):
-            raise Refused("a concat of a map with a tensor that is not a map")
-        return node
-
-    def _stack(self, n: fx.Node, shape: tuple) -> _Node:
-        parts = n.args[0] if n.args else n.kwargs["tensors"]
-        if any(not isinstance(p, fx.Node) or self.info[p].kind not in ("map", "input") for p in parts):
-            raise Refused("a stack of a map with a tensor that is not a map")
-        src = self.info[parts[0]]
-        if any(self.info[p].layout != src.layout or self.info[p].shape != src.shape for p in parts):
-            raise Refused("a stack of maps of different layouts or sizes")
-        d = int(_arg(n, 1, "dim", 0)) % len(shape)
-        return _Node("map", tuple(a + (a >= d) for a in src.layout), shape=shape)
-
-    def _split(self, n: fx.Node, shapes: Any, dim: Any) -> _Node:
-        src = self._src(n)
-        if int(dim) % len(src.shape) in src.layout:
-            raise Refused(f"{_name(n)!r} along a map axis")
-        return _Node("tuple", src.layout, shape=src.shape)
-
-    def _getitem(self, n: fx.Node, shape: Any) -> _Node:
-        src = self.info[n.args[0]]
-        if src.kind == "tuple" and isinstance(n.args[1], int):
-            return _Node("map", src.layout, how="getitem", shape=shape)
-        index = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
-        rank = len(src.shape)
-        if src.kind in ("map", "input") and all(isinstance(e, slice) or e is Ellipsis for e in index) \
-                and sum(e is Ellipsis for e in index) <= 1:
-            at = list(index)
-            if Ellipsis in at:
-                k = at.index(Ellipsis)
-                at[k:k + 1] = [slice(None)] * (rank - len(at) + 1)
-            at += [slice(None)] * (rank - len(at))
-            if all(at[d] == slice(None) for d in src.layout):  # channel slices: every position kept
-                return self._pointwise(n, shape)
-        raise Refused("indexing a map along a map axis, or with integers (tensor[...]), is not supported by the "
-                      "cone runner")
-
-    def _method(self, n: fx.Node, shape: Any, name: str | None = None) -> _Node:
-        name = name or n.target
-        plain = name[:-1] if name.endswith("_") and not name.endswith("__") else name
-        if plain in _ELEMENTWISE_METHODS:
-            return self._pointwise(n, shape, method=plain)
-        src = self._src(n)
-        rank = len(src.shape)
-        if plain == "permute":
-            dims = n.args[1:] if len(n.args) > 2 or not isinstance(_arg(n, 1, "dims"), (tuple, list)) \
-                else _arg(n, 1, "dims")
-            dims = [int(d) % rank for d in dims]
-            return _Node("map", tuple(dims.index(d) for d in src.layout), shape=shape)
-        if plain == "transpose":
-            a, b = int(_arg(n, 1, "dim0")) % rank, int(_arg(n, 2, "dim1")) % rank
-            swap = {a: b, b: a}
-            return _Node("map", tuple(swap.get(d, d) for d in src.layout), shape=shape)
-        if plain in ("split", "chunk", "tensor_split"):
-            return self._split(n, shape, _arg(n, 2, "dim", 0))
-        if plain in ("reshape", "view", "flatten"):
-            k = self.nd
-            if src.layout != tuple(range(rank - k, rank)) or tuple(shape[-k:]) != tuple(src.shape[-k:]) \
-                    or len(shape) < k + 1:
-                raise Refused(f"{plain!r} that does not keep the map axes last (e.g. flattening them into tokens)")
-            return _Node("map", tuple(range(len(shape) - k, len(shape))), how="reshape", shape=shape,
-                         extra={"shape": tuple(shape[1:-k])})
-        if plain in _REDUCTIONS:
-            at = 2 if plain == "norm" else 1  # x.norm(p, dim, keepdim)
-            dim = _arg(n, at, "dim")
-            dims = tuple(range(rank)) if dim is None else _dims(dim, rank)
-            keep = bool(_arg(n, at + 1, "keepdim", False))
-            if set(src.layout) <= set(dims):
-                return _Node("complete", shape=shape, whole=True)
-            if set(src.layout) & set(dims):
-                raise Refused(f"{plain!r} over some of the map axes")
-            lay = src.layout if keep else tuple(d - sum(1 for r in dims if r < d) for d in src.layout)
-            return _Node("map", lay, shape=shape, extra={"method": plain} if n.op == "call_method" else {})
-        raise Refused(f"the op {name!r} is not supported by the cone runner")
-
-    # -- backward: boxes ---------------------------------------------------------------------------
-    def boxes(self, target: fx.Node, unit: tuple[int, ...]) -> None:
-        info = self.info
-        for n in self.order:
-            i = info[n]
-            if i.kind in ("map", "input", "tuple"):
-                sh = i.shape[0] if i.kind == "tuple" and isinstance(i.shape, list) else i.shape
-                i.size = tuple(sh[d] for d in i.layout)
-        need: dict[fx.Node, Box | None] = {n: None for n in self.order}
-        need[target] = tuple((int(u), int(u)) for u in unit)
-        for n in reversed(self.order):
-            i = info[n]
-            if i.kind in ("map", "input", "tuple"):
-                i.box = need[n]
-                if i.box is None:
-                    continue
-                if i.whole:  # a dense op: computed on the whole map
-                    i.box = tuple((0, s - 1) for s in i.size)
-            if i.kind in ("const", "shape") or n.op == "placeholder":
+def _boxes(info: dict[fx.Node, PlanNode], order: list[fx.Node], target: fx.Node, unit: tuple[int, ...]) -> None:
+    """From the unit backwards: each map node's box (the union of what its users need) and its operands' cut."""
+    for n in order:
+        i = info[n]
+        if i.kind in ("map", "input", "tuple"):
+            sh = i.shape[0] if i.kind == "tuple" and isinstance(i.shape, list) else i.shape
+            i.size = tuple(sh[d] for d in i.layout)
+    need: dict[fx.Node, Box | None] = {n: None for n in order}
+    need[target] = tuple((int(u), int(u)) for u in unit)
+    for n in reversed(order):
+        i = info[n]
+        if i.kind in ("map", "input", "tuple"):
+            i.box = need[n]
+            if i.box is None:
                 continue
-            ops = [a for a in n.all_input_nodes if info[a].kind in ("map", "input", "tuple")]
-            if i.kind == "complete":
-                if not (i.whole or ops):
-                    continue
-                for a in ops:
-                    need[a] = tuple((0, s - 1) for s in info[a].size)
+            if i.whole:  # a dense op: computed on the whole map
+                i.box = tuple((0, s - 1) for s in i.size)
+        if i.kind in ("const", "shape") or n.op == "placeholder":
+            continue
+        ops = [a for a in n.all_input_nodes if info[a].kind in ("map", "input", "tuple")]
+        if i.kind == "complete":
+            if not (i.whole or ops):
                 continue
-            if i.how == "step":
-                src = n.all_input_nodes[0]
-                i.take = input_box(i.step, i.box, info[src].size)
-            elif i.whole:
-                i.take = tuple((0, s - 1) for s in info[n.all_input_nodes[0]].size)
-            else:
-                i.take = i.box
             for a in ops:
-                need[a] = i.take if need[a] is None else tuple(
-                    (min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(need[a], i.take))
-        if any(info[n].kind == "shape" and "src" in info[n].extra and info[info[n].extra["src"]].box is None
-               for n in self.order):
-            raise Refused("the size of a map nothing else needs is read")
-
-
-def _tuple_arg(v: Any, nd: int) -> tuple[int, ...]:
-    return tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v),) * nd
+                need[a] = tuple((0, s - 1) for s in info[a].size)
+            continue
+        if i.how == "step":
+            src = n.all_input_nodes[0]
+            i.take = input_box(i.step, i.box, info[src].size)
+        elif i.whole:
+            i.take = tuple((0, s - 1) for s in info[n.all_input_nodes[0]].size)
+        else:
+            i.take = i.box
+        for a in ops:
+            need[a] = i.take if need[a] is None else tuple(
+                (min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(need[a], i.take))
+    if any(info[n].kind == "shape" and "src" in info[n].extra and info[info[n].extra["src"]].box is None
+           for n in order):
+        raise Refused("the size of a map nothing else needs is read")
 
 
 def plan_graph(model: nn.Module, module: str | None, call_index: int, unit: tuple[int, ...], size: tuple[int, ...],
@@ -596,16 +246,14 @@ def plan_graph(model: nn.Module, module: str | None, call_index: int, unit: tupl
                                          device=device))
     except Exception as exc:  # noqa: BLE001 - a graph that does not run as traced: the usual way
         return f"the traced graph does not run ({type(exc).__name__}: {str(exc)[:80]})"
-    plan = _Planner(gm, order, shapes, nd)
     try:
-        plan.classify()
-        tgt = plan.info[target]
+        info = Classifier(gm, order, shapes, nd).classify()
+        tgt = info[target]
         if tgt.kind != "map" or tgt.layout != tuple(range(2, 2 + nd)):
             raise Refused("the target is not a map with its axes last")
-        plan.boxes(target, unit)
+        _boxes(info, order, target, unit)
     except Refused as exc:
         return str(exc)
-    info = plan.info
     first = next(info[n].box for n in order if n.op == "placeholder")
     if first is None or any(lo < o or hi >= e for (lo, hi), o, e in zip(first, offset, stop)):
         return "the unit's input box is not inside the crop"
