@@ -69,7 +69,7 @@ def test_graph_cone_for_residual_adds_equals_the_uncropped_pass(name, kw, size, 
 
 
 class Upsampled(nn.Module):
-    """A residual add after an upsampling: a graph the cone runner does not cover."""
+    """A residual add after an upsampling with align_corners: a graph the cone runner does not cover."""
 
     def __init__(self):
         super().__init__()
@@ -78,7 +78,7 @@ class Upsampled(nn.Module):
 
     def forward(self, x):
         h = self.a(x)
-        return self.c(h + F.interpolate(self.b(h), scale_factor=2.0))
+        return self.c(h + F.interpolate(self.b(h), scale_factor=2.0, mode="bilinear", align_corners=True))
 
 
 def test_no_cone_for_an_unsupported_graph_with_a_note_and_the_same_map():
@@ -333,3 +333,76 @@ def test_graph_cone_runs_channel_slices_stacks_global_norms_and_group_norm_exact
     plain = measure(net, 24, **dict(kw, cone=False, crop=False))
     assert cone.settings["cone"] is True
     np.testing.assert_allclose(cone.map, plain.map, rtol=1e-12, atol=1e-13 * np.abs(plain.map).max())
+
+
+class Decoder(nn.Module):
+    """A U-Net-like decoder: strided convs down, F.interpolate back up (to a skip's size or by a factor),
+    residual adds with the skips, an nn.Upsample."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.a = nn.Conv2d(2, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.c = nn.Conv2d(4, 4, 3, stride=3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode=mode)
+        self.head = nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, x):
+        h1 = self.a(x)
+        h2 = self.b(h1)
+        h3 = self.c(torch.tanh(h2))
+        linear = {} if self.mode.startswith("nearest") else {"align_corners": False}
+        h2 = h2 + F.interpolate(h3, size=h2.shape[-2:], mode=self.mode, **linear)
+        h1 = h1 + self.up(h2)
+        return self.head(F.interpolate(h1, scale_factor=(2, 3), mode=self.mode, **linear))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("unit", [None, (0, 0), (71, 107), (37, 3)])
+def test_cone_runs_upsampling_exactly(mode, unit):
+    from erf.engine import cone_plan_status
+
+    torch.manual_seed(0)
+    net = Decoder(mode).double().eval()
+    ok, why = cone_plan_status(net, 36, dtype="float64", cone=True, crop=False, unit=unit)
+    assert ok, why
+    kw = dict(samples=2, batch_size=2, dtype="float64", unit=unit, cone=True, crop=False)
+    cone = measure(net, 36, **kw)
+    plain = measure(net, 36, **dict(kw, cone=False))
+    assert cone.settings["cone"] is True and plain.settings["cone"] is False
+    assert np.abs(plain.map).max() > 0
+    np.testing.assert_allclose(cone.map, plain.map, rtol=1e-12, atol=1e-13 * np.abs(plain.map).max())
+
+
+def test_cone_runs_an_upsampling_chain_exactly():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Upsample(scale_factor=3),
+                        nn.Conv2d(3, 3, 3, padding=1), nn.Upsample(scale_factor=2, mode="bilinear"),
+                        nn.Conv2d(3, 1, 3, padding=1)).double()
+    for unit in [(0, 0), (17, 30), (47, 47)]:
+        kw = dict(samples=2, batch_size=2, dtype="float64", unit=unit, cone=True)
+        cone = measure(net, 16, **kw)
+        plain = measure(net, 16, **dict(kw, cone=False, crop=False))
+        assert cone.settings["cone"] is True and any(n.startswith("cone-executed") for n in cone.notes)
+        np.testing.assert_allclose(cone.map, plain.map, rtol=1e-12, atol=1e-13 * np.abs(plain.map).max())
+
+
+@pytest.mark.parametrize("up,reason", [
+    (lambda h: F.interpolate(h, scale_factor=1.5), "only whole scale factors"),
+    (lambda h: F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=True), "align_corners"),
+    (lambda h: F.interpolate(h, scale_factor=2, mode="bicubic"), "mode 'bicubic'"),
+])
+def test_cone_names_the_upsamplings_it_cannot_run(up, reason):
+    from erf.engine import cone_plan_status
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 1, 3, padding=1)
+
+        def forward(self, x):
+            return self.b(up(self.a(x)))
+
+    ok, why = cone_plan_status(Net(), 16, cone=True, crop=False)
+    assert not ok and reason in why, why

@@ -14,13 +14,14 @@ Covers (``plan_cone``): a target reached through a *chain* of leaf modules (each
 is the previous leaf's output, as in ``nn.Sequential`` stacks and the registry's
 ``plain_net``): convs (zero padding, numeric or 'same'), max and average pools (ceil mode,
 ``count_include_pad``, divisors), BatchNorm in eval mode, pointwise activations, ``Identity``
-and ``Dropout`` in eval mode (``erf.engine.cone_ops``). Where the layers are not a chain, the
+and ``Dropout`` in eval mode, ``nn.Upsample`` by whole factors (``erf.engine.cone_ops``). Where the layers are not a chain, the
 model is traced with ``torch.fx`` (``erf.engine.cone_graph``: residual adds, concats and splits
 along channels, permutes, layer norms and linear layers over channels, functional batch norms
-and convs, parameters, global gates), each node computed once on the union of the boxes its
-users need, operands aligned by absolute coordinates. Anything else on the unit's path
-(upsampling, attention, tokens, a spatial concat) runs the usual way, with a note that names
-it; ``cone_plan_status`` says which, without measuring. With ``cone='auto'`` one sample's
+and convs, ``F.interpolate`` by whole factors (nearest, linear-family without align_corners),
+parameters, global gates; per-op rules in ``erf.engine.cone_rules``), each node computed once on
+the union of the boxes its users need, operands aligned by absolute coordinates. Anything else on
+the unit's path (other resampling, attention, tokens, a spatial concat) runs the usual way, with a
+note that names it; ``cone_plan_status`` says which, without measuring. With ``cone='auto'`` one sample's
 gradient is checked against the uncropped pass first (the crop's tolerance), as the crop is.
 """
 

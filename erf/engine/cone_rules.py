@@ -19,7 +19,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from erf.engine.cone_ops import POINTWISE, Step, module_step, out_size
+from erf.engine.cone_ops import POINTWISE, Step, module_step, out_size, upsample_step
 
 __all__ = ["Box", "Classifier", "PlanNode", "Refused", "node_name"]
 
@@ -132,7 +132,8 @@ class Classifier:
                 lay, rank = self.info[n.args[0]].extra["layout"], self.info[n.args[0]].extra["rank"]
                 return PlanNode("shape", extra={"spatial": not isinstance(n.args[1], int) or n.args[1] % rank in lay})
             return PlanNode("shape", extra={"spatial": bool(sized)})
-        if sized and not (n.op == "call_method" and n.target in ("reshape", "view")):
+        resize = n.op == "call_function" and n.target is F.interpolate  # its step sets the sizes (integer factors)
+        if sized and not (n.op == "call_method" and n.target in ("reshape", "view")) and not resize:
             raise Refused(f"a map's size feeds {node_name(n)!r} (the cone's maps are smaller)")
         if not maps:  # complete values only: run as they are
             return PlanNode("complete", shape=shape, how="whole")
@@ -265,6 +266,8 @@ class Classifier:
                  F.adaptive_max_pool2d, F.adaptive_max_pool3d) and all(s == 1 for s in shape[2:]):
             self._src(n)
             return PlanNode("complete", shape=shape, whole=True)
+        if f is F.interpolate:
+            return self._interpolate(n, shape)
         if f is torch.cat:
             return self._cat(n, shape)
         if f is torch.stack:
@@ -305,6 +308,25 @@ class Classifier:
         return Step(None, "avg", kernel, stride, pads, (1,) * nd, ceil=bool(_arg(n, 4, "ceil_mode", False)),
                     count_pad=bool(_arg(n, 5, "count_include_pad", True)),
                     divisor=_arg(n, 6, "divisor_override", None) if nd > 1 else None)
+
+    def _interpolate(self, n: fx.Node, shape: Any) -> PlanNode:
+        """F.interpolate by whole factors (from the shapes: a ``size`` or a ``scale_factor``), run as a step."""
+        src = self._src(n)
+        if not isinstance(shape, tuple) or len(shape) != len(src.shape) or len(shape) != 2 + self.nd:
+            raise Refused("an interpolation whose output is not a map of (N, C, ...)")
+        ins, outs = src.shape[2:], shape[2:]
+        if any(o % i for i, o in zip(ins, outs)):
+            raise Refused(f"an upsampling from {tuple(ins)} to {tuple(outs)} ('interpolate': only whole scale factors)")
+        factors = tuple(o // i for i, o in zip(ins, outs))
+        sf = _arg(n, 2, "scale_factor")
+        if sf is not None and tuple(float(v) for v in (sf if isinstance(sf, (tuple, list)) else (sf,) * self.nd)) \
+                != tuple(float(v) for v in factors):
+            raise Refused(f"an upsampling by {sf!r} ('interpolate': only whole scale factors)")
+        st = upsample_step(_arg(n, 3, "mode", "nearest"), factors, _arg(n, 4, "align_corners"),
+                           _arg(n, 6, "antialias", False), self.nd)
+        if isinstance(st, str):
+            raise Refused(f"{st} ('interpolate') is not supported by the cone runner")
+        return self._geometric(n, st, src, shape)
 
     def _cat(self, n: fx.Node, shape: tuple) -> PlanNode:
         parts = n.args[0] if n.args else n.kwargs["tensors"]
