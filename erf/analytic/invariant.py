@@ -39,6 +39,7 @@ _TRANSPOSED = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 _POOLS = {f"{kind}_pool{nd}d{tail}" for kind in ("max", "avg") for nd in "123" for tail in ("", "_with_indices")}
 _LP_POOLS = {f"lp_pool{nd}d" for nd in "123"}
 _RESAMPLE = {"interpolate", "upsample", "upsample_nearest", "upsample_bilinear"}
+_READS_PAST = _CONVS | _TRANSPOSED | _POOLS | _LP_POOLS | _RESAMPLE | {"fold", "col2im", "unfold", "im2col", "pad"}
 
 
 def input_bound(size: Sequence[int]) -> Bound:
@@ -89,6 +90,8 @@ def reads_beyond(op: str, args: tuple, kwargs: dict, out: Any) -> int:
     Returns:
         The number of positions (input indices) on each side, the same for every axis.
     """
+    if op not in _READS_PAST:
+        return 0
     try:
         if op in _CONVS:
             w = _arg(args, kwargs, 1, "weight")

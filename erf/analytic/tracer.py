@@ -152,8 +152,8 @@ def _bound(rec: _Recorder, traced: list, reads: int):
     inputs = []
     for t in traced:
         e = rec.infos.get(id(t))
-        if e is not None and e[0] is t:
-            inputs.append((e[1].axes, e[1].axis_sizes(), e[2].bound))
+        if e is not None and e[0] is t:  # (maps and sizes only where the op reads past the ends)
+            inputs.append((e[1].axes, e[1].axis_sizes() if reads > 0 else (), e[2].bound))
     return invariant.bound_after(inputs, reads)
 
 
