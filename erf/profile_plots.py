@@ -6,9 +6,11 @@ ERF/TRF = 2 sigma / TRF per axis, as everywhere in ``erf``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -17,7 +19,7 @@ from erf.errors import ErfError
 from erf.io import atomic_write
 from erf.plots import new_figure
 
-__all__ = ["plot_profile", "plot_grid"]
+__all__ = ["plot_profile", "plot_grid", "plot_profile_series"]
 
 
 def _write(fig: Figure, path: str | Path | None) -> None:
@@ -157,5 +159,65 @@ def plot_grid(gm: Any, path: str | Path | None = None) -> Figure:
                   f"{' x '.join(f'{v:.1f}' for v in sizes[corner])} px", fontsize=10)
     fig.suptitle(f"{gm.layer or 'output'}: {len(gm.units)} units, {gm.results[0].samples} samples each",
                  fontsize=10)
+    _write(fig, path)
+    return fig
+
+
+def plot_profile_series(series: dict[str, list[dict]], path: str | Path | None = None, title: str = "") -> Figure:
+    """ERF size 2σ (with intervals) and the TRF per layer, and ERF/TRF per layer: one line per series.
+
+    What ``erf run`` draws for a config's ``[profile]``: one series per sweep point and training state.
+    The last axis (x) is drawn; each line's TRF is dashed in its colour.
+
+    Args:
+        series: label -> rows in layer order, each with ``layer``, ``trf`` (list or None), ``clipped``, and
+            ``erf_size_<axis>`` / ``erf_trf_ratio_<axis>`` with ``..._ci`` ([lo, hi] or None) per axis.
+        path: write the figure there too.
+        title: the figure's title.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ErfError: no series, or a series without rows.
+    """
+    if not series or not all(series.values()):
+        raise ErfError("plot_profile_series needs at least one series with rows")
+    first = next(iter(series.values()))
+    axis = [k for k in first[0] if k.startswith("erf_size_") and not k.endswith("_ci")][-1][len("erf_size_"):]
+    layers = list(dict.fromkeys(row["layer"] for rows in series.values() for row in rows))
+    pos = {name: i for i, name in enumerate(layers)}
+    n = len(series)
+    fig = new_figure((max(10.0, 1.3 * len(layers) + 7.5), 4.6 + 0.17 * math.ceil(n / 3)))
+    ax, ax2 = fig.subplots(1, 2)
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    colors = [cmap(i % cmap.N) for i in range(n)]
+    width = 0.25 / max(1, n - 1) if n > 1 else 0.0
+    for j, (label, rows) in enumerate(series.items()):
+        x = np.array([pos[row["layer"]] for row in rows], dtype=float) + (j - (n - 1) / 2) * width
+        size = np.array([np.nan if row[f"erf_size_{axis}"] is None else row[f"erf_size_{axis}"] for row in rows])
+        ci = [row.get(f"erf_size_{axis}_ci") for row in rows]
+        err = np.array([[s - c[0], c[1] - s] if c and c[0] is not None and np.isfinite(s) else [0.0, 0.0]
+                        for s, c in zip(size, ci)]).T
+        ax.errorbar(x, size, yerr=np.clip(err, 0, None), fmt="o-", color=colors[j], capsize=2, markersize=4,
+                    linewidth=1.2, label=label)
+        trf = [row["trf"][-1] if row.get("trf") else np.nan for row in rows]
+        ax.plot(x, trf, "--", color=colors[j], linewidth=0.9, alpha=0.8)
+        ratio = [np.nan if row.get(f"erf_trf_ratio_{axis}") is None else row[f"erf_trf_ratio_{axis}"] for row in rows]
+        ax2.plot(x, ratio, "o-", color=colors[j], markersize=4, linewidth=1.2)
+    for a in (ax, ax2):
+        a.set_xticks(range(len(layers)), layers, rotation=30, ha="right", fontsize=8)
+        a.grid(alpha=0.3, which="both")
+        a.set_xlim(-0.5, len(layers) - 0.5)
+    ax.set_yscale("log")
+    ax.set_ylabel(f"input pixels along {axis}")
+    ax.set_title(f"ERF size 2σ_{axis} (solid, intervals) and TRF_{axis} (dashed)", fontsize=10)
+    ax2.set_ylabel(f"2σ_{axis} / TRF_{axis}")
+    ax2.set_title(f"ERF/TRF along {axis}", fontsize=10)
+    ax2.set_ylim(bottom=0)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=min(n, 3), fontsize=7,
+               frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     _write(fig, path)
     return fig

@@ -22,6 +22,7 @@ from erf.engine import MeasureOptions, PrefixTokensError, check_traced, default_
 from erf.engine.images import preprocessing_for
 from erf.errors import ErfError, UnsupportedOpError
 from erf.experiment.points import measure_keywords
+from erf.experiment.profiles import check_profile
 from erf.experiment.schema import Fail
 from erf.experiment.sweeps import Config
 from erf.models import check_pretrained, load_checkpoint, load_model
@@ -83,6 +84,7 @@ def check_models(cfg: Config) -> None:
         except ErfError as exc:
             fail("inputs.size", str(exc))
     _check_checkpoints(fail, cfg)
+    check_profile(fail, cfg)  # [profile]: its layers, units and channel against each traced model
 
 
 def _check_point(fail: Fail, pre: str, cfg: Config, s: dict, channels: int, tasks_seen: set[str]) -> None:

@@ -111,6 +111,7 @@ def parse_config(raw: dict, path: str = "<config>", *, quick: bool = False, devi
         settings["inputs"]["kind"] = overrides["inputs.kind"] = "images"
         settings["inputs"]["path"] = overrides["inputs.path"] = inputs
     _check_report(fail, settings)
+    _check_profile(fail, settings)
     try:  # counted before the points are made: a grid of 10**8 points is refused at once
         limits.check_grid({**{k: len(v) for k, v in variants.items()}, **{k: len(v) for k, v in grid.items()}}, path)
     except ErfError as exc:
@@ -136,7 +137,7 @@ def _apply_quick(fail: Fail, quick_table, settings: dict, grid: dict[str, list],
                 fail(f"quick.{key}", f"{axis!r} is not an axis of [sweep.grid]")
             check_axis(fail, f"quick.{key}", axis, value)
         else:
-            check_dotted(fail, f"quick.{key}", key, value, allow=SWEEPABLE + ("report",))
+            check_dotted(fail, f"quick.{key}", key, value, allow=SWEEPABLE + ("report", "profile"))
             if key in grid:
                 fail(f"quick.{key}", f"is swept; shrink the sweep with quick.sweep.grid.{key} instead")
     if quick:
@@ -233,6 +234,20 @@ def _check_report(fail: Fail, settings: dict) -> None:
             fail("report.metrics", " ".join(str(exc).split()))
     if len(set(settings["report"]["metrics"])) != len(settings["report"]["metrics"]):
         fail("report.metrics", "repeats a metric")
+
+
+def _check_profile(fail: Fail, settings: dict) -> None:
+    """The [profile] keys that depend on each other (the layers themselves are traced by ``checks.check_models``)."""
+    prof = settings["profile"]
+    layers, units = prof["layers"], prof["units"]
+    if not layers and (units or prof["samples"] or prof["channel"] != "all"):
+        fail("profile.layers", "is empty, so the other [profile] keys do nothing: list the layers to profile, e.g. "
+             "layers = [\"layer1\", \"layer2\"], or remove the [profile] section")
+    if units and len(units) != len(layers):
+        fail("profile.units", f"gives {len(units)} units for {len(layers)} layers: give one per layer, in the order "
+             "of profile.layers ([] for a layer's centre unit), or leave units out for every centre")
+    if len({(name, tuple(u)) for name, u in zip(layers, units or [[]] * len(layers))}) != len(layers):
+        fail("profile.layers", "names a layer twice (with the same unit): give each (layer, unit) once")
 
 
 def _check_point(fail: Fail, cfg: Config, p: Point) -> None:

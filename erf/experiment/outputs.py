@@ -6,6 +6,7 @@ from pathlib import Path
 
 from erf.experiment.analysis import analyse, findings
 from erf.experiment.figures import draw_figure
+from erf.experiment.profiles import write_profile
 from erf.experiment.records import Record
 from erf.experiment.report import markdown
 from erf.experiment.sweeps import Config
@@ -27,11 +28,14 @@ def write_outputs(cfg: Config, records: list[Record], out_dir: Path, env: dict, 
     figures = []
     for spec in cfg.figures:
         figures += draw_figure(cfg, spec, records, analyses, out_dir, env)
+    profile = write_profile(cfg, records, out_dir)  # [profile]: profile.csv and profile.png, else None
+    figures += profile.figures if profile else []
     notes = findings(cfg, records, analyses)
     metrics = cfg.settings["report"]["metrics"]
     keys = cfg.axes + [k for k in cfg.swept_keys if k not in cfg.axes]
     write_csv(records, keys, metrics, out_dir / "sweep.csv")
     if cfg.settings["report"]["save_maps"]:
         write_maps(records, out_dir / "maps.npz")
-    write_json(summary_dict(cfg, records, env, seconds, analyses, notes, figures), out_dir / "summary.json")
+    summary = summary_dict(cfg, records, env, seconds, analyses, notes, figures)
+    write_json({**summary, "profile": profile.summary} if profile else summary, out_dir / "summary.json")
     (out_dir / "report.md").write_text(markdown(cfg, records, analyses, notes, figures, env, seconds))

@@ -19,7 +19,9 @@ import torch.nn as nn
 from erf import distributed
 from erf.analytic import infer_in_channels
 from erf.engine import ERFResult, measure
+from erf.engine.profile import measure_targets
 from erf.engine.images import generate_images
+from erf.experiment.profiles import profile_key, profile_layers, profile_targets, profiled
 from erf.experiment.records import Record, make_record
 from erf.experiment.runfolder import RunFolder
 from erf.experiment.sweeps import Config, Point
@@ -106,20 +108,24 @@ def measure_point(cfg: Config, point: Point, device: str, run: RunFolder,
     """
     s = point.settings
     measured: list[Measured] = []
+    profiles: dict[str, list[list[ERFResult]]] = {}  # [profile]: state -> each network's layers
     for k in range(s["model"]["networks"]):
         seed = network_seed(cfg, point, k)
         kw = {"network": k} if k else {}  # network 0 keeps the short call (and its saved keys)
         if s["train"]["enabled"]:
             model = load_model(s["model"]["name"], s["model"]["args"], s["model"]["checkpoint"] or None, seed=seed,
                                pretrained=s["model"]["pretrained"])
-            measured += train_and_measure(cfg, point, model, device, seed, run, done, **kw)
+            measured += train_and_measure(cfg, point, model, device, seed, run, done, profiles=profiles, **kw)
             continue
-        if Record.key(point, "", k) in done:
-            res = measure_state(cfg, point, None, device, "", None, run, saved=True, **kw)
-        else:
+        saved = Record.key(point, "", k) in done
+        model = None
+        if not saved or not profile_saved(point, "", k, done):
             model = load_model(s["model"]["name"], s["model"]["args"], s["model"]["checkpoint"] or None, seed=seed,
                                pretrained=s["model"]["pretrained"])
-            res = measure_state(cfg, point, model, device, "", None, run, **kw)
+        res = measure_state(cfg, point, model, device, "", None, run, saved=saved, **kw)
+        prof = measure_profile(cfg, point, model, device, "", run, done, **kw)
+        if prof is not None:
+            profiles.setdefault("", []).append(prof)
         if res is not None:
             measured.append(("", None, res, None))
     if not distributed.is_main() or not measured:
@@ -132,6 +138,8 @@ def measure_point(cfg: Config, point: Point, device: str, run: RunFolder,
         record = make_record(cfg, point, [m[2] for m in of_state], state, of_state[0][1])
         if infos:
             record.train = to_json({**infos[0], "networks": list(infos)})  # each network's loss curve too
+        if state in profiles:
+            record.profile = profile_layers(cfg, point, state, of_state[0][1], profiles[state])
         if state.endswith(NOISE_SUFFIX):
             alt[state[:-len(NOISE_SUFFIX)]] = record
         else:
@@ -185,6 +193,67 @@ def measure_state(cfg: Config, point: Point, model: nn.Module | None, device: st
     for path in run.path.glob(f"engine/{key}.state*"):  # every rank's save of this measurement
         path.unlink(missing_ok=True)
     return res
+
+
+def profile_saved(point: Point, state: str, network: int, done: set[str] | frozenset[str]) -> bool:
+    """Whether every profiled layer of one network of ``point`` in ``state`` is saved (True without [profile]).
+
+    Args:
+        point: the sweep point.
+        state: the training state ("" untrained).
+        network: the network's index.
+        done: keys of the measurements already saved (``RunFolder.done``).
+
+    Returns:
+        True when nothing is left to measure.
+    """
+    n = len(point.settings["profile"]["layers"])
+    return all(profile_key(point, state, network, i) in done for i in range(n))
+
+
+def measure_profile(cfg: Config, point: Point, model: nn.Module | None, device: str, state: str, run: RunFolder,
+                    done: set[str] | frozenset[str] = frozenset(), network: int = 0,
+                    probes: Any = None) -> list[ERFResult] | None:
+    """``[profile]``: measure (or read back) the profiled layers of one network in one state, from shared passes.
+
+    The point's ``[measure]`` options apply (samples: ``profile.samples`` when set; ``profile.channel``;
+    no ``tol``), on the same probe inputs as the point's own measurement, with the network's seed. Each
+    layer's result is saved in the run folder (``profiles.profile_key``), so a resumed run reads them back.
+
+    Args:
+        cfg: the experiment.
+        point: the sweep point.
+        model: the network in this state (None when every layer is saved: ``profile_saved``).
+        device: "cpu" or "cuda".
+        state: the training state ("" untrained).
+        run: the run folder.
+        done: keys of the measurements already saved.
+        network: the network's index.
+        probes: the engine's ``inputs`` instead of the config's (a training task's held-out images).
+
+    Returns:
+        The layers' results in the order of ``[profile] layers``; None without [profile] (or on ranks > 0).
+    """
+    s = point.settings
+    if not profiled(s) or not distributed.is_main():
+        return None
+    keys = [profile_key(point, state, network, i) for i in range(len(s["profile"]["layers"]))]
+    if model is None or all(k in done for k in keys):
+        return [ERFResult.load(run.saved(k)) for k in keys]
+    exp = cfg.settings["experiment"]
+    seed = network_seed(cfg, point, network)
+    size = s["inputs"]["size"]
+    kw = {k: v for k, v in measure_keywords(s["measure"]).items() if k not in ("layer", "unit", "tol", "max_samples",
+                                                                                  "channel")}
+    if s["measure"]["init"] == "model" and s["measure"]["weight_draws"]:
+        kw["init"] = rebuild_init(s["model"]["name"], s["model"]["args"])
+    kw["samples"] = s["profile"]["samples"] or s["measure"]["samples"]
+    results = measure_targets(model, tuple(size) if isinstance(size, list) else size, profile_targets(s), **kw,
+                              inputs=_inputs(s, model, seed) if probes is None else probes, device=device,
+                              dtype=exp["dtype"], seed=seed, deterministic=exp["deterministic"])
+    for k, res in zip(keys, results):
+        run.save_result(k, res)
+    return results
 
 
 #: Held-out task images used as probes of a training point (the task's evaluation stream).
@@ -253,7 +322,8 @@ class ImageSampler:
 
 
 def train_and_measure(cfg: Config, point: Point, model: nn.Module, device: str, seed: int, run: RunFolder,
-                      done: set[str] | frozenset[str], network: int = 0) -> list[Measured]:
+                      done: set[str] | frozenset[str], network: int = 0,
+                      profiles: dict[str, list[list[ERFResult]]] | None = None) -> list[Measured]:
     """Train one network of the point; measure it at step 0, at ``train.checkpoints`` and at the end.
 
     The trained weights go to ``weights/<point>.pt`` (network k > 0: ``<point>_n<k>.pt``) in the
@@ -270,6 +340,8 @@ def train_and_measure(cfg: Config, point: Point, model: nn.Module, device: str, 
         run: the run folder.
         done: keys of the measurements already saved.
         network: the network's index.
+        profiles: with ``[profile]``, each measured state's profiled layers are appended here
+            (state -> one list per network, rank 0's).
 
     Returns:
         ``(state, step, result, info)`` per measured step (rank 0's); ``info`` (the training
@@ -293,11 +365,13 @@ def train_and_measure(cfg: Config, point: Point, model: nn.Module, device: str, 
         **tr["task_args"])
     probes = task_probes(point.settings, probe_task, seed)
     noise_by_step: dict[int, ERFResult | None] = {}
+    prof_by_step: dict[int, list[ERFResult] | None] = {}
 
     def on_checkpoint(step, net):
         state = state_of(step)
         by_step[step] = measure_state(cfg, point, net, device, state, step, run,
                                       saved=Record.key(point, state, network) in done, probes=probes, **kw)
+        prof_by_step[step] = measure_profile(cfg, point, net, device, state, run, done, probes=probes, **kw)
         if probes is not None and step in (0, tr["steps"]):  # the config's noise too, at init and at the end
             noisy = state + NOISE_SUFFIX
             noise_by_step[step] = measure_state(cfg, point, net, device, noisy, step, run,
@@ -315,6 +389,10 @@ def train_and_measure(cfg: Config, point: Point, model: nn.Module, device: str, 
                                                                   run, saved=True, **kw)
         if res is not None:
             out.append((state_of(step), step, res, None))
+        prof = prof_by_step[step] if step in prof_by_step else measure_profile(cfg, point, None, device,
+                                                                               state_of(step), run, done, **kw)
+        if prof is not None and profiles is not None:
+            profiles.setdefault(state_of(step), []).append(prof)
     for step in (0, tr["steps"]) if probes is not None else ():
         noisy = state_of(step) + NOISE_SUFFIX
         res = noise_by_step[step] if step in noise_by_step else measure_state(cfg, point, None, device, noisy, step,

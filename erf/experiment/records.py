@@ -88,6 +88,7 @@ class Record:
     saturation: dict[str, float] | None = None
     probe: str = "config"
     alt: "Record | None" = None
+    profile: list = field(default_factory=list)  # [profile]: one erf.experiment.profiles.ProfileLayer per layer
 
     @staticmethod
     def key(point: Point, state: str, network: int = 0) -> str:

@@ -62,7 +62,9 @@ def fingerprint(cfg: Config, device: str) -> dict:
         A JSON-ready dict, stored in the run folder's ``run.json``.
     """
     exp = {k: v for k, v in cfg.settings["experiment"].items() if k not in ("save_every", "description", "title")}
-    return to_json({"experiment": exp, "points": [p.settings for p in cfg.points], "device": device})
+    # a config without [profile] keeps the fingerprint of an erf without it (its interrupted runs still resume)
+    points = [{k: v for k, v in p.settings.items() if k != "profile" or v.get("layers")} for p in cfg.points]
+    return to_json({"experiment": exp, "points": points, "device": device})
 
 
 def resume_command(cfg: Config, dest: Path) -> str:

@@ -125,6 +125,13 @@ def _prefix_tokens(v):
     return None if v == "auto" or (_is_int(v) and v >= 0) else "must be 'auto' or a token count >= 0"
 
 
+def _units(v):
+    """A list of units, each a list of integers >= 0 ([] = that layer's centre unit)."""
+    if not isinstance(v, list) or not all(isinstance(u, list) and all(_is_int(x) and x >= 0 for x in u) for u in v):
+        return "must be a list of units, one per layer, each a list of integers >= 0 ([] = the centre), e.g. [[], [4, 4]]"
+    return None
+
+
 
 @dataclass(frozen=True)
 class Key:
@@ -250,6 +257,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "changes": Key("", _str(), "str", "what changed from the previous shipped version of the results and why "
                        "(printed in report.md)"),
     },
+    "profile": {
+        "layers": Key([], _strs, "list[str]",
+                      "layers whose ERF is measured at every point and training state, all from shared passes "
+                      "(erf.profile; each layer's map equals erf.measure of that layer alone on its samples); "
+                      "names as in 'erf rf', in the order the table and figure show them, e.g. shallowest first ([] = no profile). Writes profile.csv, profile.png and "
+                      "summary.json's 'profile'"),
+        "units": Key([], _units, "list[list[int]]",
+                     "one unit per layer, in the order of layers ([] for a layer = its centre unit n // 2; an empty "
+                     "list = every layer's centre unit)"),
+        "channel": Key("all", _channel, "int or \"all\"",
+                       "output channel of every profiled layer whose gradient is taken, or all (summed)"),
+        "samples": Key(0, _int(0, limits.MAX_SAMPLES), "int",
+                       "input samples per layer and weight draw (0 = measure.samples); one profile costs about one "
+                       "measurement of its deepest layer with len(layers) x samples samples"),
+    },
 }
 
 # Figures: one [[figures]] table each; ``kind`` picks the keys that apply.
@@ -280,11 +302,12 @@ FIGURE_KEYS: dict[str, Key] = {
 SWEEPABLE = ("model", "inputs", "measure", "train")
 SPECIAL_KEYS = ("variant", "state")
 AXIS_RE = r"[A-Za-z_][A-Za-z0-9_]*"  # a variant axis name
-SECTIONS = ("experiment", "model", "inputs", "measure", "train", "report", "sweep", "figures", "quick")
+SECTIONS = ("experiment", "model", "inputs", "measure", "train", "report", "profile", "sweep", "figures",
+            "quick")
 
 # --quick: these caps first, then the config's [quick] table.
 QUICK_CAPS = {"measure.samples": 32, "measure.weight_draws": 4, "measure.n_boot": 200, "measure.max_samples": 64,
-              "train.steps": 30}
+              "train.steps": 30, "profile.samples": 32}
 
 
 # --------------------------------------------------------------------------- errors and key checks
