@@ -14,7 +14,9 @@ from erf.cli import main as cli_main
 from erf.engine.inputs import make_source
 from erf.errors import ConfigError
 from erf.experiment import check_models, load_config, run_experiment
-from erf.experiment.runfolder import fingerprint
+from erf.experiment.points import measure_point
+from erf.experiment.profiles import profile_lines
+from erf.experiment.runfolder import RunFolder, fingerprint
 from erf.models import load_model
 
 BASE = """
@@ -145,3 +147,23 @@ def test_profile_layers_units_and_channels_are_traced_before_any_work(tmp_path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and key in err
     assert not (tmp_path / "out").exists()
+
+
+def test_profile_lines_give_the_report_a_table_of_every_layer(tmp_path):
+    cfg = load_config(_write(tmp_path, BASE + PROFILE))
+    run = RunFolder(tmp_path / "dest", fingerprint(cfg, "cpu"))
+    run.open(cfg, resume=False, restart=False)
+    records = measure_point(cfg, cfg.points[0], "cpu", run)
+    layers = records[0].profile
+    assert [pl.layer for pl in layers] == ["layers.2", "layers.0", "layers.1"] and layers[1].unit == (3, 4)
+    lines = profile_lines(cfg, records)
+    table = [line for line in lines if line.startswith("| ") and "`layers." in line]
+    assert len(table) == 3 and "| `layers.0` | 3x4 |" not in table[1]  # the unit is written as a unit
+    assert "(3, 4)" in table[1] and f"{layers[1].record.metrics['erf_size_x']:.3g}"[:3] in table[1]
+    assert profile_lines(load_config(_write(tmp_path, BASE, "plain.toml")), records) == []  # no [profile]: none
+
+
+def test_quick_caps_the_profile_samples(tmp_path):
+    path = _write(tmp_path, BASE + PROFILE + "samples = 100\n")
+    assert load_config(path).settings["profile"]["samples"] == 100
+    assert load_config(path, quick=True).points[0].settings["profile"]["samples"] == 32
