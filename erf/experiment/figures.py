@@ -317,9 +317,13 @@ def _bars(spec, records, fa, title, sub):
         if row["category"] not in cats:
             cats.append(row["category"])
     series = list(dict.fromkeys(row["series"] for row in fa["rows"]))
-    fig = new_figure((max(6.0, 1.3 * len(cats) * max(1, len(series)) + 2), 4.6), DPI)
+    # the series present in each category side by side (series = x gives one bar per category, full width)
+    slots = {c: [sv for sv in series if any(r["series"] == sv and r["category"] == c for r in fa["rows"])]
+             for c in cats}
+    per_cat = max([len(v) for v in slots.values()] + [1])
+    fig = new_figure((min(15.0, max(6.0, 1.1 * len(cats) * per_cat + 2)), 4.6), DPI)
     ax = fig.add_subplot()
-    width = 0.8 / max(1, len(series))
+    width = 0.8 / per_cat
     show_trf = metric.startswith(("erf_size", "sigma"))
     by_id = {r.id: r for r in records}
     top = max([r["value"] for r in fa["rows"] if r["value"] is not None]
@@ -328,7 +332,8 @@ def _bars(spec, records, fa, title, sub):
     off_scale = False
     for k, sv in enumerate(series):
         rows = [r for r in fa["rows"] if r["series"] == sv]
-        xs = np.array([cats.index(r["category"]) for r in rows]) + (k - (len(series) - 1) / 2) * width
+        xs = np.array([cats.index(r["category"]) + (slots[r["category"]].index(sv)
+                                                     - (len(slots[r["category"]]) - 1) / 2) * width for r in rows])
         ys = np.array([r["value"] for r in rows])
         err = None
         if all(r["interval"] is not None for r in rows):
