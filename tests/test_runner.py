@@ -440,3 +440,24 @@ layer = "blocks.0"
     assert any("rf_local) is 4x4" in n for n in p["notes"]), p["notes"]
     sat = p["saturation"]
     assert sat["region"] == [[0, 15], [0, 15]] and sat["vs_uniform"]["sigma_x"] <= 1.0
+
+
+def test_a_dead_network_is_noted_not_a_crash(tmp_path):
+    """One network whose unit does not depend on the input (all-zero map) gets no metrics and a note; the run
+    finishes, the pooled map and the counts hold the live networks (seen in dense_unet: one network died)."""
+    (tmp_path / "dead.py").write_text(
+        "import torch, torch.nn as nn\n"
+        "def make():\n"
+        "    m = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 1, 3, padding=1))\n"
+        "    if torch.initial_seed() % 3 == 1:  # the network built with this seed is dead\n"
+        "        nn.init.zeros_(m[2].weight)\n"
+        "    return m\n")
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(f'[experiment]\nname = "d"\n[model]\nname = "{tmp_path}/dead.py:make"\nnetworks = 3\n'
+                   '[inputs]\nsize = 12\n[measure]\nsamples = 4\ninit = "model"\n')
+    out = run_experiment(load_config(cfg), out=tmp_path / "o")
+    p = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))["points"][0]
+    dead = [k for k, n in enumerate(p["network_metrics"]) if n["sigma_x"] is None]
+    assert len(dead) >= 1 and len(dead) < 3, p["network_metrics"]
+    assert any(f"network {dead[0]} of 3 has no ERF metrics" in n for n in p["notes"]), p["notes"]
+    assert p["metrics"]["sigma_x"] > 0

@@ -209,12 +209,14 @@ def compare(a: Record, b: Record, metric: str) -> dict:
     with np.errstate(divide="ignore", invalid="ignore"):
         if paired and len(ja) == len(jb):
             lo, hi = stats.jackknife_interval(ratio, np.asarray(ja) / np.asarray(jb), level, log=True)
-            if len(ua) == len(ub) and ua and None not in ua and None not in ub:
-                out["count"] = {**stats.direction_count(np.asarray(ua, float) / np.asarray(ub, float), 1.0),
+            live = [(x, y) for x, y in zip(ua, ub) if x is not None and y is not None]  # a dead network has None
+            if len(ua) == len(ub) and live:
+                out["count"] = {**stats.direction_count(np.asarray([x / y for x, y in live], float), 1.0),
                                 "test": "sign"}
         else:
             lo, hi = stats.welch_interval(ratio, jb, ja, level)
-            if ua and ub and None not in ua and None not in ub:
+            ua, ub = [x for x in ua if x is not None], [y for y in ub if y is not None]
+            if ua and ub:
                 out["count"] = _cross_count(ua, ub)
     out["ratio_interval"] = [float(lo), float(hi)] if np.isfinite(lo) and np.isfinite(hi) else None
     return out

@@ -191,8 +191,7 @@ def make_record(cfg: Config, point: Point, results: ERFResult | list[ERFResult],
                                          normalize=nets.normalize, trf=res.trf, post=res.post, center=center)
     boot = {n: reps[:, j] for j, n in enumerate(names)}
     bootstrap_intervals = {n: interval(boot[n], m["level"], nets.units) for n in names}
-    network_metrics = [stats.scalar_metrics(r.post_map, names, res.trf, center=center) for r in results] \
-        if len(results) > 1 else []
+    network_metrics = _network_metrics(results, names, res.trf, center, notes) if len(results) > 1 else []
     jack, unit_metrics = _jackknife(nets, res, names, center, int(m["weight_draws"]) > 1)
     unit_metrics = network_metrics or unit_metrics
     intervals = {n: small_n_interval(metrics.get(n), jack.get(n), m["level"], n) for n in names}
@@ -220,6 +219,21 @@ def make_record(cfg: Config, point: Point, results: ERFResult | list[ERFResult],
                   theory_abs_sigma=abs_theory(s), trf_center=None if center is None else tuple(map(float, center)),
                   jackknife=jack, unit_metrics=unit_metrics, bootstrap_intervals=bootstrap_intervals,
                   saturation=saturation)
+
+
+def _network_metrics(results: list[ERFResult], names: list[str], trf, center, notes: list[str]) -> list[dict]:
+    """Each network's metrics; a network whose map has none (all zero: its unit does not depend on the input,
+    a dead network) gets None for each, and a note, instead of stopping the run at its outputs."""
+    out = []
+    for k, r in enumerate(results):
+        try:
+            out.append(stats.scalar_metrics(r.post_map, names, trf, center=center))
+        except ErfError as exc:
+            out.append({n: None for n in names})
+            notes.append(f"network {k} of {len(results)} has no ERF metrics ({' '.join(str(exc).split())}): its "
+                         "unit does not depend on the input here (a dead network); the pooled map holds nothing of "
+                         "it, and the counts of networks leave it out")
+    return out
 
 
 def strict_trf(res: ERFResult) -> ERFResult:
