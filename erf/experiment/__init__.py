@@ -3,9 +3,12 @@
 One file per job: ``schema`` (the keys, their checks and help), ``sweeps`` (``Config``, its
 points), ``config`` (reading and checking a file), ``checks`` (building and tracing every model
 before any work), ``runner`` (``run_experiment``), ``runfolder`` (the ``.partial`` folder,
-resume and the final rename), ``points`` (measuring and training one point), ``records`` (a
+resume and the final rename; its lock in ``runlock``, the ``.erf-manifest.json`` in ``manifest``),
+``points`` (measuring and training one point), ``records`` (a
 measured map with its metrics), ``writers`` (sweep.csv, maps.npz, summary.json), ``analysis``
-(analyses and findings), ``figures``, ``report`` (report.md) and ``outputs`` (all of them).
+(analyses and findings), ``figures``, ``profiles`` (``[profile]``: several layers per point), ``previous`` (the
+replaced run's numbers for the report's "Changes"), ``report`` (report.md) and ``outputs`` (all
+of them).
 """
 
 from erf.experiment.checks import check_models

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from erf.experiment.formatting import fill_settings, fmt_ci, fmt, metric_axis, setup_line, title_of
 from erf.experiment.previous import changes_table
+from erf.experiment.profiles import profile_lines
 from erf.experiment.records import Record
 from erf.experiment.writers import code_version
 from erf.experiment.sweeps import Config, format_value
@@ -61,6 +62,7 @@ def markdown(cfg: Config, records: list[Record], analyses: dict, notes: list[str
         lines += ["## Figures", ""]
         for f in figures:
             lines += [f"![{f['caption']}]({f['file']})", "", f"*{f['caption']}*", ""]
+    lines += profile_lines(cfg, records)
     lines += ["## Key numbers", "", *_table(cfg, records), ""]
     exact = [t for t in analyses["theory"] if t["axis"] == "x"]
     if exact:

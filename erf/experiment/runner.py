@@ -33,6 +33,7 @@ from erf.experiment.checks import check_models
 from erf.experiment.outputs import write_outputs
 from erf.experiment.points import measure_point
 from erf.experiment.previous import load_previous
+from erf.experiment.profiles import profiled
 from erf.experiment.records import Record
 from erf.experiment.runfolder import RunFolder, check_destination, destination, fingerprint, resume_command
 from erf.experiment.sweeps import Config, Point
@@ -140,11 +141,13 @@ def point_work(point: Point) -> int:
         point: a sweep point.
 
     Returns:
-        networks x (training steps + measured states x samples x weight draws); with ``tol`` the
-        samples are the least an adaptive measurement takes.
+        networks x (training steps + measured states x (samples x weight draws + the profiled layers'
+        samples)); with ``tol`` the samples are the least an adaptive measurement takes.
     """
     s = point.settings
     per = int(s["measure"]["samples"]) * max(1, int(s["measure"]["weight_draws"]))
+    if profiled(s):  # each state also measures the profiled layers (shared passes: samples per layer)
+        per += len(s["profile"]["layers"]) * int(s["profile"]["samples"] or s["measure"]["samples"])
     work = per
     if s["train"]["enabled"]:
         steps = int(s["train"]["steps"])
