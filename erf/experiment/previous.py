@@ -39,23 +39,29 @@ def load_previous(dest: Path) -> dict | None:
     for p in s["points"]:
         if isinstance(p, dict) and "label" in p:
             points[p["label"]] = {"metrics": p.get("metrics") or {}, "intervals": p.get("intervals") or {},
-                                  "networks": (p.get("model") or {}).get("networks", 1)}
+                                  "networks": _networks(p)}
     code = s.get("code_version") or {}
     return {"commit": code.get("commit"), "points": points}
 
 
+def _networks(point: dict) -> int:
+    """Independently seeded networks behind a summary point: model.networks, else its weight draws."""
+    nets = int((point.get("model") or {}).get("networks", 1) or 1)
+    draws = int((point.get("measure") or {}).get("weight_draws", 0) or 0)
+    return nets if nets > 1 else max(1, draws)
+
+
 def headline_metrics(metrics: list[str]) -> list[str]:
-    """The sizes the changes table shows: mass radius 0.5 (when reported) and the first x-axis metric.
+    """The sizes the changes table shows: mass radius 0.5 (every record has it) and the first x-axis metric.
 
     Args:
         metrics: the report's metrics (``report.metrics``).
 
     Returns:
-        One or two metric names.
+        Two metric names (one where the report's first x-axis metric is the mass radius itself).
     """
-    out = [m for m in ROBUST_FIRST if m in metrics]
-    out += [m for m in metrics if metric_axis(m) == "x"][:1] or [m for m in metrics if m not in out][:1]
-    return out
+    first = [m for m in metrics if metric_axis(m) == "x"][:1] or [m for m in metrics if m not in ROBUST_FIRST][:1]
+    return list(ROBUST_FIRST) + [m for m in first if m not in ROBUST_FIRST]
 
 
 def changes_table(previous: dict | None, records: list[Record], metrics: list[str]) -> list[str]:
