@@ -159,6 +159,7 @@ def bench_cone(depth, width, size, samples, batch, dev, rounds):
     (the checks' verdicts reused, as for every further network, draw or checkpoint of it), a call
     without the cone, and the limit, interleaved.
     """
+    torch.manual_seed(0)  # the same net whatever ran before in the process (a 4-wide ReLU net can be dead)
     net = erf.create_model("plain_net", depth=depth, width=width, activation="relu", in_channels=3).to(dev).eval()
     kw = dict(samples=samples, batch_size=batch, device=str(dev), auto_batch=False, progress=False)  # the limit's batch
     measure(net, size, samples=batch, batch_size=batch, device=str(dev), progress=False)  # warm-up, not timed

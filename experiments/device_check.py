@@ -72,6 +72,7 @@ class Check:
 
     def plain(self, depth: int) -> tuple[torch.nn.Module, int]:
         """A plain 3x3 ReLU net: 32 channels at 512 px on CUDA, 4 channels at 64 px on the dry run."""
+        torch.manual_seed(depth)  # the same net whatever ran before in the process
         if self.dry:
             return erf.create_model("plain_net", depth=min(depth, 4), width=4, activation="relu", in_channels=3), 64
         return erf.create_model("plain_net", depth=depth, width=32, activation="relu", in_channels=3), 512
