@@ -45,6 +45,8 @@ class Context:
         notes: lines for ``ERFResult.notes``, appended to as the run goes.
         calibrate_bn: re-estimate the BatchNorm statistics after every weight draw (``opts.bn``).
         sample_stats: the probe wrapper of ``record`` (per-sample masses, zero-gradient shares), once made.
+        check_sample: the sample the crop and cone checks run on (``erf.engine.crop.full_gradient`` moves
+            it past samples whose gradient is all zero).
     """
 
     opts: MeasureOptions
@@ -61,6 +63,7 @@ class Context:
     notes: list[str] = field(default_factory=list)
     calibrate_bn: bool = False
     sample_stats: SampleStats | None = None
+    check_sample: int = 0
 
     def record(self, probe: MapSource, window: tuple[slice, ...] | None) -> SampleStats:
         """Wrap ``probe`` for the loop: ``normalize_samples`` and the per-sample diagnostics (kept here).

@@ -114,24 +114,38 @@ def crop_index(target: Target, cunit: tuple[int, ...]) -> dict[int, int]:
     return dict(zip(target.spatial_dims, cunit))
 
 
+#: Check samples tried before a check gives up on finding a gradient (a ReLU net can be dead for one input).
+CHECK_TRIES = 8
+
+
 def check_input(ctx: Context) -> torch.Tensor:
-    """The one full-size sample the crop and cone checks run on (sample 0 of draw 0), in the measurement dtype."""
+    """The one full-size sample the crop and cone checks run on (sample ``ctx.check_sample`` of draw 0), in the
+    measurement dtype."""
     return NoiseSource("gaussian", (ctx.chans, *ctx.size), ctx.device, ctx.dtype).batch(
-        [sample_key(ctx.opts.seed, 0, 0)], tuple(slice(0, n) for n in ctx.size))
+        [sample_key(ctx.opts.seed, 0, ctx.check_sample)], tuple(slice(0, n) for n in ctx.size))
 
 
 def full_gradient(ctx: Context) -> torch.Tensor:
     """The uncropped pass's input gradient of ``check_input`` (float64), the reference of both checks.
 
+    A sample whose gradient is all zero (a unit that one input leaves dead) checks nothing: the next
+    sample is tried, up to ``CHECK_TRIES``, and ``ctx.check_sample`` keeps the one used, so the cropped
+    passes run on the same input.
+
     Args:
         ctx: the measurement.
 
     Returns:
-        ``(1, C, *size)`` float64.
+        ``(1, C, *size)`` float64 (all zero only when every sample tried gave no gradient).
     """
     amp = {"ctx": contextlib.nullcontext}
     probe = Probe(TargetRunner(ctx.model, ctx.target), ctx.preset, ctx.opts.channel, amp, ctx.target.index_of(ctx.unit))
-    return probe.grad(check_input(ctx)).double()
+    for k in range(CHECK_TRIES):
+        ctx.check_sample = k
+        grad = probe.grad(check_input(ctx)).double()
+        if bool(grad.abs().max() > 0):
+            break
+    return grad
 
 
 def crop_check(ctx: Context, window: Window, cunit: tuple[int, ...],
