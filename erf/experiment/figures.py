@@ -95,7 +95,8 @@ def network_maps(records: list[Record], out_dir: Path, title: str, sub: str, fil
     if not rows:
         return []
     ncols = max(r.networks.count for r in rows)
-    fig = new_figure((2.3 * ncols + 1, 2.3 * len(rows) + 1), DPI)
+    # rows tall enough for two title lines and tick labels (2.3 in overlapped them with 8 networks per row)
+    fig = new_figure((2.3 * ncols + 1, 2.8 * len(rows) + 1.4), DPI)
     axes = np.atleast_2d(fig.subplots(len(rows), ncols, squeeze=False))
     win = _window(rows)
     for i, r in enumerate(rows):
