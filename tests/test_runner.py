@@ -461,3 +461,28 @@ def test_a_dead_network_is_noted_not_a_crash(tmp_path):
     assert len(dead) >= 1 and len(dead) < 3, p["network_metrics"]
     assert any(f"network {dead[0]} of 3 has no ERF metrics" in n for n in p["notes"]), p["notes"]
     assert p["metrics"]["sigma_x"] > 0
+
+
+def test_code_version_counts_code_not_earlier_results(tmp_path):
+    """A report's "with uncommitted changes" is about the code: result files an earlier run replaced in the same
+    checkout do not count (four shipped reports said it for that reason alone)."""
+    import subprocess
+
+    from erf.experiment.writers import code_version
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "erf").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "erf" / "x.py").write_text("a = 1\n")
+    (tmp_path / "results" / "r.md").write_text("old\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c")
+    clean = code_version(tmp_path)
+    assert len(clean["commit"]) == 40 and clean["dirty"] is False
+    (tmp_path / "results" / "r.md").write_text("new\n")
+    assert code_version(tmp_path)["dirty"] is False
+    (tmp_path / "erf" / "x.py").write_text("a = 2\n")
+    assert code_version(tmp_path)["dirty"] is True

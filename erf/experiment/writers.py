@@ -125,20 +125,25 @@ def record_dict(r: Record) -> dict:
     return to_json(d)
 
 
-def code_version() -> dict:
+#: What ``code_version`` checks for uncommitted changes (paths relative to the checkout).
+CODE_PATHS = ("erf", "configs", "experiments", "pyproject.toml")
+
+
+def code_version(root: Path | None = None) -> dict:
     """The code this run used: ``{"commit", "dirty"}`` from git where the package is a checkout, else Nones.
 
-    ``dirty`` is True when tracked files differ from the commit (the numbers then come from uncommitted
-    code); both are None outside a git checkout or without git.
+    ``dirty`` is True when tracked code differs from the commit (the numbers then come from uncommitted
+    code): the package, the configs and model files, the experiments and pyproject.toml; results written
+    by earlier runs in the same checkout do not count. Both are None outside a git checkout or without git.
     """
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[2] if root is None else Path(root)  # the checkout erf runs from
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10)
         if commit.returncode != 0:
             return {"commit": None, "dirty": None}
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                 *CODE_PATHS], capture_output=True, text=True, timeout=10)
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0
                 else None}
     except (OSError, subprocess.SubprocessError):
