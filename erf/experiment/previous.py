@@ -94,6 +94,7 @@ def changes_table(previous: dict | None, records: list[Record], metrics: list[st
     if not rows:
         return []
     since = f" (git commit {previous['commit'][:12]})" if previous.get("commit") else ""
-    return [f"What moved, measured: the previous shipped run{since} against this one, 95% intervals, "
+    level = records[0].point.settings["measure"]["level"]
+    return [f"What moved, measured: the previous shipped run{since} against this one, {level:.0%} intervals, "
             "(networks) per map; the intervals of the two runs may come from different methods (see above).", "",
             "| map | metric | previous | now | change |", "|---|---|---|---|---|", *rows, ""]
